@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch installs in seconds here; with a GPU, install your own torch first:
+#   make demo TORCH=
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test install lint clean
+
+demo: install
+	$(BIN)/timedistill ingest conf/smoke.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH),$(BIN)/python -m pip install --quiet "$(TORCH)")
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) artifacts

@@ -1,0 +1,33 @@
+"""Configuration: the YAML files of this folder and the schema that validates them."""
+
+from conf.schema import (
+    Config,
+    ConfigError,
+    DataConfig,
+    DistillConfig,
+    RayConfig,
+    RegistryConfig,
+    ServeConfig,
+    StorageConfig,
+    StudentConfig,
+    TeacherConfig,
+    load_config,
+    stable_hash,
+    storage_root,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DistillConfig",
+    "RayConfig",
+    "RegistryConfig",
+    "ServeConfig",
+    "StorageConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "load_config",
+    "stable_hash",
+    "storage_root",
+]

@@ -1,0 +1,266 @@
+"""The configuration schema: one frozen object validated from YAML plus `--set` overrides.
+
+Every field has a default, so an empty file is a valid (ETTh1-shaped) config; unknown keys are
+errors that name the key and the file, because a typo silently falling back to a default is the
+most expensive kind of config bug in a training pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PLAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PACKAGE_CONF_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    name: str = "etth1"  # dataset name: used in storage paths and model names
+    path: str = "../data/ETTh1.csv"  # CSV or Parquet; local path or URI (s3://, gs://, file://)
+    timestamp: str = "date"  # timestamp column
+    timestamp_format: str | None = None  # strftime format; None infers it from the first row
+    target: str = "OT"  # target variable: kept last, as in the Time-Series-Library
+    columns: list[str] | None = None  # variables to keep, in this order; None keeps every column
+    split: Literal["ett-hour", "ett-minute", "ratio"] = "ratio"
+    ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train / val / test for split=ratio
+    lookback: int = Field(720, gt=0)
+    horizons: list[int] = [96, 192, 336, 720]
+    missing: Literal["error", "ffill", "interpolate"] = "error"  # gaps in the time index and NaNs
+    duplicates: Literal["error", "drop"] = "error"  # drop: remove rows identical to the one before
+    max_rows: int | None = Field(None, gt=0)  # keep only the first N rows (smoke runs)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not PLAIN_NAME.match(value):
+            raise ValueError(f"must be a plain lowercase name ([a-z0-9_-], max 64), got {value!r}")
+        return value
+
+    @field_validator("horizons")
+    @classmethod
+    def _horizons(cls, value: list[int]) -> list[int]:
+        if not value or any(h <= 0 for h in value) or len(set(value)) != len(value):
+            raise ValueError(f"must be a non-empty list of distinct positive integers, got {value}")
+        return value
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r <= 0 for r in value) or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"must be three positive fractions that sum to 1, got {list(value)}")
+        return value
+
+
+class TeacherConfig(Section):
+    name: str = "itransformer"  # a teacher of models.TEACHERS
+    preset: str | None = None  # per-dataset hyperparameters of the model file; None uses data.name
+    params: dict[str, Any] = {}  # hyperparameters that override the preset
+    epochs: int = Field(10, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    lr_decay: float = Field(0.5, gt=0, le=1)  # multiply the lr by this after every epoch
+    batch_size: int = Field(32, gt=0)
+    patience: int = Field(3, gt=0)  # early stopping on validation MSE
+    seed: int = 2021
+
+
+class StudentConfig(Section):
+    name: str = "mlp"  # a student of models.STUDENTS
+    preset: str | None = None
+    params: dict[str, Any] = {}  # e.g. d_model, norm
+
+
+class DistillConfig(Section):
+    alpha: float = Field(1.0, ge=0)  # weight of the prediction-level terms
+    beta: float = Field(1.0, ge=0)  # weight of the feature-level terms
+    tau: float = Field(0.5, gt=0)  # softmax temperature of the period terms
+    scales: int = Field(3, ge=0)  # rounds of width-2 average pooling in the scale terms
+    sup: bool = True  # keep the ground-truth term (False: the paper's "w/o sup" ablation)
+    period: bool = True  # the multi-period terms (ablation switch)
+    multiscale: bool = True  # the multi-scale terms (ablation switch)
+    lr: float = Field(0.01, gt=0)
+    lr_hold_epochs: int = Field(2, ge=0)  # keep the lr this many epochs, then halve it every epoch
+    epochs: int = Field(10, gt=0)
+    patience: int = Field(5, gt=0)
+    batch_size: int = Field(32, gt=0)
+    seed: int = 2021
+    baseline: bool = True  # also train the plain student on the ground truth alone
+    use_cache: bool = True  # read the teacher from the Parquet cache (False: run it online)
+    feature_max_dim: int = Field(1024, gt=0)  # teacher features wider than this are pooled down
+
+
+class RayConfig(Section):
+    address: str | None = None  # None: $RAY_ADDRESS if set, else a local Ray started on demand
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    mixed_precision: bool = False  # bfloat16 autocast on GPU workers
+    max_failures: int = Field(2, ge=0)  # worker failures a training run survives
+
+
+class StorageConfig(Section):
+    root: str = "./artifacts"  # local path or URI (s3://bucket/prefix, gs://...)
+    endpoint_override: str | None = None  # S3-compatible endpoint, e.g. http://127.0.0.1:9000
+
+
+class RegistryConfig(Section):
+    model_name: str | None = None  # None: <dataset>-<horizon>
+    gate: Literal["always", "beats-baseline", "beats-previous"] = "beats-baseline"
+    margin: float = Field(0.0, ge=0)  # relative MSE improvement needed by beats-previous
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    num_cpus: float = Field(0.5, gt=0)  # per replica
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
+    max_ongoing_requests: int = Field(32, ge=1)
+    max_queued_requests: int = Field(256, ge=1)
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_models_per_replica: int = Field(8, ge=1)
+    max_body_bytes: int = Field(16 * 2**20, gt=0)
+    reload_interval_s: float = Field(5.0, gt=0)  # how often replicas look for new LATEST versions
+    auth_token: str | None = None  # bearer token; also read from $TIMEDISTILL_SERVE_TOKEN
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+    registry: RegistryConfig = RegistryConfig()
+    serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _serve_limits(self) -> Config:
+        if self.serve.max_batch_size > self.serve.max_ongoing_requests:
+            raise ValueError("serve.max_batch_size must not exceed serve.max_ongoing_requests")
+        if self.serve.min_replicas > self.serve.max_replicas:
+            raise ValueError("serve.min_replicas must not exceed serve.max_replicas")
+        return self
+
+    def model_name(self, horizon: int) -> str:
+        return self.registry.model_name or f"{self.data.name}-{horizon}"
+
+    def run_id(self, data_fingerprint: str) -> str:
+        """Runs are keyed by what determines their results: the config (minus where things run)
+        and the data they ran on, so an unchanged re-run finds its own earlier outputs."""
+        payload = self.model_dump(mode="json", exclude={"ray", "storage", "serve", "registry"})
+        payload["data"].pop("path")
+        payload["data_fingerprint"] = data_fingerprint
+        return stable_hash(payload)[:12]
+
+
+def stable_hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config is a file path, or the bare name of a config shipped in conf/ (`smoke`)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate.resolve()
+    shipped = PACKAGE_CONF_DIR / f"{candidate.name.removesuffix('.yaml')}.yaml"
+    if candidate.suffix in ("", ".yaml") and candidate.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file not found: {path}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when path is None), apply `dotted.key=value`
+    overrides (values parsed as YAML) and validate the result into one frozen Config."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    base_dir = Path.cwd()
+    if path is not None:
+        file = resolve_config_path(path)
+        source, base_dir = str(file), file.parent
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        raw = loaded
+    for override in overrides:
+        _apply_override(raw, override)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    return _resolve_data_path(config, base_dir)
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML: {exc}") from None
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<root>"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            lines.append(f"{source}: {key}: {error['msg']}")
+    return "; ".join(lines)
+
+
+def _resolve_data_path(config: Config, base_dir: Path) -> Config:
+    """Relative data paths resolve against the config file's folder first, then the working
+    directory; URIs are left alone."""
+    path = config.data.path
+    if "://" in path or Path(path).is_absolute():
+        return config
+    for root in (base_dir, Path.cwd()):
+        candidate = (root / path).resolve()
+        if candidate.exists():
+            break
+    else:
+        candidate = (base_dir / path).resolve()  # missing: ingestion reports it with this path
+    data = config.data.model_copy(update={"path": str(candidate)})
+    return config.model_copy(update={"data": data})
+
+
+def storage_root(config: Config) -> str:
+    """The storage root as an absolute URI or path: Ray workers run in another directory."""
+    root = config.storage.root
+    if "://" in root:
+        return root
+    return str(Path(os.path.expanduser(root)).resolve())

@@ -1,0 +1,329 @@
+"""Ingestion: a raw CSV or Parquet file becomes a validated float32 series in Parquet plus a
+manifest (splits, scaler, step), keyed by a fingerprint of the content and the data settings.
+
+Everything is validated before anything is written, so bad input leaves no output behind; the
+error names the file, and the column, row or timestamp at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.fs as pafs
+
+from conf import Config, DataConfig, stable_hash
+from tasks.errors import DataError
+from tasks.storage import Storage, make_filesystem
+from tasks.windows import split_rows, window_counts
+
+MANIFEST = "manifest.json"
+SERIES = "series.parquet"
+FINGERPRINT_KEYS = ("name", "timestamp", "timestamp_format", "target", "columns", "split", "ratios",
+                    "missing", "duplicates", "max_rows")  # lookback/horizons only shape the windows
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An ingested series: where it lives in storage and what its manifest says."""
+
+    name: str
+    fingerprint: str
+    directory: str  # relative to the storage root
+    manifest: dict[str, Any]
+    cached: bool  # True when an identical earlier ingestion was reused
+
+    @property
+    def series_path(self) -> str:
+        return f"{self.directory}/{SERIES}"
+
+    @property
+    def variables(self) -> list[str]:
+        return self.manifest["variables"]
+
+    def summary(self, lookback: int, horizons: list[int], storage: Storage) -> dict[str, Any]:
+        """The `ingest --json` record: the manifest's facts plus window counts for this config."""
+        rows = {split: tuple(span) for split, span in self.manifest["splits"].items()}
+        counts = {h: window_counts(rows, lookback, h) for h in horizons}
+        return {
+            "dataset": self.name,
+            "path": storage.uri(self.series_path),
+            "rows": self.manifest["rows"],
+            "variables": self.variables,
+            "step": self.manifest["step"],
+            "fingerprint": self.fingerprint,
+            "cached": self.cached,
+            "splits": {
+                split: {"rows": list(span), "windows": {str(h): counts[h][split] for h in horizons}}
+                for split, span in rows.items()
+            },
+            "scaler": self.manifest["scaler"],
+            "missing": self.manifest["missing"],
+        }
+
+
+def ingest(config: Config, storage: Storage) -> Dataset:
+    """Validate and store `config.data`; reuse an earlier identical ingestion."""
+    data = config.data
+    content = read_source(data.path)
+    fingerprint = data_fingerprint(content, data)
+    directory = f"datasets/{data.name}/{fingerprint}"
+    if storage.exists(f"{directory}/{MANIFEST}"):  # the manifest is written last: complete
+        manifest = storage.read_json(f"{directory}/{MANIFEST}")
+        check_windows(manifest["splits"], data, data.path)
+        return Dataset(data.name, fingerprint, directory, manifest, cached=True)
+
+    frame, report = parse_series(content, data)
+    rows = split_rows(data.split, frame.height, data.ratios, source=data.path)
+    check_windows(rows, data, data.path)
+    variables = frame.columns[1:]
+    train = frame.slice(rows["train"][0], rows["train"][1] - rows["train"][0])
+    values = train.select(variables).to_numpy().astype(np.float64)
+    mean, std = values.mean(axis=0), values.std(axis=0)  # ddof=0, as sklearn's StandardScaler
+    std = np.where(std > 0, std, 1.0)  # a constant column is centred, not divided by zero
+
+    manifest = {
+        "dataset": data.name,
+        "fingerprint": fingerprint,
+        "source": data.path,
+        "source_sha256": hashlib.sha256(content).hexdigest(),
+        "rows": frame.height,
+        "variables": variables,
+        "target": data.target,
+        "timestamp": data.timestamp,
+        "step": report.pop("step"),
+        "start": str(frame[data.timestamp][0]),
+        "end": str(frame[data.timestamp][-1]),
+        "splits": {split: list(span) for split, span in rows.items()},
+        "scaler": {"mean": mean.tolist(), "std": std.tolist()},
+        "missing": report,
+        "settings": data.model_dump(mode="json", include=set(FINGERPRINT_KEYS)),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    table = frame.with_columns(pl.col(variables).cast(pl.Float32)).to_arrow()
+    with storage.publish_dir(directory) as staging:
+        storage.write_parquet(f"{staging}/{SERIES}", table)
+        storage.write_json(f"{staging}/{MANIFEST}", manifest)
+    return Dataset(data.name, fingerprint, directory, manifest, cached=False)
+
+
+def read_source(path: str) -> bytes:
+    """The raw bytes of a local file or a URI (s3://, gs://, file://)."""
+    try:
+        fs, inner = make_filesystem(path) if "://" in path else (pafs.LocalFileSystem(), path)
+        info = fs.get_file_info(inner)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"{path}: file not found")
+        if info.type != pafs.FileType.File:
+            raise DataError(f"{path}: not a file")
+        with fs.open_input_stream(inner) as stream:
+            content = stream.read()
+    except DataError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    if not content.strip():
+        raise DataError(f"{path}: file is empty")
+    return content
+
+
+def data_fingerprint(content: bytes, data: DataConfig) -> str:
+    settings = data.model_dump(mode="json", include=set(FINGERPRINT_KEYS))
+    return stable_hash({"sha256": hashlib.sha256(content).hexdigest(), "settings": settings})[:16]
+
+
+def parse_series(content: bytes, data: DataConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Raw bytes -> (frame of timestamp + Float64 variables on a regular grid, missing report)."""
+    source = data.path
+    frame, row_offset = _read_frame(content, source)
+    where = _row_namer(row_offset)
+
+    if data.timestamp not in frame.columns:
+        raise DataError(f"{source}: no timestamp column {data.timestamp!r} (columns: {frame.columns})")
+    if data.max_rows is not None:
+        frame = frame.head(data.max_rows)
+    if frame.height == 0:
+        raise DataError(f"{source}: no data rows")
+    frame = frame.with_columns(_parse_timestamps(frame[data.timestamp], data, source, where))
+    frame = frame.select([data.timestamp, *_variables(frame.columns, data, source)])
+    frame = frame.with_columns(_parse_numbers(frame, data, source, where))
+
+    report: dict[str, Any] = {"policy": data.missing, "duplicates_dropped": 0, "gaps": 0,
+                              "rows_inserted": 0, "values_filled": 0}
+    frame, report["duplicates_dropped"] = _check_order(frame, data, source, where)
+    step = _infer_step(frame[data.timestamp], source)
+    frame, report["gaps"], report["rows_inserted"] = _fill_gaps(frame, data, step, source, where)
+    frame, report["values_filled"] = _fill_values(frame, data, source, where)
+    report["step"] = _format_step(step)
+    return frame, report
+
+
+def _read_frame(content: bytes, source: str) -> tuple[pl.DataFrame, int]:
+    """Parquet or CSV (every column read as text, so that errors can name the raw value)."""
+    try:
+        if content[:4] == b"PAR1":
+            return pl.read_parquet(io.BytesIO(content)), 0
+        frame = pl.read_csv(io.BytesIO(content), infer_schema=False, encoding="utf8-lossy")
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"{source}: cannot parse as CSV or Parquet: {exc}") from None
+    renamed = {name: name.strip().lstrip("\ufeff") for name in frame.columns}
+    return frame.rename(renamed), 2  # data row 0 is on line 2 of a CSV file
+
+
+def _row_namer(row_offset: int):
+    def where(index: int) -> str:
+        return f"line {index + row_offset}" if row_offset else f"row {index}"
+
+    return where
+
+
+def _parse_timestamps(column: pl.Series, data: DataConfig, source: str, where) -> pl.Series:
+    if column.dtype == pl.Datetime:
+        parsed = column
+    elif column.dtype == pl.Date:
+        parsed = column.cast(pl.Datetime)
+    else:
+        text = column.cast(pl.String).str.strip_chars()
+        try:
+            parsed = text.str.to_datetime(format=data.timestamp_format, strict=False)
+        except pl.exceptions.PolarsError as exc:
+            raise DataError(f"{source}: column {data.timestamp!r}: cannot parse timestamps: {exc}") from None
+        bad = parsed.is_null()
+        if bad.any():
+            index = int(bad.arg_true()[0])
+            raise DataError(f"{source}: {where(index)}: cannot parse timestamp {text[index]!r} "
+                            f"in column {data.timestamp!r}")
+    if parsed.dtype.time_zone is not None:  # type: ignore[union-attr]
+        parsed = parsed.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return parsed.dt.cast_time_unit("us").alias(data.timestamp)
+
+
+def _variables(columns: list[str], data: DataConfig, source: str) -> list[str]:
+    names = data.columns if data.columns is not None else [c for c in columns if c != data.timestamp]
+    missing = [name for name in [*names, data.target] if name not in columns]
+    if missing:
+        raise DataError(f"{source}: no column {missing[0]!r} (columns: {columns})")
+    if not names:
+        raise DataError(f"{source}: no variable columns besides {data.timestamp!r}")
+    return [name for name in names if name != data.target] + [data.target]
+
+
+def _parse_numbers(frame: pl.DataFrame, data: DataConfig, source: str, where) -> list[pl.Series]:
+    parsed = []
+    for name in frame.columns[1:]:
+        column = frame[name]
+        if column.dtype.is_numeric():
+            values = column.cast(pl.Float64)
+        else:
+            text = column.cast(pl.String).str.strip_chars()
+            values = text.cast(pl.Float64, strict=False)
+            bad = values.is_null() & text.is_not_null() & (text != "")
+            if bad.any():
+                index = int(bad.arg_true()[0])
+                raise DataError(f"{source}: column {name!r}, {where(index)}: {text[index]!r} is not a number")
+        infinite = values.is_infinite()
+        if infinite.any():
+            index = int(infinite.arg_true()[0])
+            raise DataError(f"{source}: column {name!r}, {where(index)}: infinite value")
+        parsed.append(values.fill_nan(None).alias(name))  # NaN and empty cells: both "missing"
+    return parsed
+
+
+def _check_order(frame: pl.DataFrame, data: DataConfig, source: str, where) -> tuple[pl.DataFrame, int]:
+    stamps = frame[data.timestamp]
+    dropped = 0
+    if data.duplicates == "drop":  # only rows identical to the one before: a real repeated record
+        repeated = pl.all_horizontal(pl.all().eq_missing(pl.all().shift(1)))
+        mask = frame.select(repeated.fill_null(False)).to_series()
+        dropped = int(mask.sum())
+        frame = frame.filter(~mask)
+        stamps = frame[data.timestamp]
+    diffs = stamps.diff().slice(1)
+    duplicated = diffs == timedelta(0)
+    if duplicated.any():
+        index = int(duplicated.arg_true()[0]) + 1
+        hint = "" if data.duplicates == "drop" else " (data.duplicates: drop removes identical repeated rows)"
+        raise DataError(f"{source}: duplicated timestamp {stamps[index]} at {where(index)}{hint}")
+    backwards = diffs < timedelta(0)
+    if backwards.any():
+        index = int(backwards.arg_true()[0]) + 1
+        raise DataError(f"{source}: timestamps out of order at {where(index)}: "
+                        f"{stamps[index]} comes after {stamps[index - 1]}")
+    return frame, dropped
+
+
+def _infer_step(stamps: pl.Series, source: str) -> timedelta:
+    if stamps.len() < 2:
+        raise DataError(f"{source}: a single row has no time step")
+    step = stamps.diff().slice(1).mode().sort()[0]  # the most common spacing
+    return step
+
+
+def _fill_gaps(frame: pl.DataFrame, data: DataConfig, step: timedelta, source: str,
+               where) -> tuple[pl.DataFrame, int, int]:
+    stamps = frame[data.timestamp]
+    diffs = stamps.diff().slice(1)
+    irregular = (diffs.dt.total_microseconds() % int(step / timedelta(microseconds=1))) != 0
+    if irregular.any():
+        index = int(irregular.arg_true()[0]) + 1
+        raise DataError(f"{source}: irregular time index at {where(index)}: {stamps[index]} is not a "
+                        f"whole number of steps ({_format_step(step)}) after {stamps[index - 1]}")
+    gaps = diffs > step
+    if not gaps.any():
+        return frame, 0, 0
+    n_gaps = int(gaps.sum())
+    grid = pl.datetime_range(stamps[0], stamps[-1], interval=step, eager=True, time_unit="us")
+    inserted = grid.len() - frame.height
+    if data.missing == "error":
+        index = int(gaps.arg_true()[0]) + 1
+        raise DataError(f"{source}: {n_gaps} gap(s) in the time index ({inserted} missing steps); the "
+                        f"first after {stamps[index - 1]} ({where(index - 1)}); set data.missing to "
+                        f"ffill or interpolate to fill them")
+    regular = pl.DataFrame({data.timestamp: grid}).join(frame, on=data.timestamp, how="left",
+                                                         maintain_order="left")
+    return regular, n_gaps, inserted
+
+
+def _fill_values(frame: pl.DataFrame, data: DataConfig, source: str, where) -> tuple[pl.DataFrame, int]:
+    variables = frame.columns[1:]
+    nulls = frame.select(pl.col(variables).is_null().sum()).row(0)
+    total = int(sum(nulls))
+    if total == 0:
+        return frame, 0
+    if data.missing == "error":
+        column = variables[next(i for i, n in enumerate(nulls) if n)]
+        index = int(frame[column].is_null().arg_true()[0])
+        raise DataError(f"{source}: {total} missing value(s); the first in column {column!r}, "
+                        f"{where(index)}; set data.missing to ffill or interpolate to fill them")
+    if data.missing == "interpolate":
+        frame = frame.with_columns(pl.col(variables).interpolate())
+    frame = frame.with_columns(pl.col(variables).forward_fill().backward_fill())
+    # a column with no value at all cannot be filled
+    empty = [name for name in variables if frame[name].null_count()]
+    if empty:
+        raise DataError(f"{source}: column {empty[0]!r} has no values")
+    return frame, total
+
+
+def _format_step(step: timedelta) -> str:
+    seconds = int(step.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def check_windows(rows: dict[str, Any], data: DataConfig, source: str) -> None:
+    """Every split must hold at least one window of every configured horizon."""
+    spans = {split: tuple(span) for split, span in rows.items()}
+    for horizon in data.horizons:
+        for split, count in window_counts(spans, data.lookback, horizon).items():
+            if count < 1:
+                start, end = spans[split]
+                raise DataError(f"{source}: split {split!r} (rows [{start}, {end})) is too short for "
+                                f"lookback {data.lookback} + horizon {horizon}")

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from conf import Config, ConfigError, load_config
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+SHIPPED = ["etth1", "ettm1", "weather", "exchange", "illness", "smoke"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_validate(name):
+    config = load_config(CONF / f"{name}.yaml")
+    assert config.data.name == name
+    assert Path(config.data.path).is_absolute()
+
+
+def test_defaults_follow_the_method():
+    config = load_config()
+    assert config.data.lookback == 720
+    assert config.data.horizons == [96, 192, 336, 720]
+    assert config.data.ratios == (0.7, 0.1, 0.2)
+    assert config.data.missing == "error"
+    assert config.serve.host == "127.0.0.1" and config.serve.port == 8000
+    assert load_config(CONF / "etth1.yaml").data.split == "ett-hour"
+    assert load_config(CONF / "ettm1.yaml").data.split == "ett-minute"
+    illness = load_config(CONF / "illness.yaml").data
+    assert (illness.lookback, illness.horizons, illness.split) == (104, [24, 36, 48, 60], "ratio")
+
+
+def test_the_config_is_frozen():
+    config = load_config()
+    with pytest.raises(ValidationError):
+        config.data.lookback = 5  # type: ignore[misc]
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  lookbak: 96\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'data\.lookbak'"):
+        load_config(path)
+    path.write_text("dta: {}\n")
+    with pytest.raises(ConfigError, match="unknown key 'dta'"):
+        load_config(path)
+
+
+def test_set_overrides_parse_yaml_values():
+    config = load_config(CONF / "smoke.yaml", ["data.horizons=[96, 48]", "distill.alpha=0.5",
+                                               "ray.address=null", "teacher.params={d_model: 8}"])
+    assert config.data.horizons == [96, 48]
+    assert config.distill.alpha == 0.5
+    assert config.ray.address is None
+    assert config.teacher.params == {"d_model": 8}
+
+
+def test_set_overrides_are_validated():
+    with pytest.raises(ConfigError, match=r"--set|<defaults>: unknown key 'distill.alpah'"):
+        load_config(None, ["distill.alpah=1"])
+    with pytest.raises(ConfigError, match=r"data\.lookback"):
+        load_config(None, ["data.lookback=-3"])
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
+        load_config(None, ["data.lookback"])
+    with pytest.raises(ConfigError, match=r"data\.split"):
+        load_config(None, ["data.split=weekly"])
+    with pytest.raises(ConfigError, match=r"data\.name"):
+        load_config(None, ["data.name=../etc"])
+
+
+def test_relative_data_path_resolves_against_the_config_folder_then_cwd(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "here.csv").write_text("x")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "there.csv").write_text("x")
+    monkeypatch.chdir(tmp_path / "work")
+    config_file = tmp_path / "cfg" / "c.yaml"
+    config_file.write_text("data: {path: here.csv}\n")
+    assert load_config(config_file).data.path == str(tmp_path / "cfg" / "here.csv")
+    config_file.write_text("data: {path: there.csv}\n")
+    assert load_config(config_file).data.path == str(tmp_path / "work" / "there.csv")
+    config_file.write_text("data: {path: 's3://bucket/key.csv'}\n")
+    assert load_config(config_file).data.path == "s3://bucket/key.csv"
+
+
+def test_shipped_configs_resolve_by_name():
+    assert load_config("smoke").data.name == "smoke"
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no-such-config")
+
+
+def test_run_id_depends_on_results_not_on_placement():
+    base = Config()
+    moved = base.model_copy(update={"ray": base.ray.model_copy(update={"num_workers": 4})})
+    assert base.run_id("fp") == moved.run_id("fp")
+    assert base.run_id("fp") != base.run_id("other-data")
+    tuned = load_config(None, ["distill.alpha=0.1"])
+    assert tuned.run_id("fp") != base.run_id("fp")
+
+
+def test_invalid_yaml_and_non_mapping(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
