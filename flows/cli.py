@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from conf import Config, ConfigError, load_config, storage_root
+from flows.progress import StepProgress
 from tasks.errors import DataError, StepError
 from tasks.storage import Storage
 
@@ -98,6 +100,101 @@ def print_ingest(summary: dict[str, Any]) -> None:
         out.print(f"  filled ({missing['policy']}): {missing['gaps']} gaps ({missing['rows_inserted']} rows "
                   f"inserted), {missing['values_filled']} values; {missing['duplicates_dropped']} "
                   f"repeated rows dropped")
+
+
+RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (default: "
+                                                  "ray.address, $RAY_ADDRESS, else a local Ray)")]
+
+
+@app.command()
+def teacher(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
+            ray_address: RayAddressOpt = None) -> None:
+    """Train the teacher of every configured horizon on Ray Train (reused when already trained)."""
+    from tasks import steps
+
+    def body() -> None:
+        cfg = load_config(config, set_ or [])
+        with steps.Pipeline(cfg, ray_address=ray_address, quiet=not debug) as pipe, StepProgress() as progress:
+            dataset = pipe.ingest()
+            progress.step("ingest", 0.0, dataset.cached, dataset.fingerprint)
+            results = []
+            for horizon in cfg.data.horizons:
+                began = time.perf_counter()
+                trained = pipe.teacher(horizon, on_event=progress)
+                progress.step("teacher", time.perf_counter() - began, trained.cached,
+                              f"h={horizon} val_mse {trained.meta['val_mse']:.4f}")
+                results.append({
+                    "dataset": dataset.name, "horizon": horizon, "teacher": trained.meta["name"],
+                    "checkpoint": pipe.storage.uri(trained.weights_path), "val_mse": trained.meta["val_mse"],
+                    "test_mse": trained.meta["test_mse"], "test_mae": trained.meta["test_mae"],
+                    "epochs": trained.meta["epochs"], "params": trained.meta["params"], "cached": trained.cached,
+                })
+        if as_json:
+            emit_json({"results": results})
+        else:
+            table = Table("dataset", "horizon", "teacher", "params", "epochs", "val MSE", "test MSE", "test MAE")
+            for r in results:
+                table.add_row(r["dataset"], str(r["horizon"]), r["teacher"], f"{r['params']:,}", str(r["epochs"]),
+                              f"{r['val_mse']:.4f}", f"{r['test_mse']:.4f}", f"{r['test_mae']:.4f}")
+            out.print(table)
+
+    run_command(debug, body)
+
+
+@app.command()
+def distill(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
+            ray_address: RayAddressOpt = None) -> None:
+    """Distill the student from the trained teacher (via its Parquet cache), train the plain-MLP
+    baseline beside it, and compare all three on the test split."""
+    from tasks import steps
+
+    def body() -> None:
+        cfg = load_config(config, set_ or [])
+        with steps.Pipeline(cfg, ray_address=ray_address, quiet=not debug) as pipe, StepProgress() as progress:
+            dataset = pipe.ingest()
+            progress.step("ingest", 0.0, dataset.cached, dataset.fingerprint)
+            results, caches, trained_students = [], [], []
+            for horizon in cfg.data.horizons:
+                trained = pipe.require_teacher(horizon)
+                began = time.perf_counter()
+                cache = pipe.cache(trained)
+                if cache is not None:
+                    caches.append(cache)
+                    progress.step("cache", time.perf_counter() - began, cache.hit,
+                                  f"h={horizon} {cache.meta['bytes'] / 2**20:.1f} MiB")
+                began = time.perf_counter()
+                students = pipe.students(trained, cache, on_event=progress)
+                progress.step("distill", time.perf_counter() - began, students.cached, f"h={horizon}")
+                trained_students.append(students)
+                results.append(pipe.evaluate(trained, students))
+        summary = steps.cache_summary(pipe.storage, caches, trained_students)
+        if as_json:
+            emit_json({"results": results, "cache": summary, "run_dir": pipe.storage.uri(pipe.run_dir)})
+        else:
+            print_results(results)
+            if caches:
+                state = "reused" if summary["hit"] else "built"
+                out.print(f"teacher cache {state}: {summary['path']} ({summary['bytes'] / 2**20:.1f} MiB); "
+                          f"teacher batches run: {summary['teacher_forward_batches']}")
+
+    run_command(debug, body)
+
+
+def print_results(results: list[dict[str, Any]]) -> None:
+    table = Table("dataset", "h", "model", "test MSE", "test MAE", "params", "latency ms", "vs MLP", "vs teacher")
+    for r in results:
+        for role in ("teacher", "student", "baseline"):
+            if role not in r:
+                continue
+            m = r[role]
+            versus = (f"{r['student_vs_baseline_pct']:+.1f}%" if role == "student" and "student_vs_baseline_pct" in r
+                      else "")
+            teach = f"{r['student_vs_teacher_pct']:+.1f}%" if role == "student" else ""
+            label = {"teacher": f"teacher ({m['name']})", "student": f"student ({m['name']})",
+                     "baseline": "MLP baseline"}[role]
+            table.add_row(r["dataset"], str(r["horizon"]), label, f"{m['test_mse']:.4f}", f"{m['test_mae']:.4f}",
+                          f"{m['params']:,}", f"{m['latency_ms']:.2f}", versus, teach)
+    out.print(table)
 
 
 def main() -> None:  # pragma: no cover - the console script calls app directly

@@ -1,0 +1,206 @@
+"""The teacher cache: the frozen teacher runs once over every window of every split, as a Ray
+Data batch-inference job, and its predictions and features land in Parquet keyed by window_id.
+Distillation then reads them instead of running the teacher on every batch of every epoch.
+
+Layout: cache/<key>/<split>/part-<first window_id>.parquet, <split>/_SUCCESS (its row count),
+cache.json and _SUCCESS last. The key hashes the teacher's weights, the data fingerprint, the
+window and the stored feature width, so a cache is reused exactly when it is valid.
+
+Size is bounded twice: values are stored as float16, and teacher features wider than
+`distill.feature_max_dim` (ModernTCN's and PatchTST's flattened patches) are reduced to that
+width by adaptive average pooling along the feature axis (`models.reduce_feature_width`), the
+same deterministic reduction the online path applies, so both paths see the same features.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+import torch
+
+from conf import Config, stable_hash
+from models import reduce_feature_width
+from tasks.ingest import Dataset
+from tasks.runtime import worker_resources
+from tasks.storage import SUCCESS, Storage
+from tasks.teacher import Teacher, load_teacher
+from tasks.windows import SPLITS, WindowBatcher, window_index
+
+CACHE_META = "cache.json"
+INFERENCE_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Cache:
+    directory: str  # relative to the storage root
+    key: str
+    meta: dict[str, Any]
+    hit: bool  # True when a valid cache was found and the teacher did not run
+    teacher_forward_batches: int
+
+    @property
+    def feature_dim(self) -> int:
+        return self.meta["feature_dim"]
+
+    def split_dir(self, split: str) -> str:
+        return f"{self.directory}/{split}"
+
+
+def stored_feature_dim(teacher: Teacher, config: Config) -> int:
+    return min(teacher.meta["feature_dim"], config.distill.feature_max_dim)
+
+
+def cache_key(config: Config, dataset: Dataset, teacher: Teacher) -> str:
+    return stable_hash({
+        "teacher_sha256": teacher.meta["sha256"],
+        "data": dataset.fingerprint,
+        "lookback": teacher.meta["lookback"],
+        "horizon": teacher.meta["horizon"],
+        "feature_dim": stored_feature_dim(teacher, config),
+        "dtype": "float16",
+        "format": 1,
+    })[:16]
+
+
+def find_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Teacher) -> Cache | None:
+    key = cache_key(config, dataset, teacher)
+    directory = f"cache/{key}"
+    if not storage.complete(directory):
+        return None
+    return Cache(directory, key, storage.read_json(f"{directory}/{CACHE_META}"), hit=True,
+                 teacher_forward_batches=0)
+
+
+def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Teacher, *,
+                series_ref: ray.ObjectRef | None = None) -> Cache:
+    """Reuse the valid cache of this teacher, or run the teacher once over every window."""
+    existing = find_cache(config, storage, dataset, teacher)
+    if existing is not None:
+        return existing
+    from tasks.teacher import load_standardized
+
+    key = cache_key(config, dataset, teacher)
+    directory = f"cache/{key}"
+    lookback, horizon = teacher.meta["lookback"], teacher.meta["horizon"]
+    index = window_index(dataset.manifest["splits"], lookback, horizon)
+    if series_ref is None:
+        series_ref = ray.put(load_standardized(storage, dataset))
+    began = time.perf_counter()
+    resources = worker_resources(config)
+    storage.delete(directory)  # an earlier attempt that did not finish
+    # Ray: batch inference with a pool of actors, each holding the frozen teacher once
+    stats = (
+        ray.data.from_arrow(index)
+        .map_batches(
+            TeacherPredictor,
+            fn_constructor_kwargs={
+                "storage": storage, "teacher": teacher, "series": series_ref, "directory": directory,
+                "feature_dim": stored_feature_dim(teacher, config), "use_gpu": config.ray.use_gpu,
+            },
+            batch_size=4 * INFERENCE_BATCH,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=config.ray.num_workers),
+            num_cpus=resources["CPU"],
+            num_gpus=resources.get("GPU", 0),
+        )
+        .to_arrow_refs()
+    )
+    table = pa.concat_tables(ray.get(stats))
+    rows = {split: 0 for split in SPLITS}
+    for split, count in zip(table["split"].to_pylist(), table["rows"].to_pylist(), strict=True):
+        rows[split] += count
+    expected = {split: int(np.sum(index["split"].to_numpy(zero_copy_only=False) == split)) for split in SPLITS}
+    if rows != expected:
+        storage.delete(directory)
+        raise RuntimeError(f"teacher cache {directory}: wrote {rows} windows, expected {expected}")
+    for split in SPLITS:
+        storage.write_json(f"{directory}/{split}/{SUCCESS}", {"rows": rows[split]})
+    meta = {
+        "key": key, "teacher": teacher.directory, "teacher_sha256": teacher.meta["sha256"],
+        "data_fingerprint": dataset.fingerprint, "lookback": lookback, "horizon": horizon,
+        "n_vars": teacher.meta["n_vars"], "feature_dim": stored_feature_dim(teacher, config),
+        "teacher_feature_dim": teacher.meta["feature_dim"], "dtype": "float16", "rows": rows,
+        "bytes": storage.size(directory), "teacher_forward_batches": int(sum(table["batches"].to_pylist())),
+        "seconds": time.perf_counter() - began,
+    }
+    storage.write_json(f"{directory}/{CACHE_META}", meta)
+    storage.write_bytes(f"{directory}/{SUCCESS}", b"")
+    return Cache(directory, key, meta, hit=False, teacher_forward_batches=meta["teacher_forward_batches"])
+
+
+class TeacherPredictor:
+    """A Ray Data actor: runs the frozen teacher over batches of windows and writes each batch's
+    predictions and features as a Parquet part file; returns one stats row per file."""
+
+    def __init__(self, storage: Storage, teacher: Teacher, series: ray.ObjectRef, directory: str,
+                 feature_dim: int, use_gpu: bool) -> None:
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.storage, self.directory, self.feature_dim = storage, directory, feature_dim
+        self.model = load_teacher(storage, teacher, self.device)
+        self.batcher = WindowBatcher(ray.get(series), teacher.meta["lookback"], teacher.meta["horizon"])
+
+    @torch.inference_mode()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        stats = []
+        splits = batch["split"].to_numpy(zero_copy_only=False)
+        for split in dict.fromkeys(splits):  # in order of appearance
+            part = batch.filter(pa.array(splits == split))
+            window_id = part["window_id"].to_numpy()
+            starts = part["start"].to_numpy()
+            predictions, features, batches = [], [], 0
+            for begin in range(0, len(starts), INFERENCE_BATCH):
+                x, _ = self.batcher(starts[begin : begin + INFERENCE_BATCH])
+                prediction, feature = self.model(x.to(self.device))
+                feature = reduce_feature_width(feature, self.feature_dim)
+                predictions.append(prediction.to("cpu", torch.float16).numpy())
+                features.append(feature.to("cpu", torch.float16).numpy())
+                batches += 1
+            table = cache_table(window_id, np.concatenate(predictions), np.concatenate(features))
+            written = self.storage.write_parquet(
+                f"{self.directory}/{split}/part-{int(window_id[0]):08d}.parquet", table, compression="none")
+            stats.append({"split": split, "rows": len(window_id), "bytes": written, "batches": batches})
+        return pa.Table.from_pylist(stats)
+
+
+def cache_table(window_id: np.ndarray, prediction: np.ndarray, feature: np.ndarray) -> pa.Table:
+    """Rows of (window_id, prediction [S*C], feature [C*d]) as fixed-size float16 lists; the
+    shapes are kept in the schema metadata."""
+    columns = {"window_id": pa.array(window_id, pa.int64())}
+    for name, values in (("prediction", prediction), ("feature", feature)):
+        flat = pa.array(values.reshape(-1), pa.float16())
+        columns[name] = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
+    metadata = {"prediction_shape": str(list(prediction.shape[1:])), "feature_shape": str(list(feature.shape[1:]))}
+    table = pa.table(columns)
+    return table.replace_schema_metadata(metadata)
+
+
+def unpack(table: pa.Table, horizon: int, n_vars: int, feature_dim: int) -> dict[str, np.ndarray]:
+    """Arrow rows of the cache -> window_id [N], prediction [N, S, C], feature [N, C, d] (float16)."""
+    def matrix(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        column = table.column(name).combine_chunks()
+        return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), *shape)
+
+    return {
+        "window_id": table.column("window_id").to_numpy(),
+        "prediction": matrix("prediction", (horizon, n_vars)),
+        "feature": matrix("feature", (n_vars, feature_dim)),
+    }
+
+
+def read_cache_split(storage: Storage, cache: Cache, split: str) -> dict[str, np.ndarray]:
+    """One whole split of the cache, sorted by window_id (for evaluation and tests)."""
+    table = storage.read_parquet(cache.split_dir(split))
+    table = table.sort_by("window_id")
+    return unpack(table, cache.meta["horizon"], cache.meta["n_vars"], cache.meta["feature_dim"])
+
+
+def cache_dataset(storage: Storage, cache: Cache, split: str = "train") -> ray.data.Dataset:
+    """Ray: the cache of one split as a Ray Dataset (what the distillation workers shard)."""
+    return ray.data.read_parquet(storage.path(cache.split_dir(split)), filesystem=storage.fs,
+                                 file_extensions=["parquet"])

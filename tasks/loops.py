@@ -1,0 +1,291 @@
+"""The training recipe that runs inside every Ray Train worker, shared by the teacher and the
+students: sharded epochs, the lr schedule, early stopping on validation MSE, a checkpoint every
+epoch, and whole-split evaluation (each rank scores its share, then one all-reduce).
+
+The Ray-specific lines are few and marked `# Ray:`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tasks.windows import WindowBatcher
+
+STATE_FILE = "state.pt"
+LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+# ---- the schedule and early stopping ----------------------------------------------------------
+def lr_at(epoch: int, lr: float, decay: float = 0.5, hold_epochs: int = 0) -> float:
+    """Learning rate of a 0-based epoch: kept for `hold_epochs`, then multiplied by `decay`
+    every epoch (the teachers' schedule is hold 0, decay 0.5: halved every epoch)."""
+    return lr * decay ** max(epoch + 1 - max(hold_epochs, 1), 0)
+
+
+@dataclass
+class EarlyStopping:
+    patience: int
+    best: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, value: float, model: nn.Module) -> bool:
+        """Record a validation score; True when it is the best so far."""
+        if value < self.best:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def stopped(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.bad_epochs, self.best_state = state["bad_epochs"], state["best_state"]
+
+
+@dataclass
+class Trainee:
+    """One model being trained: what the loop needs to step, score and checkpoint it."""
+
+    name: str
+    module: nn.Module  # what backward runs through (DDP-wrapped when there are several workers)
+    model: nn.Module  # the forecaster itself (unwrapped), scored and saved
+    loss_fn: LossFn  # batch -> (loss, parts)
+    optimizer: torch.optim.Optimizer
+    lr: float
+    decay: float
+    hold_epochs: int
+    early: EarlyStopping
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return not self.early.stopped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module_state(), "optimizer": self.optimizer.state_dict(),
+                "early": self.early.state_dict(), "history": self.history}
+
+    def module_state(self) -> dict[str, torch.Tensor]:
+        return getattr(self.module, "module", self.module).state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        getattr(self.module, "module", self.module).load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.early.load_state_dict(state["early"])
+        self.history = state["history"]
+
+
+# ---- data -------------------------------------------------------------------------------------
+def shard_epoch(n: int, rank: int, world: int, seed: int) -> np.ndarray:
+    """This rank's positions for one epoch: one permutation shared by every rank (same seed),
+    padded by wrapping so that every rank gets the same number of batches (DDP needs that)."""
+    order = np.random.default_rng(seed).permutation(n)
+    per_rank = -(-n // world)
+    order = np.resize(order, per_rank * world)
+    return order[rank::world]
+
+
+def batches(positions: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for begin in range(0, len(positions), batch_size):
+        yield positions[begin : begin + batch_size]
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batcher: WindowBatcher, starts: np.ndarray, rank: int, world: int,
+             device: torch.device, batch_size: int = 256) -> dict[str, float]:
+    """MSE and MAE over every element of every window of a split (each rank scores a contiguous
+    share; sums are all-reduced, so the result is the whole split's, identical on every rank)."""
+    model.eval()
+    mine = np.array_split(np.arange(len(starts)), world)[rank]
+    sums = [0.0, 0.0, 0.0]
+    for chunk in batches(mine, batch_size):
+        x, y = batcher(starts[chunk])
+        prediction = model(x.to(device)).prediction.float()
+        error = prediction - y.to(device)
+        sums[0] += float(error.square().sum())
+        sums[1] += float(error.abs().sum())
+        sums[2] += error.numel()
+    sq, ab, count = all_reduce_sum(sums, device)
+    return {"mse": sq / max(count, 1), "mae": ab / max(count, 1)}
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, batcher: WindowBatcher, starts: np.ndarray, device: torch.device,
+               batch_size: int = 32, repeats: int = 20) -> float:
+    """Median wall time of one forward pass on a batch of 32 windows on the training device."""
+    model.eval()
+    x, _ = batcher(starts[:batch_size])
+    x = x.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):  # warm up (allocator, cuDNN autotuning)
+        model(x)
+    times = []
+    for _ in range(repeats):
+        sync()
+        begin = time.perf_counter()
+        model(x)
+        sync()  # a CPU-GPU sync: the kernels must have finished to be counted
+        times.append((time.perf_counter() - begin) * 1000)
+    return statistics.median(times)
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def load_checkpoint(trainees: list[Trainee]) -> int:
+    """Ray: resume from the latest checkpoint of this run (after a worker failure, or when the
+    same run is started again); returns the first epoch still to run."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    for trainee in trainees:
+        trainee.load_state_dict(state["trainees"][trainee.name])
+    return int(state["epoch"]) + 1
+
+
+def report_epoch(epoch: int, trainees: list[Trainee], metrics: dict[str, Any], rank: int) -> None:
+    """Ray: report every epoch on every rank (a barrier); rank 0 attaches the checkpoint."""
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            state = {"epoch": epoch, "trainees": {t.name: t.state_dict() for t in trainees}}
+            torch.save(state, os.path.join(folder, STATE_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train(trainees: list[Trainee], *, epochs: int, batch_size: int, train_windows: Callable[[int], np.ndarray],
+          make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], val_batcher: WindowBatcher,
+          val_starts: np.ndarray, device: torch.device, mixed_precision: bool = False,
+          events: Callable[[dict[str, Any]], None] | None = None,
+          fault: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Train every trainee until its early stopping fires or `epochs` run out; returns (epochs
+    run in all, the epoch this attempt resumed from: 0 unless a checkpoint was restored). `train_windows(epoch)` gives this rank's positions for an epoch;
+    `make_batch(positions)` turns them into tensors on the device; rank 0 sends progress
+    `events` (a few per epoch, and the epoch's metrics)."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    start = load_checkpoint(trainees)
+    epoch = start - 1
+    for epoch in range(start, epochs):
+        active = [t for t in trainees if t.active]
+        if not active:
+            break
+        # 1. the lr of this epoch
+        for trainee in active:
+            for group in trainee.optimizer.param_groups:
+                group["lr"] = lr_at(epoch, trainee.lr, trainee.decay, trainee.hold_epochs)
+        # 2. one pass over this rank's share of the train windows
+        began = time.perf_counter()
+        sums = {t.name: 0.0 for t in active}
+        parts_sums: dict[str, dict[str, float]] = {t.name: {} for t in active}
+        steps = 0
+        for trainee in active:
+            trainee.module.train()
+        positions_this_epoch = train_windows(epoch)
+        n_steps = -(-len(positions_this_epoch) // batch_size)
+        every = max(n_steps // 20, 1)
+        for step, positions in enumerate(batches(positions_this_epoch, batch_size)):
+            if events is not None and rank == 0 and step % every == 0:
+                events({"type": "batch", "epoch": epoch + 1, "epochs": epochs, "step": step, "steps": n_steps})
+            if fault is not None:
+                fault(epoch * 1_000_000 + step)
+            batch = make_batch(positions)
+            for trainee in active:
+                with autocast(device, mixed_precision):
+                    loss, parts = trainee.loss_fn(batch)
+                trainee.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                trainee.optimizer.step()
+                sums[trainee.name] += float(loss.detach())
+                for key, value in parts.items():
+                    parts_sums[trainee.name][key] = parts_sums[trainee.name].get(key, 0.0) + float(value)
+            steps += 1
+        seconds = time.perf_counter() - began
+        # 3. validation MSE on the whole split; early stopping keeps the best weights
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "epoch_seconds": seconds}
+        for trainee in active:
+            scores = evaluate(trainee.model, val_batcher, val_starts, rank, world, device)
+            improved = trainee.early.update(epoch, scores["mse"], trainee.model)
+            record = {"epoch": epoch + 1, "train_loss": sums[trainee.name] / max(steps, 1),
+                      "val_mse": scores["mse"], "val_mae": scores["mae"], "seconds": seconds,
+                      "lr": trainee.optimizer.param_groups[0]["lr"], "improved": float(improved),
+                      **{k: v / max(steps, 1) for k, v in parts_sums[trainee.name].items()}}
+            trainee.history.append(record)
+            metrics.update({f"{trainee.name}/{k}": v for k, v in record.items() if k != "epoch"})
+            metrics[f"{trainee.name}/stopped"] = trainee.early.stopped
+        # 4. Ray: checkpoint and report (every rank, every epoch)
+        report_epoch(epoch, trainees, metrics, rank)
+        if events is not None and rank == 0:
+            events({"type": "epoch", "epochs": epochs, **metrics})
+    return epoch + 1, start
+
+
+def restore_best(trainee: Trainee) -> None:
+    if trainee.early.best_state is not None:
+        trainee.model.load_state_dict(trainee.early.best_state)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+def prepare(module: nn.Module) -> nn.Module:
+    """Ray: move to the worker's device and wrap in DDP when there are several workers."""
+    return ray.train.torch.prepare_model(module)
+
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A deliberate worker crash, once, for resilience tests: rank `rank` raises at the first
+    step of `epoch` (0-based) unless `marker` exists, and creates the marker first."""
+
+    epoch: int
+    rank: int
+    marker: str
+
+    def __call__(self, step: int) -> None:
+        rank = ray.train.get_context().get_world_rank()
+        if rank == self.rank and step == self.epoch * 1_000_000 and not os.path.exists(self.marker):
+            with open(self.marker, "w") as handle:
+                handle.write(f"failed at epoch {self.epoch} on rank {rank}\n")
+            raise RuntimeError(f"injected failure of worker {rank} at epoch {self.epoch}")

@@ -1,0 +1,77 @@
+"""Where the work runs: connect to a Ray cluster, or start a local one on demand."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from conf import Config
+
+log = logging.getLogger("timedistill")
+
+# Train V2's preemption watcher polls for spot-instance drains: one more process that imports
+# Ray Train on a laptop where nothing gets preempted. Clusters keep Ray's default.
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def ray_address(config: Config, override: str | None = None) -> str | None:
+    return override or config.ray.address or os.environ.get("RAY_ADDRESS") or None
+
+
+@contextmanager
+def ray_session(config: Config, address: str | None = None, *, quiet: bool = True) -> Iterator[bool]:
+    """Use the Ray that is already initialized, else connect to `address` / ray.address /
+    $RAY_ADDRESS, else start a local Ray. Yields whether this call started it; only a Ray this
+    call started or connected is shut down at the end. `quiet` keeps the workers' logs and Ray
+    Data's progress lines off the terminal (our own progress reports epochs and steps)."""
+    if ray.is_initialized():
+        yield False
+        return
+    target = ray_address(config, address)
+    if target is None:
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
+        log.info("started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+    else:
+        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=not quiet)
+        log.info("connected to the Ray cluster at %s", target)
+    if quiet:
+        quiet_ray_data()
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def worker_resources(config: Config, reserve_cpus: float = 0.0) -> dict[str, float]:
+    """Resources of one training worker. On a small cluster the request shrinks so that
+    `reserve_cpus` stay free: Ray Data's read tasks need a CPU, and 2 workers at 1 CPU each plus a
+    Ray Dataset on 2 cores would wait forever for one."""
+    cpus = config.ray.cpus_per_worker
+    free = cluster_cpus() - reserve_cpus
+    if cpus * config.ray.num_workers > free:
+        cpus = max(round(free / config.ray.num_workers, 2), 0.1)
+        log.info("asking %.2f CPU per worker (ray.cpus_per_worker=%s does not fit %d workers on %s CPUs)",
+                 cpus, config.ray.cpus_per_worker, config.ray.num_workers, cluster_cpus())
+    resources = {"CPU": cpus}
+    if config.ray.use_gpu:
+        resources["GPU"] = config.ray.gpus_per_worker
+    return resources
+
+
+def quiet_ray_data() -> None:
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
