@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test install lint clean
 
 demo: install
-	$(BIN)/timedistill ingest conf/smoke.yaml
+	$(BIN)/timedistill retrain conf/smoke.yaml
 
 test: install
 	$(BIN)/python -m pytest

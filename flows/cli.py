@@ -8,6 +8,7 @@ of stdout one JSON object for scripts. Errors are one line on stderr; `--debug` 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -176,6 +177,67 @@ def distill(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
                 state = "reused" if summary["hit"] else "built"
                 out.print(f"teacher cache {state}: {summary['path']} ({summary['bytes'] / 2**20:.1f} MiB); "
                           f"teacher batches run: {summary['teacher_forward_batches']}")
+
+    run_command(debug, body)
+
+
+@app.command()
+def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
+            ray_address: RayAddressOpt = None) -> None:
+    """Run the whole pipeline as a Prefect flow: ingest, teacher, cache, distill + baseline,
+    evaluate, register. Steps whose inputs did not change are skipped."""
+
+    def body() -> None:
+        if not debug:  # the flow's logs still reach Prefect's API; the terminal shows progress
+            os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        from flows.retrain import progress, retrain as retrain_flow
+
+        load_config(config, set_ or [])  # fail fast on a bad config, before any server starts
+        with StepProgress() as bar, progress(bar, on_step=lambda *a: step_line(bar, *a), quiet=not debug):
+            summary = retrain_flow(config=config, overrides=list(set_ or []), ray_address=ray_address)
+        if as_json:
+            emit_json(summary)
+        else:
+            print_results(summary["results"])
+            for model in summary["models"]:
+                verdict = f"registered as {model['version']}" if model["registered"] else "not registered"
+                out.print(f"{model['name']}: {verdict} ({model['reason']})")
+            out.print(f"reports: {summary['run_dir']}/report.md, forecast.png, metrics.json")
+
+    run_command(debug, body)
+
+
+def step_line(bar: StepProgress, name: str, seconds: float, cached: bool, result: Any) -> None:
+    detail = ""
+    if name == "teacher":
+        detail = f"h={result.meta['horizon']} {result.meta['name']} val_mse {result.meta['val_mse']:.4f}"
+    elif name == "cache" and result is not None:
+        detail = f"h={result.meta['horizon']} {result.meta['bytes'] / 2**20:.1f} MiB"
+    elif name == "distill":
+        detail = f"h={result.meta['horizon']}"
+    elif name == "register":
+        detail = f"{result.model}: {result.version if result.registered else 'not registered'} ({result.reason})"
+    elif name == "ingest":
+        detail = result.fingerprint
+    bar.step(name, seconds, cached, detail)
+
+
+@app.command()
+def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron schedule, e.g. '0 3 * * *'")],
+             set_: SetOpt = None, name: Annotated[str | None, typer.Option(help="deployment name")] = None,
+             ray_address: RayAddressOpt = None, debug: DebugOpt = False) -> None:
+    """Serve the retrain flow on a cron schedule (Prefect `flow.serve`); runs until Ctrl-C."""
+
+    def body() -> None:
+        from flows.retrain import deployment
+
+        cfg = load_config(config, set_ or [])
+        runnable = deployment(config, cron, overrides=list(set_ or []), name=name, ray_address=ray_address)
+        err.print(f"serving the retrain flow of {cfg.data.name} on '{cron}' as deployment "
+                  f"'{runnable.name}'; Ctrl-C stops it")
+        from prefect import serve
+
+        serve(runnable)
 
     run_command(debug, body)
 

@@ -1,5 +1,6 @@
-"""Shared fixtures: one local Ray for the whole test session (started on first use), and the
-paths of the real benchmark data beside the clone."""
+"""Shared fixtures: one local Ray and one Prefect test harness for the whole session (each
+started on first use), and one real run of the retrain flow on the smoke config that the
+training, flow, registry and serving tests all inspect."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+SMOKE_ROWS = 800
 
 
 @pytest.fixture(scope="session")
@@ -30,5 +32,52 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (sqlite) for the session."""
+    import flows  # noqa: F401  (sets the startup timeout before Prefect reads its settings)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
 def session_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def smoke_csv(tmp_path_factory) -> Path:
+    """The smoke rows of the shipped ETTh1 in a file of the test's own (tests may change it)."""
+    path = tmp_path_factory.mktemp("data") / "smoke.csv"
+    lines = (ROOT / "data" / "ETTh1.csv").read_text().splitlines()[: SMOKE_ROWS + 1]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def smoke_overrides(root: Path, csv: Path) -> list[str]:
+    return [f"storage.root={root}", f"data.path={csv}"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(ray_local, prefect_harness, session_root, smoke_csv):
+    """The retrain flow, run once for real on the smoke config; returns its summary."""
+    from flows.retrain import retrain
+
+    return retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv))
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(smoke_run, session_root, smoke_csv):
+    """The smoke run's artifacts as objects (every lookup hits what the flow stored)."""
+    from conf import load_config
+    from tasks.steps import Pipeline
+
+    config = load_config("smoke", smoke_overrides(session_root, smoke_csv))
+    with Pipeline(config) as pipe:
+        pipe.ingest()
+        teacher = pipe.teacher(24)
+        cache = pipe.cache(teacher)
+        students = pipe.students(teacher, cache)
+        yield {"config": config, "pipe": pipe, "teacher": teacher, "cache": cache, "students": students,
+               "row": pipe.evaluate(teacher, students), "summary": smoke_run}

@@ -29,22 +29,16 @@ def smoke(root, *extra):
 
 
 @pytest.fixture(scope="module")
-def trained(ray_local, session_root):
-    """Teacher -> cache -> student + baseline, once for the module."""
-    config = smoke(session_root)
-    with Pipeline(config) as pipe:
-        pipe.ingest()
-        teacher = pipe.teacher(24)
-        cache = pipe.cache(teacher)
-        students = pipe.students(teacher, cache)
-        yield {"config": config, "pipe": pipe, "teacher": teacher, "cache": cache, "students": students,
-               "row": pipe.evaluate(teacher, students)}
+def trained(smoke_pipeline):
+    """Teacher -> cache -> student + baseline, as the session's retrain flow left them."""
+    return smoke_pipeline
 
 
 def test_teacher_is_trained_and_stored(trained):
     teacher, pipe = trained["teacher"], trained["pipe"]
     meta = teacher.meta
-    assert not teacher.cached and meta["epochs"] == 1 and meta["name"] == "itransformer"
+    assert trained["summary"]["steps"]["teacher"]["cached"] is False  # the flow really trained it
+    assert meta["epochs"] == 1 and meta["name"] == "itransformer"
     assert np.isfinite(meta["val_mse"]) and np.isfinite(meta["test_mse"]) and meta["latency_ms"] > 0
     assert meta["params"] == models.build_model("itransformer", lookback=96, horizon=24, n_vars=7,
                                                 **meta["hparams"]).num_params()
@@ -100,6 +94,7 @@ def test_students_are_trained_with_the_baseline(trained):
     students, row = trained["students"], trained["row"]
     assert set(students.meta["models"]) == {"student", "baseline"}
     assert students.meta["use_cache"] and students.meta["teacher_forward_batches"] == 0
+    assert trained["summary"]["steps"]["distill"]["cached"] is False
     for role in ("student", "baseline"):
         info = students.meta["models"][role]
         assert info["params"] == 2 * (96 * 64 + 64) + 2 * (64 * 24 + 24) + 2 * 2 * 7
@@ -112,8 +107,9 @@ def test_students_are_trained_with_the_baseline(trained):
     assert row["param_ratio"] == pytest.approx(row["teacher"]["params"] / row["student"]["params"])
 
 
-def test_cli_teacher_json_reuses_the_trained_teacher(trained, session_root):
-    result = runner.invoke(app, ["teacher", "smoke", "--set", f"storage.root={session_root}", "--json"])
+def test_cli_teacher_json_reuses_the_trained_teacher(trained, session_root, smoke_csv):
+    result = runner.invoke(app, ["teacher", "smoke", "--set", f"storage.root={session_root}",
+                                 "--set", f"data.path={smoke_csv}", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     (row,) = payload["results"]
@@ -122,10 +118,10 @@ def test_cli_teacher_json_reuses_the_trained_teacher(trained, session_root):
     assert row["checkpoint"].endswith("teacher.pt")
 
 
-def test_second_distill_reads_the_cache(trained, session_root):
+def test_second_distill_reads_the_cache(trained, session_root, smoke_csv):
     """A new distillation (other alpha: a new run) reuses the cache and never runs the teacher."""
     result = runner.invoke(app, ["distill", "smoke", "--set", f"storage.root={session_root}",
-                                 "--set", "distill.alpha=0.5", "--json"])
+                                 "--set", f"data.path={smoke_csv}", "--set", "distill.alpha=0.5", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["cache"]["hit"] is True and payload["cache"]["teacher_forward_batches"] == 0

@@ -1,0 +1,127 @@
+"""The retrain flow through Prefect's test harness and a real local Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conf import load_config
+from flows.retrain import STEPS, artifact_key, deployment, retrain
+from tasks.errors import DataError
+from tasks.steps import Pipeline
+from tests.conftest import ROOT, smoke_overrides
+
+
+def test_the_smoke_flow_runs_end_to_end(smoke_run, session_root):
+    summary = smoke_run
+    assert list(summary["steps"]) == list(STEPS)
+    assert all(step["cached"] is False for step in summary["steps"].values()), summary["steps"]
+    assert all(step["seconds"] >= 0 for step in summary["steps"].values())
+    (model,) = summary["models"]
+    assert model["name"] == "smoke-24" and model["version"] == "v1" and model["registered"]
+    assert {"teacher", "student", "baseline"} == set(model["metrics"])
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.parent == session_root / "runs" / "smoke"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["results"] == summary["results"] and metrics["steps"] == summary["steps"]
+    report = (run_dir / "report.md").read_text()
+    assert "distilled student (mlp)" in report and "MLP baseline" in report
+    assert (run_dir / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (session_root / "registry" / "smoke-24" / "LATEST").read_text().strip() == "v1"
+
+
+def test_the_results_table_is_a_prefect_artifact(smoke_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("smoke")])))
+    assert found and found[0].type == "markdown"
+    assert "distilled student" in found[0].data
+
+
+def test_a_second_run_skips_what_is_done(smoke_run, session_root, smoke_csv):
+    again = retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv))
+    for step in ("ingest", "teacher", "cache", "distill", "register"):
+        assert again["steps"][step]["cached"] is True, step
+    (model,) = again["models"]
+    assert not model["registered"] and model["reason"].startswith("already registered")
+    assert again["results"][0]["student"]["test_mse"] == smoke_run["results"][0]["student"]["test_mse"]
+
+
+def test_a_transient_failure_is_retried(smoke_run, session_root, smoke_csv, monkeypatch):
+    calls = {"n": 0}
+    original = Pipeline.ingest
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("storage hiccup")
+        return original(self)
+
+    monkeypatch.setattr(Pipeline, "ingest", flaky)
+    summary = retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv))
+    assert calls["n"] == 2
+    assert summary["steps"]["ingest"]["cached"] is True
+
+
+def test_bad_data_is_not_retried(smoke_run, session_root, smoke_csv, monkeypatch):
+    calls = {"n": 0}
+
+    def broken(self):
+        calls["n"] += 1
+        raise DataError("smoke.csv: line 5: cannot parse timestamp 'x'")
+
+    monkeypatch.setattr(Pipeline, "ingest", broken)
+    with pytest.raises(DataError, match="line 5"):
+        retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv))
+    assert calls["n"] == 1
+
+
+def test_a_schedule_registers_with_prefect(prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    runnable = deployment("smoke", "0 3 * * *", overrides=["distill.alpha=0.5"])
+    deployment_id = runnable.apply()
+    with get_client(sync_client=True) as client:
+        stored = client.read_deployment(deployment_id)
+    assert stored.name == "retrain-smoke"
+    assert stored.parameters == {"config": "smoke", "overrides": ["distill.alpha=0.5"], "ray_address": None}
+    assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * *"]
+
+
+def test_prefect_yaml_deployments_resolve(monkeypatch):
+    from prefect.flows import load_flow_from_entrypoint
+
+    monkeypatch.chdir(ROOT)
+    spec = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())
+    names = [d["name"] for d in spec["deployments"]]
+    assert names == ["retrain-etth1", "retrain-ettm1", "retrain-weather", "retrain-exchange", "retrain-illness"]
+    for item in spec["deployments"]:
+        loaded = load_flow_from_entrypoint(item["entrypoint"])
+        assert loaded.name == "timedistill-retrain"
+        load_config(ROOT / item["parameters"]["config"])  # every config validates
+        assert set(item["parameters"]) <= set(loaded.parameters.properties)
+        assert all(schedule["cron"].count(" ") == 4 for schedule in item["schedules"])
+        assert item["work_pool"]["name"]
+
+
+def test_changed_data_reruns_everything_downstream(smoke_run, session_root, smoke_csv, tmp_path):
+    """(Last in this file: it registers v2 of smoke-24.)"""
+    changed = tmp_path / "changed.csv"
+    lines = smoke_csv.read_text().splitlines()
+    fields = lines[100].split(",")
+    fields[-1] = str(float(fields[-1]) + 1.0)
+    lines[100] = ",".join(fields)
+    changed.write_text("\n".join(lines) + "\n")
+    summary = retrain(config="smoke", overrides=smoke_overrides(session_root, changed))
+    for step in ("ingest", "teacher", "cache", "distill", "register"):
+        assert summary["steps"][step]["cached"] is False, step
+    assert summary["data_fingerprint"] != smoke_run["data_fingerprint"]
+    assert summary["run_dir"] != smoke_run["run_dir"]
+    (model,) = summary["models"]
+    assert model["registered"] and model["version"] == "v2"
+    assert (session_root / "registry" / "smoke-24" / "LATEST").read_text().strip() == "v2"
