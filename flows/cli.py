@@ -190,7 +190,8 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
     def body() -> None:
         if not debug:  # the flow's logs still reach Prefect's API; the terminal shows progress
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-        from flows.retrain import progress, retrain as retrain_flow
+        from flows.retrain import progress
+        from flows.retrain import retrain as retrain_flow
 
         load_config(config, set_ or [])  # fail fast on a bad config, before any server starts
         with StepProgress() as bar, progress(bar, on_step=lambda *a: step_line(bar, *a), quiet=not debug):
@@ -238,6 +239,41 @@ def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron sch
         from prefect import serve
 
         serve(runnable)
+
+    run_command(debug, body)
+
+
+@app.command("serve")
+def serve_command(config: Annotated[str | None, typer.Argument(help="config (default: built-in defaults)")] = None,
+                  set_: SetOpt = None, ray_address: RayAddressOpt = None, debug: DebugOpt = False) -> None:
+    """Serve the registered students over HTTP with Ray Serve until Ctrl-C or SIGTERM."""
+
+    def body() -> None:
+        import signal
+        import threading
+
+        from ray import serve
+
+        from serving.app import APP_NAME, build_app
+        from tasks.registry import list_models
+        from tasks.runtime import ray_session
+
+        cfg = load_config(config, set_ or [])
+        storage = open_storage(cfg)
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        with ray_session(cfg, ray_address, quiet=not debug):
+            serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+            try:
+                serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+                names = list_models(storage)
+                err.print(f"serving {len(names)} model(s) from {storage.uri('registry')}: {', '.join(names) or '-'}")
+                out.print(f"listening on http://{cfg.serve.host}:{cfg.serve.port} (docs: /docs); Ctrl-C stops")
+                stop.wait()
+            finally:
+                err.print("shutting down Ray Serve")
+                serve.shutdown()
 
     run_command(debug, body)
 

@@ -134,7 +134,8 @@ def register_step(pipe: Pipeline, students: Students, row: dict[str, Any]) -> De
 
 
 @flow(name="timedistill-retrain", log_prints=True)
-def retrain(config: str = "smoke", overrides: list[str] | None = None, ray_address: str | None = None) -> dict[str, Any]:
+def retrain(config: str = "smoke", overrides: list[str] | None = None,
+            ray_address: str | None = None) -> dict[str, Any]:
     """Retrain teachers, distill students and register them, for one config."""
     settings = load_config(config, overrides or [])
     steps = StepClock(_step_listener.get())

@@ -110,8 +110,13 @@ def shard_epoch(n: int, rank: int, world: int, seed: int) -> np.ndarray:
     return order[rank::world]
 
 
-def batches(positions: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    for begin in range(0, len(positions), batch_size):
+def batches(positions: np.ndarray, batch_size: int, drop_last: bool = False) -> Iterator[np.ndarray]:
+    """Consecutive batches; training drops a short last batch (the Time-Series-Library's
+    convention, and BatchNorm cannot train on a batch of one), evaluation keeps every window."""
+    stop = len(positions)
+    if drop_last and stop >= batch_size:
+        stop -= stop % batch_size
+    for begin in range(0, stop, batch_size):
         yield positions[begin : begin + batch_size]
 
 
@@ -192,15 +197,17 @@ def report_epoch(epoch: int, trainees: list[Trainee], metrics: dict[str, Any], r
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def train(trainees: list[Trainee], *, epochs: int, batch_size: int, train_windows: Callable[[int], np.ndarray],
+def train(trainees: list[Trainee], *, epochs: int, batch_size: int,
+          train_windows: Callable[[int], np.ndarray],
           make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], val_batcher: WindowBatcher,
           val_starts: np.ndarray, device: torch.device, mixed_precision: bool = False,
           events: Callable[[dict[str, Any]], None] | None = None,
           fault: Callable[[int], None] | None = None) -> tuple[int, int]:
     """Train every trainee until its early stopping fires or `epochs` run out; returns (epochs
-    run in all, the epoch this attempt resumed from: 0 unless a checkpoint was restored). `train_windows(epoch)` gives this rank's positions for an epoch;
-    `make_batch(positions)` turns them into tensors on the device; rank 0 sends progress
-    `events` (a few per epoch, and the epoch's metrics)."""
+    run in all, the epoch this attempt resumed from: 0 unless a checkpoint was restored).
+    `train_windows(epoch)` gives this rank's positions for an epoch; `make_batch(positions)`
+    turns them into tensors on the device; rank 0 sends progress `events` (a few per epoch, and
+    the epoch's metrics)."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     start = load_checkpoint(trainees)
@@ -221,9 +228,9 @@ def train(trainees: list[Trainee], *, epochs: int, batch_size: int, train_window
         for trainee in active:
             trainee.module.train()
         positions_this_epoch = train_windows(epoch)
-        n_steps = -(-len(positions_this_epoch) // batch_size)
+        n_steps = max(len(positions_this_epoch) // batch_size, 1)
         every = max(n_steps // 20, 1)
-        for step, positions in enumerate(batches(positions_this_epoch, batch_size)):
+        for step, positions in enumerate(batches(positions_this_epoch, batch_size, drop_last=True)):
             if events is not None and rank == 0 and step % every == 0:
                 events({"type": "batch", "epoch": epoch + 1, "epochs": epochs, "step": step, "steps": n_steps})
             if fault is not None:

@@ -35,7 +35,11 @@ VERSION = re.compile(r"^v(\d+)$")
 
 
 class RegistryError(LookupError):
-    """A model or version that is not in the registry, or a name that cannot be one."""
+    """A model or version that is not in the registry."""
+
+
+class InvalidModelName(RegistryError):
+    """A name that cannot be a registry entry (it would escape the registry as a path)."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ class Decision:
 
 def check_name(name: str) -> str:
     """Model names become paths: only plain registry names are accepted (no '/', '..')."""
-    if not PLAIN_NAME.match(name):
-        raise RegistryError(f"{name!r} is not a valid model name ([a-z0-9_-], starting with a letter or digit)")
+    if not isinstance(name, str) or not PLAIN_NAME.match(name):
+        raise InvalidModelName(f"{name!r} is not a valid model name ([a-z0-9_-], starting with a letter or digit)")
     return name
 
 
@@ -77,7 +81,7 @@ def read_version(storage: Storage, model: str, version: str | None = None) -> di
     registry's own listing before any path is built from them."""
     check_name(model)
     chosen = version or latest(storage, model)
-    if chosen is None or chosen not in versions(storage, model):
+    if chosen is None or not VERSION.match(chosen) or chosen not in versions(storage, model):
         what = f"version {version!r} of model {model!r}" if version else f"model {model!r}"
         raise RegistryError(f"{what} is not registered")
     folder = f"registry/{model}/{chosen}"

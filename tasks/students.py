@@ -237,7 +237,8 @@ def students_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "latency_ms": loops.latency_ms(item.model, batcher, starts["test"], device) if rank == 0 else None,
         }
     total_forward = int(loops.all_reduce_sum([float(forward_batches)], device)[0])
-    return {"models": summaries, "epochs": epochs, "resumed_from": resumed_from, "teacher_forward_batches": total_forward,
+    return {"models": summaries, "epochs": epochs, "resumed_from": resumed_from,
+            "teacher_forward_batches": total_forward,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)}
 
 

@@ -204,7 +204,8 @@ def teacher_worker(spec: dict[str, Any]) -> dict[str, Any]:
     loops.restore_best(trainee)
     test = loops.evaluate(trainee.model, batcher, starts["test"], rank, world, device)
     return {
-        "epochs": epochs, "resumed_from": resumed_from, "best_val_mse": trainee.early.best, "best_epoch": trainee.early.best_epoch + 1,
+        "epochs": epochs, "resumed_from": resumed_from, "best_val_mse": trainee.early.best,
+        "best_epoch": trainee.early.best_epoch + 1,
         "test": test, "params": trainee.model.num_params(), "feature_dim": trainee.model.feature_dim,
         "latency_ms": loops.latency_ms(trainee.model, batcher, starts["test"], device) if rank == 0 else None,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),

@@ -34,8 +34,9 @@ def ray_local():
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server (sqlite) for the session."""
-    import flows  # noqa: F401  (sets the startup timeout before Prefect reads its settings)
     from prefect.testing.utilities import prefect_test_harness
+
+    import flows  # noqa: F401  (sets the startup timeout before Prefect reads its settings)
 
     with prefect_test_harness(server_startup_timeout=120):
         yield

@@ -38,7 +38,8 @@ def test_the_results_table_is_a_prefect_artifact(smoke_run):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("smoke")])))
+        key = ArtifactFilterKey(any_=[artifact_key("smoke")])
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
     assert found and found[0].type == "markdown"
     assert "distilled student" in found[0].data
 

@@ -81,7 +81,8 @@ def test_cache_loss_equals_online_loss(trained):
     frozen = load_teacher(pipe.storage, teacher)
     with torch.no_grad():
         online_pred, online_feat = frozen(x)
-        online_total, online_parts = step(x, y, online_pred, models.reduce_feature_width(online_feat, cache.feature_dim))
+        reduced = models.reduce_feature_width(online_feat, cache.feature_dim)
+        online_total, online_parts = step(x, y, online_pred, reduced)
         stored = read_cache_split(pipe.storage, cache, "train")
         cached_total, cached_parts = step(x, y, torch.from_numpy(stored["prediction"][ids]).float(),
                                           torch.from_numpy(stored["feature"][ids]).float())

@@ -1,0 +1,245 @@
+"""The HTTP API (FastAPI), independent of where the model runs: Ray Serve's ingress wraps it
+around a handle to the model pool; the bare benchmark server wraps it around an in-process model.
+
+    GET  /healthz                    liveness
+    GET  /v1/models                  registered models: version, lookback, horizon, variables, metrics
+    POST /v1/forecast                {"model", "history": [[C] x L], "version"?} -> one forecast
+    POST /v1/forecast/batch          {"model", "histories": [[[C] x L] x N]} -> N forecasts
+    POST /v1/forecast/npy?model=...  body: .npy of [L, C] or [N, L, C] -> .npy of [S, C] / [N, S, C]
+    POST /v1/reload                  look for new LATEST versions now
+
+Bad input is a 4xx that says what is wrong, never a 500: a malformed body, the wrong number of
+rows or columns, NaN or infinity, an unknown model or version, a name that is not a plain
+registry name, a body over the size limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import os
+import time
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from conf import ServeConfig
+from serving.schema import BatchForecastRequest, ForecastRequest, ModelInfo, ModelList
+from tasks.registry import InvalidModelName, RegistryError, latest, list_models, read_version, versions
+from tasks.storage import Storage
+
+NPY = "application/x-npy"
+TOKEN_ENV = "TIMEDISTILL_SERVE_TOKEN"
+
+
+class Backend(Protocol):
+    """Where forecasts are computed. Arrays are in data units: [N, L, C] -> [N, S, C]."""
+
+    async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> np.ndarray: ...
+
+
+class RegistryView:
+    """Registry lookups for the API. LATEST is re-read at most every `ttl` seconds (this is how
+    replicas pick up newly registered versions); a version's metadata never changes once
+    complete, so it is cached for good."""
+
+    def __init__(self, storage: Storage, ttl: float) -> None:
+        self.storage, self.ttl = storage, ttl
+        self._latest: dict[str, tuple[str, float]] = {}
+        self._entries: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def refresh(self) -> None:
+        self._latest.clear()
+
+    def resolve(self, name: str, version: str | None) -> dict[str, Any]:
+        """The registry entry (config, scaler, metrics) of name@version, LATEST by default."""
+        if version is None:
+            cached = self._latest.get(name)
+            if cached is None or cached[1] < time.monotonic():
+                found = latest(self.storage, name)  # validates the name first
+                if found is None:
+                    raise RegistryError(f"model {name!r} is not registered")
+                cached = (found, time.monotonic() + self.ttl)
+                self._latest[name] = cached
+            version = cached[0]
+        key = (name, version)
+        if key not in self._entries:
+            self._entries[key] = read_version(self.storage, name, version)
+        return self._entries[key]
+
+    def models(self) -> list[ModelInfo]:
+        infos = []
+        for name in list_models(self.storage):
+            entry = self.resolve(name, None)
+            config, metrics = entry["config"], entry["metrics"]
+            infos.append(ModelInfo(
+                name=name, version=entry["version"], versions=versions(self.storage, name),
+                lookback=config["lookback"], horizon=config["horizon"], variables=config["variables"],
+                teacher=config.get("teacher"),
+                metrics={role: {k: metrics[role][k] for k in ("test_mse", "test_mae", "params", "latency_ms")}
+                         for role in ("teacher", "student", "baseline") if role in metrics}))
+        return infos
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is a 413, whether it says its length
+    up front or streams it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(send)
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Any) -> None:
+        body = orjson.dumps({"detail": f"request body is larger than the limit of {self.limit} bytes"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def json_response(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json")
+
+
+def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) -> FastAPI:
+    token = settings.auth_token or os.environ.get(TOKEN_ENV) or None
+    app = FastAPI(title="timedistill", version="1", summary="Forecasts from distilled MLP students")
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors()[:5]:
+            if error["type"] == "json_invalid":
+                problems.append(f"malformed JSON body (near character {error['loc'][-1]})")
+                continue
+            where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
+            problems.append(f"{where}: {error['msg']}")
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    def entry_for(model: str, version: str | None) -> dict[str, Any]:
+        try:
+            return registry.resolve(model, version)
+        except InvalidModelName as exc:
+            raise HTTPException(400, str(exc)) from None
+        except RegistryError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    def check_shape(histories: np.ndarray, entry: dict[str, Any]) -> None:
+        config = entry["config"]
+        rows, columns = histories.shape[-2], histories.shape[-1]
+        lookback, n_vars = config["lookback"], len(config["variables"])
+        if rows != lookback:
+            raise HTTPException(422, f"history has {rows} rows; model {entry['model']} needs {lookback} "
+                                     "(its lookback), oldest first")
+        if columns != n_vars:
+            raise HTTPException(422, f"history rows have {columns} values; model {entry['model']} needs "
+                                     f"{n_vars}: {config['variables']}")
+        if not np.isfinite(histories).all():
+            raise HTTPException(422, "history contains NaN or infinite values")
+
+    def to_array(rows: list[Any], what: str) -> np.ndarray:
+        try:
+            return np.asarray(rows, dtype=np.float64)
+        except ValueError:
+            raise HTTPException(422, f"{what} must be a rectangular array of numbers (ragged rows?)") from None
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(authorize)])
+    async def models() -> ModelList:
+        return ModelList(models=registry.models())
+
+    @app.post("/v1/reload", dependencies=[Depends(authorize)])
+    async def reload() -> dict[str, Any]:
+        registry.refresh()
+        return {"models": {m.name: m.version for m in registry.models()}}
+
+    @app.post("/v1/forecast", dependencies=[Depends(authorize)])
+    async def forecast(request: ForecastRequest) -> Response:
+        entry = entry_for(request.model, request.version)
+        history = to_array(request.history, "history")
+        if history.ndim != 2:
+            raise HTTPException(422, "history must be a list of rows")
+        check_shape(history, entry)
+        result = await backend.forecast(model_id(entry), history[None], batched=False)
+        return json_response({"model": entry["model"], "version": entry["version"],
+                              "horizon": entry["config"]["horizon"], "forecast": result[0]})
+
+    @app.post("/v1/forecast/batch", dependencies=[Depends(authorize)])
+    async def forecast_batch(request: BatchForecastRequest) -> Response:
+        entry = entry_for(request.model, request.version)
+        histories = to_array(request.histories, "histories")
+        if histories.ndim != 3 or len(histories) == 0:
+            raise HTTPException(422, "histories must be a non-empty list of histories (lists of rows)")
+        check_shape(histories, entry)
+        result = await backend.forecast(model_id(entry), histories, batched=True)
+        return json_response({"model": entry["model"], "version": entry["version"],
+                              "horizon": entry["config"]["horizon"], "forecasts": result})
+
+    @app.post("/v1/forecast/npy", dependencies=[Depends(authorize)],
+              openapi_extra={"requestBody": {"content": {NPY: {"schema": {"type": "string", "format": "binary"}}},
+                                             "required": True}})
+    async def forecast_npy(request: Request, model: str = Query(...), version: str | None = Query(None)) -> Response:
+        entry = entry_for(model, version)
+        try:
+            histories = np.load(io.BytesIO(await request.body()), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise HTTPException(400, f"body is not a NumPy .npy array: {exc}") from None
+        if histories.dtype.kind not in "fiu" or histories.ndim not in (2, 3) or histories.size == 0:
+            raise HTTPException(422, f"expected a numeric [L, C] or [N, L, C] array, got {histories.dtype} "
+                                     f"{list(histories.shape)}")
+        single = histories.ndim == 2
+        histories = histories[None] if single else histories
+        histories = histories.astype(np.float64, copy=False)
+        check_shape(histories, entry)
+        result = await backend.forecast(model_id(entry), histories, batched=not single)
+        buffer = io.BytesIO()
+        np.save(buffer, (result[0] if single else result).astype(np.float32), allow_pickle=False)
+        return Response(buffer.getvalue(), media_type=NPY,
+                        headers={"x-model": entry["model"], "x-model-version": entry["version"],
+                                 "x-horizon": str(entry["config"]["horizon"])})
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def model_id(entry: dict[str, Any]) -> str:
+    return f"{entry['model']}@{entry['version']}"

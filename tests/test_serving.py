@@ -1,0 +1,185 @@
+"""The forecasting API through a real Ray Serve on loopback, serving the smoke run's registry."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from conf import load_config
+from serving.forecaster import ForecastModel
+from tasks.registry import latest, register
+from tests.conftest import smoke_overrides
+
+TOKEN = "test-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(smoke_pipeline, session_root, smoke_csv):
+    from ray import serve
+
+    from serving.app import APP_NAME, build_app
+
+    port = free_port()
+    config = load_config("smoke", [*smoke_overrides(session_root, smoke_csv), f"serve.port={port}",
+                                   f"serve.auth_token={TOKEN}", "serve.reload_interval_s=0.5"])
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60)
+    yield {"client": client, "config": config, "run": smoke_pipeline, "port": port}
+    client.close()
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def history(smoke_pipeline):
+    """A real history of the smoke series (data units): the last 96 rows before the test split."""
+    from tasks.teacher import load_standardized
+    from tasks.windows import unstandardize
+
+    pipe = smoke_pipeline["pipe"]
+    z = load_standardized(pipe.storage, pipe.dataset)
+    start = pipe.dataset.manifest["splits"]["test"][0]
+    return unstandardize(z[start - 96 : start].astype(np.float64), pipe.dataset.manifest["scaler"])
+
+
+def test_health_models_and_openapi(served):
+    client = served["client"]
+    assert httpx.get(f"http://127.0.0.1:{served['port']}/healthz").json() == {"status": "ok"}  # no token
+    listing = client.get("/v1/models").json()["models"]
+    (smoke,) = [m for m in listing if m["name"] == "smoke-24"]
+    assert smoke["lookback"] == 96 and smoke["horizon"] == 24 and len(smoke["variables"]) == 7
+    assert {"teacher", "student", "baseline"} <= set(smoke["metrics"])
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/forecast", "/v1/forecast/batch", "/v1/forecast/npy", "/v1/models"} <= set(paths)
+
+
+def test_served_forecast_equals_the_in_process_model(served, history):
+    client, pipe = served["client"], served["run"]["pipe"]
+    response = client.post("/v1/forecast", json={"model": "smoke-24", "history": history.tolist()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "smoke-24" and body["horizon"] == 24
+    local = ForecastModel.from_registry(pipe.storage, "smoke-24", body["version"])
+    expected = local.forecast(history[None])[0]
+    assert np.allclose(body["forecast"], expected, rtol=1e-5, atol=1e-5)
+    # in the units of the history: the served model inverts exactly the scaler it was trained with
+    students = served["run"]["students"]
+    if body["version"] == "v1":
+        import torch
+
+        scaler = pipe.dataset.manifest["scaler"]
+        z = (history - scaler["mean"]) / np.asarray(scaler["std"])
+        with torch.no_grad():
+            raw = students.load(pipe.storage, "student")(torch.from_numpy(z[None]).float()).prediction[0].double()
+        assert np.allclose(body["forecast"], raw.numpy() * scaler["std"] + scaler["mean"], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_and_binary_forms(served, history):
+    client = served["client"]
+    histories = np.stack([history, history * 1.01, history * 0.99])
+    single = [client.post("/v1/forecast", json={"model": "smoke-24", "history": h.tolist()}).json()["forecast"]
+              for h in histories]
+    batch = client.post("/v1/forecast/batch", json={"model": "smoke-24", "histories": histories.tolist()})
+    assert batch.status_code == 200 and np.allclose(batch.json()["forecasts"], single, rtol=1e-5, atol=1e-5)
+    buffer = io.BytesIO()
+    np.save(buffer, histories.astype(np.float32))
+    binary = client.post("/v1/forecast/npy", params={"model": "smoke-24"}, content=buffer.getvalue(),
+                         headers={"content-type": "application/x-npy"})
+    assert binary.status_code == 200 and binary.headers["x-horizon"] == "24"
+    result = np.load(io.BytesIO(binary.content), allow_pickle=False)
+    assert result.shape == (3, 24, 7) and np.allclose(result, single, rtol=1e-3, atol=1e-3)
+
+
+def bad_requests(history):
+    rows = history.tolist()
+    npy = io.BytesIO()
+    np.save(npy, np.array(["a", "b"]))
+    return {
+        "malformed JSON": ("post", "/v1/forecast", {"content": b'{"model": "smoke-24", "history": [[1,'}, 422),
+        "too few rows": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": rows[:50]}}, 422),
+        "too few columns": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": [r[:3] for r in rows]}},
+                            422),
+        "ragged rows": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": [[1, 2], [3]]}}, 422),
+        "NaN": ("post", "/v1/forecast", {"content": b'{"model": "smoke-24", "history": [[NaN, 1]]}'}, 422),
+        "infinity": ("post", "/v1/forecast", {"content": b'{"model": "smoke-24", "history": [[1e999, 1]]}'}, 422),
+        "unknown model": ("post", "/v1/forecast", {"json": {"model": "nope-1", "history": rows}}, 404),
+        "unknown version": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": rows, "version": "v99"}},
+                            404),
+        "traversal in name": ("post", "/v1/forecast", {"json": {"model": "../../etc/passwd", "history": rows}}, 400),
+        "traversal in version": ("post", "/v1/forecast",
+                                 {"json": {"model": "smoke-24", "history": rows, "version": "../../x"}}, 404),
+        "traversal in npy query": ("post", "/v1/forecast/npy", {"params": {"model": "a/../b"}, "content": b"x"}, 400),
+        "not an npy body": ("post", "/v1/forecast/npy", {"params": {"model": "smoke-24"}, "content": b"garbage"}, 400),
+        "npy of strings": ("post", "/v1/forecast/npy", {"params": {"model": "smoke-24"}, "content": npy.getvalue()},
+                           422),
+        "extra field": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": rows, "x": 1}}, 422),
+        "empty batch": ("post", "/v1/forecast/batch", {"json": {"model": "smoke-24", "histories": []}}, 422),
+        "oversized body": ("post", "/v1/forecast", {"content": b" " * (16 * 2**20 + 1)}, 413),
+    }
+
+
+def test_bad_input_is_a_4xx_never_a_500(served, history):
+    client = served["client"]
+    for case, (method, path, kwargs, status) in bad_requests(history).items():
+        if "content" in kwargs and path == "/v1/forecast":
+            kwargs = {**kwargs, "headers": {**AUTH, "content-type": "application/json"}}
+        response = client.request(method, path, **kwargs)
+        assert response.status_code == status, (case, response.status_code, response.text)
+        assert response.json()["detail"], case  # a message that says what is wrong
+
+
+def test_bearer_token_is_required(served, history):
+    anonymous = httpx.post(f"http://127.0.0.1:{served['port']}/v1/forecast",
+                           json={"model": "smoke-24", "history": history.tolist()})
+    assert anonymous.status_code == 401
+    wrong = httpx.get(f"http://127.0.0.1:{served['port']}/v1/models", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+
+
+def test_a_new_version_is_picked_up_without_failed_requests(served, history):
+    client, run = served["client"], served["run"]
+    pipe = run["pipe"]
+    before = latest(pipe.storage, "smoke-24")
+    outcomes: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=str(client.base_url), headers=AUTH, timeout=60) as own:
+            while not stop.is_set():
+                response = own.post("/v1/forecast", json={"model": "smoke-24", "history": history.tolist()})
+                version = response.json().get("version") if response.status_code == 200 else None
+                outcomes.append((response.status_code, version))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    config = load_config("smoke", ["registry.gate=always"])
+    decision = register(config, pipe.storage, pipe.dataset, run["students"], run["row"], run_id="hot-swap")
+    assert decision.registered
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(v == decision.version for _, v in outcomes[-20:]):
+        time.sleep(0.5)
+    time.sleep(1)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    statuses = {status for status, _ in outcomes}
+    versions_seen = [v for _, v in outcomes]
+    assert statuses == {200}, f"failed requests during the swap: {[o for o in outcomes if o[0] != 200][:5]}"
+    assert before in versions_seen and decision.version in versions_seen
+    assert versions_seen[-1] == decision.version  # once switched, it stays switched
+    assert len(outcomes) >= 20
