@@ -66,10 +66,12 @@ def period_kl(student: Tensor, teacher: Tensor, dim: int, tau: float) -> Tensor:
         return student.new_zeros(())
     s, t = s.narrow(dim, 1, n_freq), t.narrow(dim, 1, n_freq)  # drop the zero frequency
     log_p_student = F.log_softmax(s / tau, dim=dim)
-    p_teacher = F.softmax(t / tau, dim=dim)
-    # = F.kl_div(..., reduction="mean"), written out: that reduction is deprecated (it warns and will
-    # change meaning to "batchmean"), while the research code's numbers assume the elementwise mean.
-    return F.kl_div(log_p_student, p_teacher, reduction="none").mean()
+    log_p_teacher = F.log_softmax(t / tau, dim=dim)
+    # The teacher side is in log space: on the feature level it is the trainable projection, and
+    # with probabilities a bin that underflows to 0 makes d/dp [p log p] = log 0 a NaN gradient.
+    # The value is the same. The elementwise mean is written out: reduction="mean" is deprecated
+    # (it will mean "batchmean"), while the research code's numbers assume the elementwise mean.
+    return F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).mean()
 
 
 def reduce_feature_width(feature: Tensor, max_dim: int) -> Tensor:

@@ -52,12 +52,11 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
-def worker_resources(config: Config, reserve_cpus: float = 0.0) -> dict[str, float]:
-    """Resources of one training worker. On a small cluster the request shrinks so that
-    `reserve_cpus` stay free: Ray Data's read tasks need a CPU, and 2 workers at 1 CPU each plus a
-    Ray Dataset on 2 cores would wait forever for one."""
+def worker_resources(config: Config) -> dict[str, float]:
+    """Resources of one training worker; on a cluster smaller than asked for, the CPU request
+    shrinks to fit instead of waiting forever."""
     cpus = config.ray.cpus_per_worker
-    free = cluster_cpus() - reserve_cpus
+    free = cluster_cpus()
     if cpus * config.ray.num_workers > free:
         cpus = max(round(free / config.ray.num_workers, 2), 0.1)
         log.info("asking %.2f CPU per worker (ray.cpus_per_worker=%s does not fit %d workers on %s CPUs)",

@@ -111,7 +111,9 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
     use_cache = distill.use_cache
     feature_dim = cache.feature_dim if cache is not None else min(teacher.meta["feature_dim"],
                                                                   distill.feature_max_dim)
-    datasets = {"teacher": cache_dataset(storage, cache, "train")} if use_cache else None
+    # Ray: read the cache before the workers take their CPUs; the workers then only split the
+    # materialized blocks (read tasks competing with training workers for CPUs can wait forever)
+    datasets = {"teacher": cache_dataset(storage, cache, "train").materialize()} if use_cache else None
     with relay(on_event, stage="distill", horizon=horizon) as events:
         spec = {
             "student": config.student.name, "hparams": hparams, "lookback": config.data.lookback,
@@ -124,8 +126,7 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
             students_worker,
             train_loop_config=spec,
             scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
-                                         resources_per_worker=worker_resources(config, reserve_cpus=0.5
-                                                                               if use_cache else 0.0)),
+                                         resources_per_worker=worker_resources(config)),
             run_config=run_config(config, storage, f"students-{dataset.name}-h{horizon}-{run_dir.rsplit('/', 1)[-1]}"),
             datasets=datasets,
         )

@@ -320,3 +320,17 @@ def test_loss_on_cuda_matches_cpu():
     cuda_total, parts = loss.cuda()(**{k: v.cuda() for k, v in inputs.items()})
     assert all(v.device.type == "cuda" for v in parts.values())
     assert cuda_total.item() == pytest.approx(cpu_total.item(), rel=1e-4)
+
+
+def test_gradients_stay_finite_when_the_teacher_spectrum_is_peaked():
+    """A projected teacher feature with one dominant frequency: its softmax underflows to exact
+    zeros. The gradient reaching the projection must stay finite (a probability-space KL gives
+    NaN there: d/dp [p log p] at p = 0)."""
+    torch.manual_seed(0)
+    student = torch.randn(4, 3, 64, requires_grad=True)
+    teacher = (1000 * torch.cos(torch.arange(64.0) * 2 * torch.pi * 5 / 64)).expand(4, 3, 64).clone()
+    teacher.requires_grad_(True)  # stands in for P(H_t), which trains with the student
+    loss = period_kl(student, teacher, dim=2, tau=0.5)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(student.grad).all() and torch.isfinite(teacher.grad).all()

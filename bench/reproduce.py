@@ -1,0 +1,198 @@
+"""Reproduce the paper's protocol: teacher vs distilled student vs plain MLP, row by row, through
+the same code as `timedistill retrain` (the Prefect flow), on CPU or GPU. Resumable: rows already
+in the results file are skipped, so a long campaign can be spread over several runs.
+
+    python -m bench.reproduce --rows etth1:itransformer etth1:moderntcn ettm1:itransformer weather:itransformer
+    python -m bench.reproduce --ablations            # ETTh1 h96: ablations, other students, cache on/off
+    python -m bench.reproduce --tables               # BENCHMARKS.md tables from the results files
+
+A row is DATASET:TEACHER[:STUDENT] at every horizon of --horizons (default 96 192 336 720).
+Data comes from --data (default ../shared/data), artifacts go to --root (default bench/.artifacts;
+teachers and caches are reused across rows and variants). Each row records the git commit, the
+device, the wall time and the seed. The protocol is method.md's: lookback 720, the split and
+scaler conventions, early stopping, the best checkpoint restored, every test window counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+ACCURACY = RESULTS / "accuracy.json"
+ABLATIONS = RESULTS / "ablations.json"
+FILES = {
+    "etth1": "ETTh1.csv",
+    "ettm1": "ETTm1.csv",
+    "weather": "weather.csv",
+    "exchange": "exchange_rate.csv",
+    "illness": "national_illness.csv",
+}
+# method.md: the released (alpha, beta) per dataset and teacher; alpha = beta = 1 otherwise
+RELEASED = {
+    ("etth1", "moderntcn"): (2, 2),
+    ("etth1", "itransformer"): (2, 2),
+    ("ettm1", "moderntcn"): (2, 0.1),
+    ("ettm1", "itransformer"): (1, 1),
+    ("weather", "moderntcn"): (0.5, 2),
+    ("weather", "itransformer"): (0.1, 0.1),
+}
+VARIANTS = {  # ETTh1 h96 with the iTransformer teacher
+    "full": [],
+    "no-sup": ["distill.sup=false"],
+    "no-period": ["distill.period=false"],
+    "no-scale": ["distill.multiscale=false"],
+    "no-feature": ["distill.beta=0"],
+    "student-tsmixer": ["student.name=tsmixer"],
+    "student-lightts": ["student.name=lightts"],
+    "online-teacher": ["distill.use_cache=false"],
+}
+KEY = ("dataset", "horizon", "teacher", "student", "variant")
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def save_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sorted(rows, key=lambda r: tuple(str(r.get(k)) for k in KEY)), indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_row(
+    dataset: str, teacher: str, student: str, horizon: int, variant: str, args: argparse.Namespace, extra: list[str]
+) -> dict[str, Any]:
+    from flows.retrain import retrain
+
+    alpha, beta = RELEASED.get((dataset, teacher), (1, 1))
+    overrides = [
+        f"data.path={Path(args.data) / FILES[dataset]}",
+        f"data.horizons=[{horizon}]",
+        f"teacher.name={teacher}",
+        f"student.name={student}",
+        f"distill.alpha={alpha}",
+        f"distill.beta={beta}",
+        f"storage.root={args.root}",
+        "registry.gate=always",
+        f"ray.num_workers={args.workers}",
+        f"ray.cpus_per_worker={args.cpus_per_worker}",
+        *args.set,
+        *extra,
+    ]
+    if args.gpu:
+        overrides.append("ray.use_gpu=true")
+    began = time.perf_counter()
+    summary = retrain(config=dataset, overrides=overrides)
+    seconds = time.perf_counter() - began
+    (result,) = summary["results"]
+    config = summary["config"]
+    row = {
+        "dataset": dataset,
+        "horizon": horizon,
+        "teacher": teacher,
+        "student": result["student"]["name"],
+        "variant": variant,
+        "teacher_mse": result["teacher"]["test_mse"],
+        "teacher_mae": result["teacher"]["test_mae"],
+        "student_mse": result["student"]["test_mse"],
+        "student_mae": result["student"]["test_mae"],
+        "mlp_mse": result.get("baseline", {}).get("test_mse"),
+        "mlp_mae": result.get("baseline", {}).get("test_mae"),
+        "teacher_params": result["teacher"]["params"],
+        "student_params": result["student"]["params"],
+        "teacher_latency_ms": result["teacher"]["latency_ms"],
+        "student_latency_ms": result["student"]["latency_ms"],
+        "teacher_epochs": result["teacher"]["epochs"],
+        "student_epochs": result["student"]["epochs"],
+        "alpha": config["distill"]["alpha"],
+        "beta": config["distill"]["beta"],
+        "device": device_name(),
+        "commit": commit(),
+        "seconds": round(seconds, 1),
+        "seed": config["distill"]["seed"],
+        "steps": summary["steps"],
+        "teacher_cached": summary["steps"]["teacher"]["cached"],
+    }
+    return row
+
+
+def campaign(specs: list[tuple[str, str, str, int, str, list[str]]], path: Path, args: argparse.Namespace) -> None:
+    rows = load_rows(path)
+    done = {tuple(r[k] for k in KEY) for r in rows}
+    for dataset, teacher, student, horizon, variant, extra in specs:
+        if (dataset, horizon, teacher, student, variant) in done:
+            print(f"skip {dataset} h={horizon} {teacher}->{student} [{variant}]: already in {path.name}", flush=True)
+            continue
+        print(f"run  {dataset} h={horizon} {teacher}->{student} [{variant}]", flush=True)
+        row = run_row(dataset, teacher, student, horizon, variant, args, extra)
+        print(
+            f"     teacher {row['teacher_mse']:.4f}  student {row['student_mse']:.4f}  "
+            f"mlp {row['mlp_mse'] if row['mlp_mse'] is None else round(row['mlp_mse'], 4)}  "
+            f"({row['seconds']:.0f}s)",
+            flush=True,
+        )
+        rows = [r for r in load_rows(path) if tuple(r[k] for k in KEY) != tuple(row[k] for k in KEY)] + [row]
+        save_rows(path, rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="*", default=[], help="DATASET:TEACHER[:STUDENT]")
+    parser.add_argument("--horizons", nargs="*", type=int, default=[96, 192, 336, 720])
+    parser.add_argument("--ablations", action="store_true", help="the ETTh1 h96 ablations and other students")
+    parser.add_argument("--tables", action="store_true", help="write the BENCHMARKS.md tables and exit")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--root", default=str(ROOT / "bench" / ".artifacts"))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--cpus-per-worker", type=float, default=float(os.cpu_count() or 1))
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--set", action="append", default=[], help="extra config override for every row")
+    parser.add_argument("--results", default=str(RESULTS), help="folder of accuracy.json and ablations.json")
+    args = parser.parse_args(argv)
+    accuracy, ablations_file = Path(args.results) / ACCURACY.name, Path(args.results) / ABLATIONS.name
+    if not args.tables:
+        specs = []
+        for item in args.rows:
+            dataset, teacher, *rest = item.split(":")
+            specs += [(dataset, teacher, rest[0] if rest else "mlp", h, "full", []) for h in args.horizons]
+        if specs:
+            campaign(specs, accuracy, args)
+        if args.ablations:
+            ablations = [("etth1", "itransformer", "mlp", 96, variant, extra) for variant, extra in VARIANTS.items()]
+            for dataset, teacher, _, horizon, variant, extra in ablations:  # the student is part of the key
+                student = next((e.split("=")[1] for e in extra if e.startswith("student.name=")), "mlp")
+                campaign([(dataset, teacher, student, horizon, variant, extra)], ablations_file, args)
+    if Path(args.results) == RESULTS:
+        from bench.tables import write_tables
+
+        write_tables()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
