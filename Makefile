@@ -11,8 +11,10 @@ BIN := $(VENV)/bin
 demo: install
 	$(BIN)/timedistill retrain conf/smoke.yaml
 
+# the multi-node tests start Ray clusters of their own: a second pytest process keeps them apart
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not cluster"
+	$(BIN)/python -m pytest -m cluster
 
 install: $(VENV)/.installed
 

@@ -70,7 +70,7 @@ class Dataset:
 def ingest(config: Config, storage: Storage) -> Dataset:
     """Validate and store `config.data`; reuse an earlier identical ingestion."""
     data = config.data
-    content = read_source(data.path)
+    content = read_source(data.path, config.storage.endpoint_override)
     fingerprint = data_fingerprint(content, data)
     directory = f"datasets/{data.name}/{fingerprint}"
     if storage.exists(f"{directory}/{MANIFEST}"):  # the manifest is written last: complete
@@ -112,10 +112,13 @@ def ingest(config: Config, storage: Storage) -> Dataset:
     return Dataset(data.name, fingerprint, directory, manifest, cached=False)
 
 
-def read_source(path: str) -> bytes:
-    """The raw bytes of a local file or a URI (s3://, gs://, file://)."""
+def read_source(path: str, endpoint_override: str | None = None) -> bytes:
+    """The raw bytes of a local file or a URI (s3:// with the storage's endpoint, gs://, file://)."""
     try:
-        fs, inner = make_filesystem(path) if "://" in path else (pafs.LocalFileSystem(), path)
+        if "://" in path:
+            fs, inner = make_filesystem(path, endpoint_override if path.startswith("s3://") else None)
+        else:
+            fs, inner = pafs.LocalFileSystem(), path
         info = fs.get_file_info(inner)
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"{path}: file not found")

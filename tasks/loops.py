@@ -120,6 +120,16 @@ def batches(positions: np.ndarray, batch_size: int, drop_last: bool = False) -> 
         yield positions[begin : begin + batch_size]
 
 
+def worker_nodes() -> list[str]:
+    """The Ray node of every rank, in rank order (where the data-parallel group really ran)."""
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [node]
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return nodes
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import ray
 
 from conf import Config
+from tasks.errors import StepError
 
 log = logging.getLogger("timedistill")
 
@@ -35,10 +36,16 @@ def ray_session(config: Config, address: str | None = None, *, quiet: bool = Tru
     if target is None:
         for key, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(key, value)
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
+        # "local": a new Ray of our own, never a `ray start` cluster that happens to run here
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
         log.info("started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
     else:
-        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=not quiet)
+        try:
+            ray.init(address=target, logging_level=logging.WARNING, log_to_driver=not quiet)
+        except (ConnectionError, ray.exceptions.RpcError, ray.exceptions.AuthenticationError) as exc:
+            hint = " (a cluster with token authentication also needs RAY_AUTH_MODE=token here, and its token in " \
+                   "~/.ray/auth_token or $RAY_AUTH_TOKEN)" if "auth" in str(exc).lower() else ""
+            raise StepError(f"cannot connect to the Ray cluster at {target}: {exc}{hint}") from None
         log.info("connected to the Ray cluster at %s", target)
     if quiet:
         quiet_ray_data()

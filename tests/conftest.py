@@ -25,7 +25,8 @@ def ray_local():
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
     quiet_ray_data()
     yield ray
     ray.shutdown()

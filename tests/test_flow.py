@@ -6,13 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conf import load_config
 from flows.retrain import STEPS, artifact_key, deployment, retrain
 from tasks.errors import DataError
 from tasks.steps import Pipeline
-from tests.conftest import ROOT, smoke_overrides
+from tests.conftest import smoke_overrides
 
 
 def test_the_smoke_flow_runs_end_to_end(smoke_run, session_root):
@@ -92,22 +90,6 @@ def test_a_schedule_registers_with_prefect(prefect_harness):
     assert stored.name == "retrain-smoke"
     assert stored.parameters == {"config": "smoke", "overrides": ["distill.alpha=0.5"], "ray_address": None}
     assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * *"]
-
-
-def test_prefect_yaml_deployments_resolve(monkeypatch):
-    from prefect.flows import load_flow_from_entrypoint
-
-    monkeypatch.chdir(ROOT)
-    spec = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())
-    names = [d["name"] for d in spec["deployments"]]
-    assert names == ["retrain-etth1", "retrain-ettm1", "retrain-weather", "retrain-exchange", "retrain-illness"]
-    for item in spec["deployments"]:
-        loaded = load_flow_from_entrypoint(item["entrypoint"])
-        assert loaded.name == "timedistill-retrain"
-        load_config(ROOT / item["parameters"]["config"])  # every config validates
-        assert set(item["parameters"]) <= set(loaded.parameters.properties)
-        assert all(schedule["cron"].count(" ") == 4 for schedule in item["schedules"])
-        assert item["work_pool"]["name"]
 
 
 def test_changed_data_reruns_everything_downstream(smoke_run, session_root, smoke_csv, tmp_path):
