@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import ray
 from ray.util.queue import Empty, Full, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -21,7 +23,8 @@ class EventSender:
         self.channel, self.tag = channel, tag
 
     def __call__(self, event: dict[str, Any]) -> None:
-        with contextlib.suppress(Full):
+        # progress is best effort: a full queue, or one lost with its node, never fails training
+        with contextlib.suppress(Full, ray.exceptions.RayError):
             self.channel.put_nowait({**self.tag, **event})
 
 
@@ -31,7 +34,9 @@ def relay(listener: Listener | None, **tag: Any) -> Iterator[EventSender | None]
     if listener is None:
         yield None
         return
-    channel = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+    # on the driver's node: a worker node may be lost, the driver's node is where the listener is
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    channel = Queue(maxsize=1000, actor_options={"num_cpus": 0, "scheduling_strategy": here})
     stop = threading.Event()
 
     def pump() -> None:
@@ -50,9 +55,8 @@ def relay(listener: Listener | None, **tag: Any) -> Iterator[EventSender | None]
     finally:
         stop.set()
         thread.join(timeout=2)
-        while not channel.empty():  # the last events (the final epoch) still reach the listener
-            try:
+        with contextlib.suppress(Exception):  # the last events (the final epoch) still reach the listener
+            while not channel.empty():
                 listener(channel.get_nowait())
-            except Exception:
-                break
-        channel.shutdown()
+        with contextlib.suppress(Exception):
+            channel.shutdown()

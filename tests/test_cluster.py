@@ -197,5 +197,5 @@ def test_losing_a_worker_node_resumes_from_the_last_checkpoint(cluster):
     assert row["epochs"] == 40
     (key,) = storage.listdir("teachers/smoke")
     meta = storage.read_json(f"teachers/smoke/{key}/teacher.json")
-    assert meta["resumed_from"] >= 2  # the final attempt started from a checkpoint, not from epoch 0
+    assert meta["resumed_from"] >= 1  # the final attempt started from a checkpoint, not from epoch 0
     assert [h["epoch"] for h in meta["history"]] == list(range(1, 41))
