@@ -142,10 +142,21 @@ def run_row(
     return row
 
 
+def wait_while_paused(pause_file: str | None) -> None:
+    """Between rows, wait while the pause file exists (to free the machine for timed benchmarks)."""
+    announced = False
+    while pause_file and Path(pause_file).exists():
+        if not announced:
+            print(f"paused: {pause_file} exists", flush=True)
+            announced = True
+        time.sleep(10)
+
+
 def campaign(specs: list[tuple[str, str, str, int, str, list[str]]], path: Path, args: argparse.Namespace) -> None:
     rows = load_rows(path)
     done = {tuple(r[k] for k in KEY) for r in rows}
     for dataset, teacher, student, horizon, variant, extra in specs:
+        wait_while_paused(args.pause_file)
         if (dataset, horizon, teacher, student, variant) in done:
             print(f"skip {dataset} h={horizon} {teacher}->{student} [{variant}]: already in {path.name}", flush=True)
             continue
@@ -174,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--set", action="append", default=[], help="extra config override for every row")
     parser.add_argument("--results", default=str(RESULTS), help="folder of accuracy.json and ablations.json")
+    parser.add_argument("--pause-file", help="before each row, wait while this file exists")
     args = parser.parse_args(argv)
     accuracy, ablations_file = Path(args.results) / ACCURACY.name, Path(args.results) / ABLATIONS.name
     if not args.tables:

@@ -8,6 +8,7 @@ The Ray-specific lines are few and marked `# Ray:`.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -120,14 +121,23 @@ def batches(positions: np.ndarray, batch_size: int, drop_last: bool = False) -> 
         yield positions[begin : begin + batch_size]
 
 
-def worker_nodes() -> list[str]:
-    """The Ray node of every rank, in rank order (where the data-parallel group really ran)."""
-    node = ray.get_runtime_context().get_node_id()
+def gather(value: Any) -> list[Any]:
+    """One value from every rank, in rank order (a collective: every rank calls it)."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return [node]
-    nodes: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(nodes, node)
-    return nodes
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def worker_nodes() -> list[str]:
+    """The Ray node of every rank (where the data-parallel group really ran)."""
+    return gather(ray.get_runtime_context().get_node_id())
+
+
+def peak_memory_mb() -> list[float]:
+    """Peak resident memory of every rank's process, in MiB."""
+    return gather(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

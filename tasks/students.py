@@ -140,6 +140,7 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
         "cache": cache.directory if cache is not None else None, "use_cache": use_cache,
         "teacher_forward_batches": summary["teacher_forward_batches"], "device": summary["device"],
         "resumed_from": summary["resumed_from"], "worker_nodes": summary["worker_nodes"],
+        "peak_memory_mb": summary["peak_memory_mb"],
         "distill": distill.model_dump(mode="json"), "models": summary["models"], "ray_run": result.path,
     }
     directory = students_dir(run_dir, horizon)
@@ -240,6 +241,7 @@ def students_worker(spec: dict[str, Any]) -> dict[str, Any]:
     total_forward = int(loops.all_reduce_sum([float(forward_batches)], device)[0])
     return {"models": summaries, "epochs": epochs, "resumed_from": resumed_from,
             "teacher_forward_batches": total_forward, "worker_nodes": loops.worker_nodes(),
+            "peak_memory_mb": loops.peak_memory_mb(),
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)}
 
 

@@ -143,7 +143,8 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
         "val_mse": summary["best_val_mse"], "best_epoch": summary["best_epoch"], "epochs": summary["epochs"],
         "test_mse": summary["test"]["mse"], "test_mae": summary["test"]["mae"],
         "latency_ms": summary["latency_ms"], "device": summary["device"], "resumed_from": summary["resumed_from"],
-        "worker_nodes": summary["worker_nodes"], "history": summary["history"],
+        "worker_nodes": summary["worker_nodes"], "peak_memory_mb": summary["peak_memory_mb"],
+        "history": summary["history"],
         "sha256": hashlib.sha256(weights).hexdigest(), "ray_run": result.path,
     }
     directory = f"teachers/{dataset.name}/{key}"
@@ -209,5 +210,5 @@ def teacher_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "test": test, "params": trainee.model.num_params(), "feature_dim": trainee.model.feature_dim,
         "latency_ms": loops.latency_ms(trainee.model, batcher, starts["test"], device) if rank == 0 else None,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "history": trainee.history, "worker_nodes": loops.worker_nodes(),
+        "history": trainee.history, "worker_nodes": loops.worker_nodes(), "peak_memory_mb": loops.peak_memory_mb(),
     }

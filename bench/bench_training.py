@@ -1,0 +1,167 @@
+"""Training benchmarks on ETTh1 (lookback 720, horizon 96) through the real Ray Train steps:
+
+1. distillation epoch time with the Parquet teacher cache vs the teacher run online, per teacher;
+2. teacher-training throughput with 1 worker (all CPUs) vs 2 data-parallel workers;
+3. peak resident memory of every worker.
+
+    python -m bench.bench_training [--teachers itransformer moderntcn] [--epochs 2]
+
+Epoch times are medians over the epochs of one run (each epoch trains the distilled student only:
+the baseline is switched off so that the comparison isolates the teacher's cost). Artifacts go to
+bench/.artifacts/training and are rebuilt on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from bench.report import markdown_table, write_section
+from conf import load_config
+from tasks.runtime import ray_session
+from tasks.steps import Pipeline
+
+ROOT = Path(__file__).resolve().parent / ".artifacts" / "training"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ETTh1.csv"
+
+
+def settings(root: Path, *extra: str):
+    return load_config(
+        "etth1",
+        [
+            f"data.path={DATA}",
+            "data.horizons=[96]",
+            f"storage.root={root}",
+            "teacher.epochs=1",
+            "distill.baseline=false",
+            "distill.patience=100",
+            *extra,
+        ],
+    )
+
+
+def distill_epochs(teacher_name: str, epochs: int) -> list[list[object]]:
+    rows = []
+    root = ROOT / "distill"
+    shutil.rmtree(root / "runs", ignore_errors=True)
+    shutil.rmtree(root / "ray", ignore_errors=True)
+    times = {}
+    for use_cache in (True, False):
+        config = settings(
+            root,
+            f"teacher.name={teacher_name}",
+            f"distill.epochs={epochs}",
+            f"distill.use_cache={str(use_cache).lower()}",
+            f"ray.cpus_per_worker={os.cpu_count()}",
+        )
+        with Pipeline(config) as pipe:
+            pipe.ingest()
+            teacher = pipe.teacher(96)
+            began = time.perf_counter()
+            cache = pipe.cache(teacher)
+            cache_seconds = time.perf_counter() - began
+            students = pipe.students(teacher, cache)
+        history = students.meta["models"]["student"]["history"]
+        times[use_cache] = statistics.median(h["seconds"] for h in history)
+        rows.append(
+            [
+                teacher_name,
+                f"{teacher.meta['params']:,}",
+                "Parquet cache" if use_cache else "teacher online",
+                f"{times[use_cache]:.1f}",
+                students.meta["teacher_forward_batches"],
+                f"{cache_seconds:.1f} (once)" if use_cache and not cache.hit else ("reused" if use_cache else "-"),
+                f"{max(students.meta['peak_memory_mb']):,.0f}",
+            ]
+        )
+    rows[-1].append(f"{times[False] / times[True]:.2f}x slower")
+    rows[0].append("")
+    return rows
+
+
+def worker_throughput() -> list[list[object]]:
+    rows = []
+    base = None
+    for workers in (1, 2):
+        root = ROOT / f"workers-{workers}"
+        shutil.rmtree(root, ignore_errors=True)
+        config = settings(
+            root,
+            "teacher.name=itransformer",
+            "teacher.epochs=2",
+            f"ray.num_workers={workers}",
+            f"ray.cpus_per_worker={(os.cpu_count() or 2) / workers}",
+        )
+        with Pipeline(config) as pipe:
+            dataset = pipe.ingest()
+            teacher = pipe.teacher(96)
+        seconds = statistics.median(h["seconds"] for h in teacher.meta["history"])
+        windows = dataset.summary(720, [96], pipe.storage)["splits"]["train"]["windows"]["96"]
+        rate = windows / seconds
+        base = base or rate
+        rows.append(
+            [
+                workers,
+                f"{config.ray.cpus_per_worker:g}",
+                f"{seconds:.1f}",
+                f"{rate:,.0f}",
+                f"{rate / base:.2f}x",
+                ", ".join(f"{m:,.0f}" for m in teacher.meta["peak_memory_mb"]),
+            ]
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teachers", nargs="*", default=["itransformer"])
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    with ray_session(settings(ROOT)):
+        distill = [row for name in args.teachers for row in distill_epochs(name, args.epochs)]
+        workers = worker_throughput()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU"
+    text = "\n".join(
+        [
+            "## Training (Ray Train, ETTh1, lookback 720, horizon 96)",
+            "",
+            f"Command: `python -m bench.bench_training --teachers {' '.join(args.teachers)} --epochs {args.epochs}` "
+            f"({date.today()}, {machine}). Medians over the epochs of one run; the distilled student only (no "
+            "baseline) so that the rows differ by the teacher's cost alone.",
+            "",
+            markdown_table(
+                [
+                    "teacher",
+                    "teacher params",
+                    "teacher outputs from",
+                    "s / epoch",
+                    "teacher batches run",
+                    "cache build s",
+                    "peak MiB / worker",
+                    "online vs cache",
+                ],
+                distill,
+            ),
+            "",
+            "Teacher training (iTransformer) with 1 worker holding every CPU vs 2 data-parallel workers (DDP, gloo):",
+            "",
+            markdown_table(
+                ["workers", "CPUs / worker", "s / epoch", "train windows / s", "vs 1 worker", "peak MiB per worker"],
+                workers,
+            ),
+        ]
+    )
+    print(text)
+    write_section("training", text)
+
+
+if __name__ == "__main__":
+    main()

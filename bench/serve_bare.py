@@ -1,0 +1,31 @@
+"""The baseline of the serving benchmark: the same API and the same model in one bare FastAPI +
+uvicorn process, no Ray (forecasts computed in the request handler, one at a time).
+
+    TIMEDISTILL_STORAGE=<root> uvicorn bench.serve_bare:app --port 8100
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from conf import ServeConfig
+from serving.api import RegistryView, create_api
+from serving.forecaster import ForecastModel
+from tasks.storage import Storage
+
+
+class InProcess:
+    def __init__(self, storage: Storage) -> None:
+        self.storage, self.models = storage, {}
+
+    async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> np.ndarray:
+        if model_id not in self.models:
+            name, version = model_id.split("@", 1)
+            self.models[model_id] = ForecastModel.from_registry(self.storage, name, version)
+        return self.models[model_id].forecast(histories)
+
+
+storage = Storage(os.environ.get("TIMEDISTILL_STORAGE", "./artifacts"))
+app = create_api(ServeConfig(), RegistryView(storage, ttl=5.0), InProcess(storage))
