@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import ray
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from conf import Config
 from tasks.errors import StepError
+from tasks.storage import Storage
 
 log = logging.getLogger("timedistill")
 
@@ -81,3 +86,30 @@ def quiet_ray_data() -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def run_training(worker: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any], config: Config,
+                 storage: Storage, name: str, datasets: dict[str, Any] | None = None) -> tuple[dict, dict, str]:
+    """Ray: run `worker` on `ray.num_workers` Ray Train workers. Checkpoints go to
+    <storage root>/ray/<name>, so starting the same name again resumes a killed run; returns
+    (rank 0's return value, the state in the final checkpoint, the run's path)."""
+    from tasks.loops import STATE_FILE
+
+    trainer = TorchTrainer(
+        worker,
+        train_loop_config=spec,
+        scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
+                                     resources_per_worker=worker_resources(config)),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage.path("ray"),
+            storage_filesystem=None if storage.is_local else storage.fs,
+            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    return result.return_value, state, result.path

@@ -8,9 +8,7 @@ students.json (what was trained and how it scored), and _SUCCESS last.
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +17,6 @@ import pyarrow as pa
 import ray
 import ray.train
 import torch
-from ray.train import ScalingConfig
-from ray.train.torch import TorchTrainer
 from torch import nn
 
 import models
@@ -31,9 +27,9 @@ from tasks.cache import Cache, cache_dataset, unpack
 from tasks.errors import StepError
 from tasks.ingest import Dataset
 from tasks.progress import Listener, relay
-from tasks.runtime import worker_resources
+from tasks.runtime import run_training
 from tasks.storage import SUCCESS, Storage
-from tasks.teacher import Teacher, load_standardized, load_teacher, run_config
+from tasks.teacher import Teacher, load_standardized, load_teacher, resolved_hparams
 from tasks.windows import WindowBatcher, window_starts
 
 STUDENTS_META = "students.json"
@@ -101,11 +97,8 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
     if distill.use_cache and cache is None:
         raise StepError("distill.use_cache is set but no teacher cache was given")
     n_vars = len(dataset.variables)
-    hparams = dataclasses.asdict(models.build_config(
-        config.student.name, lookback=config.data.lookback, horizon=horizon, n_vars=n_vars,
-        preset=config.student.preset or config.data.name, **config.student.params))
-    for field in ("lookback", "horizon", "n_vars"):
-        hparams.pop(field)
+    hparams = resolved_hparams("student", config.student.name, config.data.lookback, horizon, n_vars,
+                               config.student.preset or config.data.name, config.student.params)
     if series_ref is None:
         series_ref = ray.put(load_standardized(storage, dataset))
     use_cache = distill.use_cache
@@ -122,18 +115,9 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
             "storage": storage, "teacher": teacher, "mixed_precision": config.ray.mixed_precision,
             "events": events, "fault": fault,
         }
-        trainer = TorchTrainer(
-            students_worker,
-            train_loop_config=spec,
-            scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
-                                         resources_per_worker=worker_resources(config)),
-            run_config=run_config(config, storage, f"students-{dataset.name}-h{horizon}-{run_dir.rsplit('/', 1)[-1]}"),
-            datasets=datasets,
-        )
-        result = trainer.fit()
-    summary = result.return_value
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, loops.STATE_FILE), map_location="cpu", weights_only=True)
+        summary, state, ray_run = run_training(students_worker, spec, config, storage,
+                                               f"students-{dataset.name}-h{horizon}-{run_dir.rsplit('/', 1)[-1]}",
+                                               datasets=datasets)
     meta = {
         "dataset": dataset.name, "data_fingerprint": dataset.fingerprint, "lookback": config.data.lookback,
         "horizon": horizon, "n_vars": n_vars, "teacher": teacher.directory, "teacher_name": teacher.meta["name"],
@@ -141,7 +125,7 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
         "teacher_forward_batches": summary["teacher_forward_batches"], "device": summary["device"],
         "resumed_from": summary["resumed_from"], "worker_nodes": summary["worker_nodes"],
         "peak_memory_mb": summary["peak_memory_mb"],
-        "distill": distill.model_dump(mode="json"), "models": summary["models"], "ray_run": result.path,
+        "distill": distill.model_dump(mode="json"), "models": summary["models"], "ray_run": ray_run,
     }
     directory = students_dir(run_dir, horizon)
     with storage.publish_dir(directory) as staging:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,15 +20,13 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 import models
-from conf import Config, stable_hash
+from conf import Config, ConfigError, stable_hash
 from tasks import loops
 from tasks.ingest import Dataset
 from tasks.progress import Listener, relay
-from tasks.runtime import worker_resources
+from tasks.runtime import run_training
 from tasks.storage import SUCCESS, Storage
 from tasks.windows import WindowBatcher, standardize, window_starts
 
@@ -107,11 +104,8 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
     if existing is not None:
         return existing
     key = teacher_key(config, dataset, horizon)
-    hparams = dataclasses.asdict(models.build_config(
-        config.teacher.name, lookback=config.data.lookback, horizon=horizon, n_vars=len(dataset.variables),
-        preset=teacher_preset(config), **config.teacher.params))
-    for field in ("lookback", "horizon", "n_vars"):
-        hparams.pop(field)
+    hparams = resolved_hparams("teacher", config.teacher.name, config.data.lookback, horizon, len(dataset.variables),
+                               teacher_preset(config), config.teacher.params)
     if series_ref is None:
         series_ref = ray.put(load_standardized(storage, dataset))
     with relay(on_event, stage="teacher", horizon=horizon) as events:
@@ -121,17 +115,8 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
             "rows": dataset.manifest["splits"], "teacher": config.teacher.model_dump(),
             "mixed_precision": config.ray.mixed_precision, "events": events, "fault": fault,
         }
-        trainer = TorchTrainer(
-            teacher_worker,
-            train_loop_config=spec,
-            scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
-                                         resources_per_worker=worker_resources(config)),
-            run_config=run_config(config, storage, f"teacher-{dataset.name}-h{horizon}-{key}"),
-        )
-        result = trainer.fit()
-    summary = result.return_value
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, loops.STATE_FILE), map_location="cpu", weights_only=True)
+        summary, state, ray_run = run_training(teacher_worker, spec, config, storage,
+                                               f"teacher-{dataset.name}-h{horizon}-{key}")
     best = state["trainees"]["teacher"]["early"]["best_state"]
     buffer = io.BytesIO()
     torch.save(best, buffer)
@@ -145,7 +130,7 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
         "latency_ms": summary["latency_ms"], "device": summary["device"], "resumed_from": summary["resumed_from"],
         "worker_nodes": summary["worker_nodes"], "peak_memory_mb": summary["peak_memory_mb"],
         "history": summary["history"],
-        "sha256": hashlib.sha256(weights).hexdigest(), "ray_run": result.path,
+        "sha256": hashlib.sha256(weights).hexdigest(), "ray_run": ray_run,
     }
     directory = f"teachers/{dataset.name}/{key}"
     with storage.publish_dir(directory) as staging:
@@ -155,15 +140,15 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
     return Teacher(directory, key, meta, cached=False)
 
 
-def run_config(config: Config, storage: Storage, name: str) -> RunConfig:
-    """Ray: checkpoints under <storage root>/ray/<name>; the same name resumes a killed run."""
-    return RunConfig(
-        name=name,
-        storage_path=storage.path("ray"),
-        storage_filesystem=None if storage.is_local else storage.fs,
-        failure_config=FailureConfig(max_failures=config.ray.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2),
-    )
+def resolved_hparams(section: str, name: str, lookback: int, horizon: int, n_vars: int, preset: str | None,
+                     params: dict[str, Any]) -> dict[str, Any]:
+    """Every hyperparameter of a model as it will be built (preset, then overrides), validated
+    here in the driver so that a bad value fails before any worker starts."""
+    try:
+        built = models.build_config(name, lookback=lookback, horizon=horizon, n_vars=n_vars, preset=preset, **params)
+    except ValueError as exc:
+        raise ConfigError(f"{section}: {exc}") from None
+    return {k: v for k, v in dataclasses.asdict(built).items() if k not in ("lookback", "horizon", "n_vars")}
 
 
 def teacher_worker(spec: dict[str, Any]) -> dict[str, Any]:
