@@ -167,7 +167,7 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
             f"{r['mlp_mse']:.4f}",
             pct(r["student_mse"], r["mlp_mse"]),
             f"{r['teacher_mse']:.4f}",
-            f"{r['steps']['distill']['seconds']:.0f}",
+            "reused" if r["steps"]["distill"]["cached"] else f"{r['steps']['distill']['seconds']:.0f}",
             r["device"],
             r["commit"],
         ]
