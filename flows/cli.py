@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Annotated, Any
 
 import typer
@@ -190,10 +192,10 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
     def body() -> None:
         if not debug:  # the flow's logs still reach Prefect's API; the terminal shows progress
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-        from flows.retrain import progress
-        from flows.retrain import retrain as retrain_flow
-
         load_config(config, set_ or [])  # fail fast on a bad config, before any server starts
+        with prefect_server_warming():
+            from flows.retrain import progress
+            from flows.retrain import retrain as retrain_flow
         with StepProgress() as bar, progress(bar, on_step=lambda *a: step_line(bar, *a), quiet=not debug):
             summary = retrain_flow(config=config, overrides=list(set_ or []), ray_address=ray_address)
         if as_json:
@@ -206,6 +208,32 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
             out.print(f"reports: {summary['run_dir']}/report.md, forecast.png, metrics.json")
 
     run_command(debug, body)
+
+
+@contextmanager
+def prefect_server_warming() -> Iterator[None]:
+    """Without PREFECT_API_URL the first flow run starts Prefect's temporary server and waits
+    for it (10-20 s of CPU on 2 cores). Start it in a thread while the body imports torch, Ray
+    and the flow (seconds more of CPU), and wait for it on the way out. A failed start here is
+    left to the flow run, which starts the server itself and reports the error."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        yield
+        return
+
+    def start() -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        with suppress(Exception):  # the flow run starts it again and reports why
+            SubprocessASGIServer().start()  # the instance the flow run's client will use
+
+    starter = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    starter.start()
+    try:
+        yield
+    finally:
+        starter.join()
 
 
 def step_line(bar: StepProgress, name: str, seconds: float, cached: bool, result: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,35 @@ log = logging.getLogger("timedistill")
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
+def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> None:
+    """A new Ray of our own on this machine, with its dashboard on 127.0.0.1.
+
+    The dashboard is not optional for Ray Train 2.60: every fit starts a PlacementGroupCleaner
+    that asks the state API (served by the dashboard) whether the controller still lives. Without
+    it each lookup retries for 40 s and every fit ends waiting 12 s for the cleaner to stop.
+    The cleaner finds the API through RAY_ADDRESS or, failing that, the most recently started
+    Ray on the machine, which may be another local Ray whose answer ("no such actor") makes it
+    remove our placement group. So the GCS port is chosen here and RAY_ADDRESS pinned to it in
+    the environment that Ray's processes inherit (and restored in ours)."""
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    pinned = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}
+    saved = {key: os.environ.get(key) for key in pinned}
+    os.environ.update(pinned)
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 logging_level=logging.WARNING, log_to_driver=not quiet)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def ray_address(config: Config, override: str | None = None) -> str | None:
     return override or config.ray.address or os.environ.get("RAY_ADDRESS") or None
 
@@ -38,11 +68,8 @@ def ray_session(config: Config, address: str | None = None, *, quiet: bool = Tru
         yield False
         return
     target = ray_address(config, address)
-    if target is None:
-        for key, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(key, value)
-        # "local": a new Ray of our own, never a `ray start` cluster that happens to run here
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
+    if target is None:  # a new Ray of our own, never a `ray start` cluster that happens to run here
+        start_local_ray(quiet=quiet)
         log.info("started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
     else:
         try:

@@ -4,8 +4,6 @@ training, flow, registry and serving tests all inspect."""
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -20,13 +18,10 @@ def ray_local():
     """One local Ray (2 CPUs, like CI) shared by every test that needs it."""
     import ray
 
-    from tasks.runtime import LOCAL_RAY_ENV, quiet_ray_data
+    from tasks.runtime import quiet_ray_data, start_local_ray
 
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        start_local_ray(num_cpus=2)
     quiet_ray_data()
     yield ray
     ray.shutdown()
