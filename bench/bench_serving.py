@@ -141,6 +141,34 @@ async def load(url: str, kind: str, clients: int, seconds: float, history: np.nd
     }
 
 
+# Server-side processes by role, found by a part of their command line (Ray names its workers
+# ray::<class>). Linux only: read from /proc.
+ROLES = {
+    "ProxyActor": "Ray Serve HTTP proxy",
+    "ForecastAPI": "Ray Serve ingress",
+    "ModelPool": "Ray Serve model pool",
+    "ServeController": "Ray Serve controller",
+    "bench.serve_bare": "bare server",
+}
+PROFILED = ("json single", 16)  # the cell of the parity target
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by the servers' processes, summed per role."""
+    used: dict[str, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        role = next((name for key, name in ROLES.items() if key in command), None)
+        if role is not None:
+            used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
 def wait_healthy(url: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -200,8 +228,14 @@ def main() -> None:
             for kind in args.kinds:
                 for clients in args.clients:
                     for name, url in servers.items():  # side by side: same kind, same clients, one after the other
+                        before = cpu_by_role() if (kind, clients) == PROFILED else {}
                         stats = asyncio.run(load(url, kind, clients, args.seconds, history))
                         results.append({"server": name, "kind": kind, "clients": clients, **stats})
+                        if before:
+                            after = cpu_by_role()
+                            results[-1]["cpu_ms_per_request"] = {
+                                role: 1000 * (after[role] - before.get(role, 0.0)) / max(stats["requests"], 1)
+                                for role in after if (role == "bare server") == (name == "bare FastAPI")}
                         print(json.dumps(results[-1]), flush=True)
             serve.shutdown()
     finally:
@@ -227,6 +261,8 @@ def main() -> None:
         ]
         for r in results
     ]
+    cpu_rows = [[server, role, f"{ms:.1f}"] for server in ("Ray Serve", "bare FastAPI")
+                for role, ms in lookup(server, *PROFILED)["cpu_ms_per_request"].items()]
     single = lookup("Ray Serve", "json single", 16)["forecasts_s"]
     batch = lookup("Ray Serve", "npy batch", 16)["forecasts_s"]
     ratio16 = single / lookup("bare FastAPI", "json single", 16)["forecasts_s"]
@@ -245,6 +281,11 @@ def main() -> None:
             markdown_table(
                 ["request", "clients", "server", "p50 ms", "p99 ms", "forecasts / s", "failed", "generator CPU"], rows
             ),
+            "",
+            "Server CPU per request, single JSON histories at 16 clients (CPU time of each process from /proc over "
+            "the run, divided by the requests answered):",
+            "",
+            markdown_table(["server", "process", "CPU ms / request"], cpu_rows),
             "",
             f"- Ray Serve vs bare at 16 clients, single JSON histories: **{ratio16:.2f}x** the bare server's "
             "throughput.",
