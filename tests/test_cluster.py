@@ -78,7 +78,7 @@ class Processes:
 def cluster(tmp_path_factory) -> Iterator[dict]:
     work = tmp_path_factory.mktemp("cluster")
     procs = Processes(work)
-    gcs_port, s3_port = free_port(), free_port()
+    gcs_port, s3_port, dashboard_port = free_port(), free_port(), free_port()
     endpoint = f"http://127.0.0.1:{s3_port}"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -90,7 +90,9 @@ def cluster(tmp_path_factory) -> Iterator[dict]:
         procs.start("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env, work)
         procs.start("head", [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={gcs_port}", "--num-cpus=1", "--include-dashboard=false",
-                             "--disable-usage-stats"], env, work)
+                             # its API server binds a port even without the dashboard: not 8265, which a
+                             # local Ray on this machine may hold
+                             f"--dashboard-port={dashboard_port}", "--disable-usage-stats"], env, work)
         wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", s3_port)) == 0, 30, "the S3 server")
         storage = Storage(f"s3://{BUCKET}", endpoint)
         storage.fs.create_dir(BUCKET)
