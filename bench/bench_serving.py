@@ -287,6 +287,7 @@ def main() -> None:
     ]
     cpu_rows = [[server, role, f"{ms:.1f}"] for server in ("Ray Serve", "Ray Serve direct", "bare FastAPI")
                 for role, ms in lookup(server, *PROFILED)["cpu_ms_per_request"].items() if ms >= 0.05]
+    throughput_mode = "on" if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1" else "off"
     single = lookup("Ray Serve", "json single", 16)["forecasts_s"]
     batch = lookup("Ray Serve", "npy batch", 16)["forecasts_s"]
     bare16 = lookup("bare FastAPI", "json single", 16)["forecasts_s"]
@@ -300,7 +301,8 @@ def main() -> None:
             f"{''.join(f' --set {o}' for o in args.set)}` ({date.today()}, {platform.machine()}, "
             f"{os.cpu_count()} cores; servers and load generator share them). Ray Serve: ingress + model pool, "
             f"{settings.num_cpus:g} CPU per replica, {settings.min_replicas} to {settings.max_replicas} replicas "
-            f"each, @serve.batch up to {settings.max_batch_size}. Bare: one uvicorn process, the model in the "
+            f"each, @serve.batch up to {settings.max_batch_size}, Ray Serve's throughput mode "
+            f"(`RAY_SERVE_THROUGHPUT_OPTIMIZED`) {throughput_mode}. Bare: one uvicorn process, the model in the "
             "handler. 'Ray Serve direct' is the same application called on its ingress replica's own port "
             "(`RAY_SERVE_ENABLE_DIRECT_INGRESS=1`, set for the whole run; no HTTP proxy in the path, no load "
             "balancer in front). 'generator CPU' is the load generator's own CPU use (100% = one core); request bodies "
