@@ -26,7 +26,6 @@ from pathlib import Path
 from bench.report import markdown_table, write_section
 
 PROJECT = Path(__file__).resolve().parent.parent
-STEPS = ("ingest", "teacher", "cache", "distill", "evaluate", "register")
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -63,8 +62,9 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    steps = list(runs[0]["steps"])  # the flow's steps, in its order
     rows = [[r["kind"], f"{r['seconds']:.1f}",
-             *[("cached" if r["steps"][s]["cached"] else f"{r['steps'][s]['seconds']:.1f}") for s in STEPS],
+             *[("cached" if r["steps"][s]["cached"] else f"{r['steps'][s]['seconds']:.1f}") for s in steps],
              f"{100 * r['steal']:.0f}%"] for r in runs]
     fresh = statistics.median(r["seconds"] for r in runs if r["kind"] == "fresh")
     text = "\n".join([
@@ -76,7 +76,7 @@ def main() -> None:
         "includes starting the local Ray); 'steal' is the share of the machine's CPU time the hypervisor gave "
         "to others during the run.",
         "",
-        markdown_table(["run", "wall s", *STEPS, "steal"], rows),
+        markdown_table(["run", "wall s", *steps, "steal"], rows),
         "",
         f"- Median of the fresh runs: **{fresh:.0f} s**.",
     ])
