@@ -7,6 +7,8 @@
 - ``MovingAverage`` / ``SeriesDecomposition``: trend = moving average with edge-replicated padding,
   seasonal = input - trend (Autoformer / DLinear).
 - ``num_patches`` / ``patchify``: PatchTST's end padding and patching.
+- ``depthwise_conv1d_fft``: same-padded depthwise convolutions through one FFT of the input (ModernTCN's
+  large kernels).
 - ``MultiHeadAttention`` / ``TransformerEncoderLayer``: the post-norm encoder layer of the Transformer
   forecasters (iTransformer with LayerNorm, PatchTST with BatchNorm).
 """
@@ -133,6 +135,32 @@ def patchify(x: Tensor, patch_len: int, stride: int) -> Tensor:
     B, C, L = x.shape
     x = F.pad(x, (0, stride), mode="replicate")  # [B, C, L + stride]
     return x.unfold(-1, patch_len, stride)  # [B, C, P, patch_len]
+
+
+# --- large-kernel depthwise convolution (ModernTCN) ---------------------------------------------------
+
+
+def depthwise_conv1d_fft(x: Tensor, *kernels: Tensor) -> list[Tensor]:
+    """``F.conv1d(x, k, padding=K // 2, groups=C)`` for each odd kernel ``k`` [C, 1, K], sharing one FFT of x.
+
+    oneDNN's direct depthwise convolution runs at about 1 GMAC/s on a CPU; with 51-step kernels over 180
+    patches the FFT route makes ModernTCN's ETTh1 training step 1.3x and its inference 4x faster
+    (bench/bench_depthwise.py). Computed in at least float32, so it also runs under bfloat16 autocast,
+    which torch.fft does not support.
+    """
+    N = x.shape[-1]
+    K = max(k.shape[-1] for k in kernels)
+    n = 1 << (N + K - 2).bit_length()  # a power of two >= N + K - 1: no circular wrap-around
+    dtype = torch.promote_types(x.dtype, torch.float32)  # float16/bfloat16 -> float32
+    spectrum = torch.fft.rfft(x.to(dtype), n=n)  # [B, C, N] -> [B, C, n // 2 + 1]
+    outputs = []
+    for kernel in kernels:
+        half = kernel.shape[-1] // 2
+        # Cross-correlation = convolution with the flipped kernel; the "same" part starts at half.
+        kernel_spectrum = torch.fft.rfft(kernel.to(dtype)[:, 0].flip(-1), n=n)  # [C, K] -> [C, n // 2 + 1]
+        full = torch.fft.irfft(spectrum * kernel_spectrum, n=n)  # [B, C, n]
+        outputs.append(full[..., half : half + N].to(x.dtype))  # [B, C, N]
+    return outputs
 
 
 # --- Transformer encoder ----------------------------------------------------------------------------

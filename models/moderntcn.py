@@ -38,7 +38,7 @@ from .base import (
     check_positive_int,
     check_probability,
 )
-from .layers import RevIN
+from .layers import RevIN, depthwise_conv1d_fft
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,7 +93,11 @@ def _fold_batchnorm(branch: nn.Sequential) -> tuple[Tensor, Tensor]:
 
 
 class LargeKernelConv(nn.Module):
-    """Depthwise large-kernel conv + parallel small-kernel conv, each with BatchNorm (RepLKNet-style)."""
+    """Depthwise large-kernel conv + parallel small-kernel conv, each with BatchNorm (RepLKNet-style).
+
+    The Conv1d modules hold the weights (and the checkpoint layout); the convolutions themselves run
+    through one FFT of the input, several times faster than a direct depthwise conv on a CPU.
+    """
 
     def __init__(self, channels: int, large_size: int, small_size: int) -> None:
         super().__init__()
@@ -110,8 +114,10 @@ class LargeKernelConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged is not None:
-            return self.merged(x)
-        return self.large(x) + self.small(x)
+            (y,) = depthwise_conv1d_fft(x, self.merged.weight)
+            return y + self.merged.bias[:, None]
+        large, small = depthwise_conv1d_fft(x, self.large[0].weight, self.small[0].weight)
+        return self.large[1](large) + self.small[1](small)
 
     @torch.no_grad()
     def merge(self) -> None:

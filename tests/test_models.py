@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from models import MODELS, STUDENTS, TEACHERS, Forecast, build_config, build_model, hyperparameters
-from models.layers import MovingAverage, RevIN, SeriesDecomposition, instance_norm, num_patches, patchify
+from models.layers import (
+    MovingAverage,
+    RevIN,
+    SeriesDecomposition,
+    depthwise_conv1d_fft,
+    instance_norm,
+    num_patches,
+    patchify,
+)
 from models.moderntcn import ModernTCN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,6 +335,23 @@ def test_patchify():
     assert patches[0, 0, 1].tolist() == list(range(4, 12))
     assert patches[0, 0, -1].tolist() == [16, 17, 18, 19, 19, 19, 19, 19]  # end replicated
     assert num_patches(720, 16, 8) == 90
+
+
+@pytest.mark.parametrize("length, sizes", [(180, (51, 5)), (7, (13, 3)), (32, (1,))])
+def test_depthwise_conv1d_fft_matches_direct_conv(length, sizes):
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, length, dtype=torch.float64, requires_grad=True)
+    kernels = [torch.randn(6, 1, size, dtype=torch.float64, requires_grad=True) for size in sizes]
+    outputs = depthwise_conv1d_fft(x, *kernels)
+    expected = [torch.nn.functional.conv1d(x, k, padding=k.shape[-1] // 2, groups=6) for k in kernels]
+    for out, ref in zip(outputs, expected, strict=True):
+        assert out.shape == ref.shape == (3, 6, length)
+        torch.testing.assert_close(out, ref)
+    # Gradients too: training runs through this path.
+    grads = torch.autograd.grad(sum(o.square().sum() for o in outputs), [x, *kernels])
+    ref_grads = torch.autograd.grad(sum(r.square().sum() for r in expected), [x, *kernels])
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(grad, ref_grad)
 
 
 def test_moderntcn_structural_reparam_keeps_outputs():
