@@ -143,8 +143,8 @@ def patchify(x: Tensor, patch_len: int, stride: int) -> Tensor:
 def depthwise_conv1d_fft(x: Tensor, *kernels: Tensor) -> list[Tensor]:
     """``F.conv1d(x, k, padding=K // 2, groups=C)`` for each odd kernel ``k`` [C, 1, K], sharing one FFT of x.
 
-    oneDNN's direct depthwise convolution runs at about 1 GMAC/s on a CPU; with 51-step kernels over 180
-    patches the FFT route makes ModernTCN's ETTh1 training step 1.3x and its inference 4x faster
+    oneDNN's direct depthwise convolution is slow on a CPU; with 51-step kernels over 180 patches the
+    FFT route makes ModernTCN's ETTh1 training step 1.3x and its inference 4x faster
     (bench/bench_depthwise.py). Computed in at least float32, so it also runs under bfloat16 autocast,
     which torch.fft does not support.
     """
