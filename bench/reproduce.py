@@ -11,6 +11,7 @@ Data comes from --data (default ../shared/data), artifacts go to --root (default
 teachers and caches are reused across rows and variants). Each row records the git commit, the
 device, the wall time and the seed. The protocol is method.md's: lookback 720, the split and
 scaler conventions, early stopping, the best checkpoint restored, every test window counted.
+It prints a line per training epoch (validation MSE, seconds) and Prefect's line per step.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def save_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 def run_row(
     dataset: str, teacher: str, student: str, horizon: int, variant: str, args: argparse.Namespace, extra: list[str]
 ) -> dict[str, Any]:
-    from flows.retrain import retrain
+    from flows.progress import StepProgress
+    from flows.retrain import progress, retrain
 
     alpha, beta = RELEASED.get((dataset, teacher), (1, 1))
     overrides = [
@@ -108,7 +110,8 @@ def run_row(
     if args.gpu:
         overrides.append("ray.use_gpu=true")
     began = time.perf_counter()
-    summary = retrain(config=dataset, overrides=overrides)
+    with StepProgress() as epochs, progress(epochs):  # a line per epoch from the training workers
+        summary = retrain(config=dataset, overrides=overrides)
     seconds = time.perf_counter() - began
     (result,) = summary["results"]
     config = summary["config"]
