@@ -7,6 +7,7 @@ import io
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -15,7 +16,7 @@ import models
 from conf import load_config
 from flows.cli import app
 from tasks import loops
-from tasks.cache import read_cache_split
+from tasks.cache import cache_table, read_cache_split, unpack
 from tasks.steps import Pipeline
 from tasks.students import DistillStep
 from tasks.teacher import load_teacher, teacher_key
@@ -63,6 +64,19 @@ def test_cache_holds_every_window_in_float16(trained):
         assert part["prediction"].dtype == np.float16 and part["prediction"].shape == (count, 24, 7)
         assert part["feature"].shape == (count, 7, cache.feature_dim)
         assert pipe.storage.read_json(f"{cache.directory}/{split}/_SUCCESS")["rows"] == count
+
+
+def test_cached_rows_come_back_in_window_order_whatever_order_they_arrive_in():
+    """Ray Data delivers a shard's part files in the order their reads finish; the rows that reach
+    the trainer must not depend on it (they decide every batch of a seeded run)."""
+    ids = np.arange(10)
+    prediction = np.arange(10 * 4 * 2, dtype=np.float16).reshape(10, 4, 2)
+    feature = -np.arange(10 * 2 * 3, dtype=np.float16).reshape(10, 2, 3)
+    late_first = pa.concat_tables([cache_table(ids[6:], prediction[6:], feature[6:]),
+                                   cache_table(ids[:6], prediction[:6], feature[:6])])
+    rows = unpack(late_first, horizon=4, n_vars=2, feature_dim=3)
+    assert rows["window_id"].tolist() == ids.tolist()
+    assert np.array_equal(rows["prediction"], prediction) and np.array_equal(rows["feature"], feature)
 
 
 def test_cache_loss_equals_online_loss(trained):
@@ -131,6 +145,8 @@ def test_second_distill_reads_the_cache(trained, session_root, smoke_csv):
     for role in ("teacher", "student", "baseline"):
         assert {"name", "test_mse", "test_mae", "params", "latency_ms"} <= set(row[role])
     assert row["student"]["test_mse"] != trained["row"]["student"]["test_mse"]  # really retrained
+    # the plain MLP ignores the teacher: same seed, same batches, same weights, whatever alpha is
+    assert row["baseline"]["test_mse"] == pytest.approx(trained["row"]["baseline"]["test_mse"], rel=1e-6)
 
 
 def test_distill_without_a_teacher_says_what_to_do(tmp_path, ray_local):
