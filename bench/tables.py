@@ -95,6 +95,8 @@ def accuracy_tables(rows: list[dict[str, Any]]) -> str:
                 f"{mean(r['teacher_latency_ms'] / r['student_latency_ms'] for r in items):.1f}x",
             ]
         )
+    speedups = [mean(r["teacher_latency_ms"] / r["student_latency_ms"] for r in items) for items in groups.values()]
+    ratios = [mean(r["teacher_params"] / r["student_params"] for r in items) for items in groups.values()]
     text = [
         "### Accuracy (test split, standardized; average over the horizons run)",
         "",
@@ -136,6 +138,11 @@ def accuracy_tables(rows: list[dict[str, Any]]) -> str:
         ),
         "",
         "### Size and speed (averaged over horizons; latency: median forward pass, batch of 32)",
+        "",
+        f"Here, at most {max(speedups, default=0):.1f}x faster and {max(ratios, default=0):.1f}x fewer parameters "
+        "than the teacher; "
+        "the paper claims up to 7x faster (1.1 ms against 7.8 ms a batch) and up to 130x fewer parameters "
+        "(1.1 M against 132 M, ModernTCN on Electricity).",
         "",
         markdown_table(
             ["dataset", "teacher", "teacher params", "student params", "ratio", "teacher ms", "student ms", "speed-up"],
