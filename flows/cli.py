@@ -289,9 +289,10 @@ def serve_command(config: Annotated[str | None, typer.Argument(help="config (def
         cfg = load_config(config, set_ or [])
         storage = open_storage(cfg)
         stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
         with ray_session(cfg, ray_address, quiet=not debug):
+            # after Ray starts: ray.init installs a SIGTERM handler of its own that aborts the process
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: stop.set())
             serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
             try:
                 serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")

@@ -55,7 +55,8 @@ class Processes:
         self.started[name] = (process, log)
         return process
 
-    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Stop the process group; returns the process's exit status."""
         process, log = self.started.pop(name)
         if process.poll() is None:
             os.killpg(process.pid, sig)
@@ -65,6 +66,7 @@ class Processes:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         log.close()
+        return process.returncode
 
     def stop_all(self) -> None:
         for name in list(self.started)[::-1]:
@@ -171,7 +173,8 @@ def test_retrain_on_two_nodes_into_object_storage_then_serve_from_it(cluster):
         print(procs.tail("serve"))
         raise
     finally:
-        procs.stop("serve", signal.SIGTERM, timeout=60)  # a clean shutdown on SIGTERM
+        status = procs.stop("serve", signal.SIGTERM, timeout=60)
+    assert status == 0, f"timedistill serve did not shut down cleanly on SIGTERM (exit {status})"
 
 
 def test_losing_a_worker_node_resumes_from_the_last_checkpoint(cluster):
