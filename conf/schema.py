@@ -133,10 +133,11 @@ class ServeConfig(Section):
     max_ongoing_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(256, ge=1)
     max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_models_per_replica: int = Field(8, ge=1)
     max_body_bytes: int = Field(16 * 2**20, gt=0)
     reload_interval_s: float = Field(5.0, gt=0)  # how often replicas look for new LATEST versions
+    access_log: bool = True  # a log line per request in each replica's Ray Serve log
     auth_token: str | None = None  # bearer token; also read from $TIMEDISTILL_SERVE_TOKEN
 
 

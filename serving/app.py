@@ -3,7 +3,9 @@ replicas.
 
 - Many models, little memory: every registered model is served by the same pool; a replica
   loads a model on first use and evicts the least recently used one (`@serve.multiplexed`).
-- Request batching per model (`@serve.batch`; Serve splits batches by multiplexed model id).
+- Request batching per model: the ingress gathers single-history requests (`@serve.batch`) and
+  sends the pool one call per model in the batch, so a burst of requests costs one pool call and
+  one forward pass, not one of each per request.
 - New versions without downtime: a request for a model's LATEST is routed to "name@vK"; when a
   retrain registers vK+1, the ingress sees it within `serve.reload_interval_s` (or at once via
   POST /v1/reload) and new requests go to "name@vK+1", which the pool loads beside vK. Requests
@@ -13,6 +15,7 @@ replicas.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -34,24 +37,16 @@ def model_pool(settings: ServeConfig) -> Any:
 
     @serve.deployment(name="ModelPool")
     class ModelPool:
-        def __init__(self, root: str, endpoint_override: str | None, max_batch_size: int, wait_s: float) -> None:
+        def __init__(self, root: str, endpoint_override: str | None) -> None:
             self.storage = Storage(root, endpoint_override)
-            self.forecast_one.set_max_batch_size(max_batch_size)
-            self.forecast_one.set_batch_wait_timeout_s(wait_s)
 
         @serve.multiplexed(max_num_models_per_replica=settings.max_models_per_replica)
         async def get_model(self, model_id: str) -> ForecastModel:
             name, version = model_id.split("@", 1)  # built by the ingress from a validated entry
             return ForecastModel.from_registry(self.storage, name, version)
 
-        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-        async def forecast_one(self, histories: list[np.ndarray]) -> list[np.ndarray]:
-            """Single-history requests of one model, batched: [L, C] each -> [S, C] each."""
-            model = await self.get_model(serve.get_multiplexed_model_id())
-            return list(model.forecast(np.stack(histories)))
-
-        async def forecast_many(self, histories: np.ndarray) -> np.ndarray:
-            """A client's own batch: [N, L, C] -> [N, S, C] in one forward pass."""
+        async def forecast(self, histories: np.ndarray) -> np.ndarray:
+            """[N, L, C] -> [N, S, C] in one forward pass."""
             model = await self.get_model(serve.get_multiplexed_model_id())
             return model.forecast(histories)
 
@@ -68,20 +63,40 @@ class ForecastAPI:
         self.pool = pool
         self.settings = ServeConfig(**settings)
         self.registry = RegistryView(Storage(root, endpoint_override), ttl=self.settings.reload_interval_s)
+        self.gathered.set_max_batch_size(self.settings.max_batch_size)
+        self.gathered.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_api(self.settings, self.registry, self)
 
     async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> np.ndarray:
-        handle = self.pool.options(multiplexed_model_id=model_id)
-        if batched:
-            return await handle.forecast_many.remote(histories)
-        return (await handle.forecast_one.remote(histories[0]))[None]
+        if batched:  # a client's own batch goes to the pool as it is
+            return await self.pool.options(multiplexed_model_id=model_id).forecast.remote(histories)
+        result = await self.gathered((model_id, histories[0]))
+        if isinstance(result, BaseException):
+            raise result
+        return result[None]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def gathered(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray | BaseException]:
+        """Single histories of any models, (model id, [L, C]) each -> [S, C] each, or the error of
+        that request's model (one model failing to load must not fail the others)."""
+        by_model: dict[str, list[np.ndarray]] = {}
+        slots = []  # each request's model id and row in that model's call
+        for model_id, history in requests:
+            group = by_model.setdefault(model_id, [])
+            slots.append((model_id, len(group)))
+            group.append(history)
+        calls = [self.pool.options(multiplexed_model_id=m).forecast.remote(np.stack(h))  # [n, L, C]
+                 for m, h in by_model.items()]
+        outcomes = dict(zip(by_model, await asyncio.gather(*calls, return_exceptions=True), strict=True))
+        return [o if isinstance(o := outcomes[m], BaseException) else o[row] for m, row in slots]
 
 
 def deployment_options(settings: ServeConfig) -> dict[str, Any]:
     return {
         "ray_actor_options": {"num_cpus": settings.num_cpus},
+        "logging_config": {"enable_access_log": settings.access_log},
         "max_ongoing_requests": settings.max_ongoing_requests,
         "max_queued_requests": settings.max_queued_requests,
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=1),
@@ -93,8 +108,7 @@ def deployment_options(settings: ServeConfig) -> dict[str, Any]:
 def build_app(config: Config) -> Any:
     """The application for `serve.run`, reading the registry under the config's storage root."""
     settings, root = config.serve, storage_root(config)
-    pool = model_pool(settings).options(**deployment_options(settings)).bind(
-        root, config.storage.endpoint_override, settings.max_batch_size, settings.batch_wait_timeout_s)
+    pool = model_pool(settings).options(**deployment_options(settings)).bind(root, config.storage.endpoint_override)
     return ForecastAPI.options(**deployment_options(settings)).bind(
         pool, root, config.storage.endpoint_override, settings.model_dump())
 
