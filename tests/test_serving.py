@@ -6,6 +6,7 @@ import io
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -183,3 +184,23 @@ def test_a_new_version_is_picked_up_without_failed_requests(served, history):
     assert before in versions_seen and decision.version in versions_seen
     assert versions_seen[-1] == decision.version  # once switched, it stays switched
     assert len(outcomes) >= 20
+
+
+def test_a_model_that_fails_to_load_fails_only_its_own_requests(served, history):
+    """Single histories of different models share the ingress's batches; one model's error must
+    not reach the requests of the others."""
+    client, storage = served["client"], served["run"]["pipe"].storage
+    source = f"registry/smoke-24/{latest(storage, 'smoke-24')}"
+    for name in storage.listdir(source):
+        data = b"not a checkpoint" if name == "student.pt" else storage.read_bytes(f"{source}/{name}")
+        storage.write_bytes(f"registry/broken-24/v1/{name}", data)
+    storage.write_bytes("registry/broken-24/LATEST", b"v1\n")
+
+    def status(model: str) -> tuple[str, int]:
+        response = client.post("/v1/forecast", json={"model": model, "history": history.tolist()})
+        return model, response.status_code
+
+    with ThreadPoolExecutor(8) as threads:
+        outcomes = list(threads.map(status, ["smoke-24", "broken-24"] * 12))
+    assert {code for model, code in outcomes if model == "smoke-24"} == {200}, outcomes
+    assert {code for model, code in outcomes if model == "broken-24"} == {500}, outcomes
