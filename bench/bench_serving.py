@@ -5,9 +5,12 @@ single histories and batches of 64.
 
     python -m bench.bench_serving [--seconds 8]
 
-The load generator is an asyncio + httpx client in this process; its own CPU use is reported
-(it shares the machine's cores with both servers). Throughput counts forecasts (histories), so a
-batch request of 64 counts 64.
+Ray Serve is `timedistill serve` as users start it, once with each `serve.ingress` (Ray Serve's
+default Python proxy, then its HAProxy high-throughput mode), each on a local Ray of its own. Every
+cell runs Ray Serve and then the bare server, so each ratio compares two measurements taken one
+after the other. The load generator is an asyncio + httpx client in this process; its own CPU use
+is reported (it shares the machine's cores with the servers). Throughput counts forecasts
+(histories), so a batch request of 64 counts 64.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -49,13 +53,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def make_registry() -> None:
+def make_registry(root: Path = ROOT) -> None:
     """A registry with one student of the benchmark's shape (random weights: the cost is the same)."""
     import models
     from tasks.storage import Storage
 
-    shutil.rmtree(ROOT, ignore_errors=True)
-    storage = Storage(str(ROOT))
+    shutil.rmtree(root, ignore_errors=True)
+    storage = Storage(str(root))
     torch.manual_seed(0)
     student = models.build_model("mlp", lookback=720, horizon=96, n_vars=7)
     buffer = io.BytesIO()
@@ -144,6 +148,8 @@ async def load(url: str, kind: str, clients: int, seconds: float, history: np.nd
 # Server-side processes by role, found by a part of their command line (Ray names its workers
 # ray::<class>). Linux only: read from /proc.
 ROLES = {
+    "bin/haproxy": "HAProxy",
+    "HAProxyManager": "Ray Serve HAProxy manager",
     "ProxyActor": "Ray Serve HTTP proxy",
     "ForecastAPI": "Ray Serve ingress",
     "ModelPool": "Ray Serve model pool",
@@ -151,6 +157,7 @@ ROLES = {
     "bench.serve_bare": "bare server",
 }
 PROFILED = ("json single", 16)  # the cell of the parity target
+INGRESSES = {"proxy": "Ray Serve (proxy)", "haproxy": "Ray Serve (HAProxy)"}
 
 
 def cpu_by_role() -> dict[str, float]:
@@ -169,26 +176,11 @@ def cpu_by_role() -> dict[str, float]:
     return used
 
 
-def direct_ingress_url(app_name: str) -> str:
-    """Where the ingress replica itself listens (Ray Serve's direct ingress, which production puts
-    behind a load balancer such as HAProxy): the first HTTP target of the application."""
-    import ray
-    from ray.serve.context import _get_global_client
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app_name))
-        for group in groups:
-            # until a replica runs, the targets are the proxies, in groups of no application
-            if group.app_name == app_name and group.protocol == "HTTP" and group.targets:
-                return f"http://127.0.0.1:{group.targets[0].port}"
-        time.sleep(1)
-    raise RuntimeError(f"no direct ingress target for application {app_name!r}")
-
-
-def wait_healthy(url: str, timeout: float = 180) -> None:
+def wait_healthy(url: str, process: subprocess.Popen | None = None, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode} before it answered")
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
@@ -198,133 +190,158 @@ def wait_healthy(url: str, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} did not come up")
 
 
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "TIMEDISTILL_STORAGE": str(ROOT), "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, as a service manager stops `timedistill serve`; a process group that outlives
+    it is killed."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def measure(name: str, url: str, kind: str, clients: int, seconds: float, history: np.ndarray) -> dict:
+    before = cpu_by_role() if (kind, clients) == PROFILED else {}
+    stats = asyncio.run(load(url, kind, clients, seconds, history))
+    result = {"server": name, "kind": kind, "clients": clients, **stats}
+    if before:
+        after = cpu_by_role()
+        result["cpu_ms_per_request"] = {
+            role: 1000 * (after[role] - before.get(role, 0.0)) / max(stats["requests"], 1)
+            for role in after if (role == "bare server") == (name == "bare FastAPI")}
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", nargs="*", type=int, default=[1, 16, 64])
     parser.add_argument("--kinds", nargs="*", default=KINDS, choices=KINDS)
+    parser.add_argument("--ingress", nargs="*", default=list(INGRESSES), choices=list(INGRESSES))
+    parser.add_argument("--rounds", type=int, default=5, help="alternating Ray Serve / bare pairs in the cell "
+                        "of the parity target (single JSON histories, 16 clients); the table gives their medians")
     parser.add_argument("--set", action="append", default=[], help="a Ray Serve config override, e.g. "
                         "serve.min_replicas=2")
     args = parser.parse_args()
     make_registry()
     history = np.random.default_rng(0).normal(5, 2, (720, 7))
+    settings = load_config(None, args.set).serve
+    logs = ROOT / "logs"
+    logs.mkdir()
 
-    bare_port, serve_port = free_port(), free_port()
-    env = {**os.environ, "TIMEDISTILL_STORAGE": str(ROOT), "OMP_NUM_THREADS": "1"}
-    bare = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.serve_bare:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(bare_port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        start_new_session=True,
-    )
-    # Direct ingress has the ingress replica serve HTTP itself besides the proxy, so one cluster
-    # gives both paths; it must be set before Ray starts (the replicas inherit the environment).
-    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
-    from ray import serve
-
-    from serving.app import APP_NAME, build_app
-    from tasks.runtime import ray_session
-
-    config = load_config(None, [f"storage.root={ROOT}", f"serve.port={serve_port}", *args.set])
-    settings = config.serve
-    results = []
+    bare_port = free_port()
+    bare = start([sys.executable, "-m", "uvicorn", "bench.serve_bare:app", "--host", "127.0.0.1",
+                  "--port", str(bare_port), "--log-level", "warning"], logs / "bare.log")
+    bare_url = f"http://127.0.0.1:{bare_port}"
+    results: list[dict] = []
     try:
-        with ray_session(config):
-            serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-            serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-            servers = {
-                "Ray Serve": f"http://127.0.0.1:{serve_port}",
-                "Ray Serve direct": direct_ingress_url(APP_NAME),
-                "bare FastAPI": f"http://127.0.0.1:{bare_port}",
-            }
-            for url in servers.values():
-                wait_healthy(url)
-            for kind in args.kinds:
-                for clients in args.clients:
-                    for name, url in servers.items():  # side by side: same kind, same clients, one after the other
-                        before = cpu_by_role() if (kind, clients) == PROFILED else {}
-                        stats = asyncio.run(load(url, kind, clients, args.seconds, history))
-                        results.append({"server": name, "kind": kind, "clients": clients, **stats})
-                        if before:
-                            after = cpu_by_role()
-                            results[-1]["cpu_ms_per_request"] = {
-                                role: 1000 * (after[role] - before.get(role, 0.0)) / max(stats["requests"], 1)
-                                for role in after if (role == "bare server") == (name == "bare FastAPI")}
-                        print(json.dumps(results[-1]), flush=True)
-            serve.shutdown()
+        wait_healthy(bare_url, bare)
+        for ingress in args.ingress:
+            port = free_port()
+            serve_args = [str(Path(sys.executable).parent / "timedistill"), "serve", "--set", f"storage.root={ROOT}",
+                          "--set", f"serve.port={port}", "--set", f"serve.ingress={ingress}",
+                          *[arg for override in args.set for arg in ("--set", override)]]
+            server = start(serve_args, logs / f"serve-{ingress}.log")
+            try:
+                url = f"http://127.0.0.1:{port}"
+                wait_healthy(url, server)
+                for kind in args.kinds:
+                    for clients in args.clients:  # side by side: Ray Serve, then the bare server
+                        for _ in range(args.rounds if (kind, clients) == PROFILED else 1):
+                            results.append(measure(INGRESSES[ingress], url, kind, clients, args.seconds, history))
+                            results.append({**measure("bare FastAPI", bare_url, kind, clients, args.seconds,
+                                                      history), "versus": INGRESSES[ingress]})
+            finally:
+                stop(server)
     finally:
-        os.killpg(bare.pid, signal.SIGTERM)
-        bare.wait(30)
+        stop(bare)
 
-    if set(args.kinds) != set(KINDS) or 16 not in args.clients:
+    if set(args.kinds) != set(KINDS) or 16 not in args.clients or set(args.ingress) != set(INGRESSES):
         return  # a partial run: printed above, BENCHMARKS.md left alone
-
-    def lookup(server: str, kind: str, clients: int) -> dict:
-        return next(r for r in results if (r["server"], r["kind"], r["clients"]) == (server, kind, clients))
-
-    rows = [
-        [
-            r["kind"],
-            r["clients"],
-            r["server"],
-            f"{r['p50']:.1f}",
-            f"{r['p99']:.1f}",
-            f"{r['forecasts_s']:,.0f}",
-            r["failures"],
-            f"{100 * r['generator_cpu']:.0f}%",
-        ]
-        for r in results
-    ]
-    cpu_rows = [[server, role, f"{ms:.1f}"] for server in ("Ray Serve", "Ray Serve direct", "bare FastAPI")
-                for role, ms in lookup(server, *PROFILED)["cpu_ms_per_request"].items() if ms >= 0.05]
-    throughput_mode = "on" if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1" else "off"
-    single = lookup("Ray Serve", "json single", 16)["forecasts_s"]
-    batch = lookup("Ray Serve", "npy batch", 16)["forecasts_s"]
-    bare16 = lookup("bare FastAPI", "json single", 16)["forecasts_s"]
-    ratio16 = single / bare16
-    direct16 = lookup("Ray Serve direct", "json single", 16)["forecasts_s"] / bare16
-    text = "\n".join(
-        [
-            "## Serving (loopback; ETTh1-shaped student, lookback 720, horizon 96, 7 variables)",
-            "",
-            f"Command: `python -m bench.bench_serving --seconds {args.seconds:g}"
-            f"{''.join(f' --set {o}' for o in args.set)}` ({date.today()}, {platform.machine()}, "
-            f"{os.cpu_count()} cores; servers and load generator share them). Ray Serve: ingress + model pool, "
-            f"{settings.num_cpus:g} CPU per replica, {settings.min_replicas} to {settings.max_replicas} replicas "
-            f"each, @serve.batch up to {settings.max_batch_size}, Ray Serve's throughput mode "
-            f"(`RAY_SERVE_THROUGHPUT_OPTIMIZED`) {throughput_mode}. Bare: one uvicorn process, the model in the "
-            "handler. 'Ray Serve direct' is the same application called on its ingress replica's own port "
-            "(`RAY_SERVE_ENABLE_DIRECT_INGRESS=1`, set for the whole run; no HTTP proxy in the path, no load "
-            "balancer in front). 'generator CPU' is the load generator's own CPU use (100% = one core); request bodies "
-            "are encoded once, before the clock starts.",
-            "",
-            markdown_table(
-                ["request", "clients", "server", "p50 ms", "p99 ms", "forecasts / s", "failed", "generator CPU"], rows
-            ),
-            "",
-            "Server CPU per request, single JSON histories at 16 clients (CPU time of each process from /proc over "
-            "the run, divided by the requests answered):",
-            "",
-            markdown_table(["server", "process", "CPU ms / request"], cpu_rows),
-            "",
-            f"- Ray Serve vs bare at 16 clients, single JSON histories: **{ratio16:.2f}x** the bare server's "
-            f"throughput through the HTTP proxy, **{direct16:.2f}x** with direct ingress.",
-            f"- Ray Serve binary batches (.npy, 64 histories) vs single JSON requests at 16 clients: "
-            f"**{batch / single:.1f}x** the forecasts per second.",
-        ]
-    )
+    text = report(results, args, settings)
     print(text)
     write_section("serving", text)
+
+
+def report(results: list[dict], args: argparse.Namespace, settings: Any) -> str:
+    def median_of(runs: list[dict]) -> dict:
+        """One cell from its rounds: the median of every measure."""
+        cell = {**runs[0], "failures": sum(r["failures"] for r in runs)}
+        for key in ("p50", "p99", "forecasts_s", "generator_cpu"):
+            cell[key] = statistics.median(r[key] for r in runs)
+        if "cpu_ms_per_request" in cell:
+            cell["cpu_ms_per_request"] = {role: statistics.median(r["cpu_ms_per_request"].get(role, 0.0) for r in runs)
+                                          for role in runs[0]["cpu_ms_per_request"]}
+        return cell
+
+    def rounds(server: str, kind: str, clients: int) -> list[tuple[dict, dict]]:
+        """(Ray Serve, bare) pairs of a cell, each pair measured one after the other."""
+        served = [r for r in results if (r["server"], r["kind"], r["clients"]) == (server, kind, clients)]
+        bare = [r for r in results if r.get("versus") == server and (r["kind"], r["clients"]) == (kind, clients)]
+        return list(zip(served, bare, strict=True))
+
+    def lookup(server: str, kind: str, clients: int) -> tuple[dict, dict]:
+        pairs = rounds(server, kind, clients)
+        return median_of([s for s, _ in pairs]), median_of([b for _, b in pairs])
+
+    lines = [
+        "## Serving (loopback; ETTh1-shaped student, lookback 720, horizon 96, 7 variables)",
+        "",
+        f"Command: `python -m bench.bench_serving --seconds {args.seconds:g}"
+        f"{''.join(f' --set {o}' for o in args.set)}` ({date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores; servers and load generator share them). Ray Serve is `timedistill serve` on a "
+        f"local Ray, started once per `serve.ingress`: ingress + model pool, {settings.num_cpus:g} CPU per "
+        f"replica, {settings.min_replicas} to {settings.max_replicas} replicas each, single histories gathered "
+        f"on the ingress (@serve.batch, up to {settings.max_batch_size}, {1000 * settings.batch_wait_timeout_s:g} "
+        "ms) into one pool call per model. `proxy` is Ray Serve's default Python HTTP proxy; `haproxy` is Ray "
+        "Serve's high-throughput mode (`RAY_SERVE_ENABLE_HA_PROXY=1`, `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`: "
+        "HAProxy in front of the ingress replicas, gRPC between replicas). Bare: one uvicorn process, the model "
+        "in the handler, measured right after Ray Serve in every row. 'generator CPU' is the load generator's "
+        "own CPU use (100% = one core) against Ray Serve / against bare; request bodies are encoded once, "
+        "before the clock starts.",
+    ]
+    for ingress, name in INGRESSES.items():
+        rows = []
+        for kind in args.kinds:
+            for clients in args.clients:
+                served, bare = lookup(name, kind, clients)
+                rows.append([kind, clients, f"{served['p50']:.1f}", f"{served['p99']:.1f}",
+                             f"{served['forecasts_s']:,.0f}", f"{bare['p50']:.1f}", f"{bare['p99']:.1f}",
+                             f"{bare['forecasts_s']:,.0f}", f"{served['forecasts_s'] / bare['forecasts_s']:.2f}x",
+                             served["failures"] + bare["failures"],
+                             f"{100 * served['generator_cpu']:.0f}% / {100 * bare['generator_cpu']:.0f}%"])
+        lines += ["", f"### {name}: `serve.ingress={ingress}`", "", markdown_table(
+            ["request", "clients", "Serve p50 ms", "Serve p99 ms", "Serve forecasts / s", "bare p50 ms",
+             "bare p99 ms", "bare forecasts / s", "Serve / bare", "failed", "generator CPU"], rows)]
+
+    lines += ["", "Server CPU per request, single JSON histories at 16 clients (CPU time of each process from /proc "
+              "over the cell, divided by the requests answered):", ""]
+    cpu_rows = []
+    for name in INGRESSES.values():
+        served, bare = lookup(name, *PROFILED)
+        cpu_rows += [[name, role, f"{ms:.1f}"] for role, ms in served["cpu_ms_per_request"].items() if ms >= 0.05]
+        cpu_rows += [[f"bare FastAPI (next to {name})", role, f"{ms:.1f}"]
+                     for role, ms in bare["cpu_ms_per_request"].items()]
+    lines.append(markdown_table(["server", "process", "CPU ms / request"], cpu_rows))
+    lines.append("")
+    for name in INGRESSES.values():
+        served, bare = lookup(name, *PROFILED)
+        batch, _ = lookup(name, "npy batch", 16)
+        ratio = served["forecasts_s"] / bare["forecasts_s"]
+        each = ", ".join(f"{s['forecasts_s'] / b['forecasts_s']:.2f}" for s, b in rounds(name, *PROFILED))
+        lines.append(f"- {name} vs bare at 16 clients, single JSON histories: **{ratio:.2f}x** "
+                     f"the bare server's throughput (medians of {len(rounds(name, *PROFILED))} alternating rounds; "
+                     f"round by round: {each}); binary batches (.npy, {BATCH} histories) vs single JSON "
+                     f"requests: **{batch['forecasts_s'] / served['forecasts_s']:.1f}x** the forecasts per second.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,10 @@ class RegistryConfig(Section):
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    # What answers HTTP in front of the replicas when this command starts Ray (serving/app.py,
+    # `ray_environment`): "proxy" is Ray Serve's default Python proxy; "haproxy" is Ray Serve's
+    # high-throughput mode (HAProxy, and gRPC between replicas).
+    ingress: Literal["proxy", "haproxy"] = "proxy"
     num_cpus: float = Field(0.5, gt=0)  # per replica
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(2, ge=1)

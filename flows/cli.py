@@ -280,14 +280,16 @@ def serve_command(config: Annotated[str | None, typer.Argument(help="config (def
         import signal
         import threading
 
+        cfg = load_config(config, set_ or [])
+        storage = open_storage(cfg)
+        use_ray_environment(cfg, ray_address)
+
         from ray import serve
 
         from serving.app import APP_NAME, build_app
         from tasks.registry import list_models
         from tasks.runtime import ray_session
 
-        cfg = load_config(config, set_ or [])
-        storage = open_storage(cfg)
         stop = threading.Event()
         with ray_session(cfg, ray_address, quiet=not debug):
             # after Ray starts: ray.init installs a SIGTERM handler of its own that aborts the process
@@ -305,6 +307,25 @@ def serve_command(config: Annotated[str | None, typer.Argument(help="config (def
                 serve.shutdown()
 
     run_command(debug, body)
+
+
+def use_ray_environment(cfg: Config, address: str | None) -> None:
+    """Give a Ray that this command starts the environment `serve.ingress` needs (read by Ray
+    Serve at import, so before the first `ray.serve` import). A running cluster keeps its own."""
+    import ray
+
+    from serving.ingress import ray_environment
+    from tasks.runtime import ray_address
+
+    wanted = ray_environment(cfg.serve)
+    if not wanted:
+        return
+    if ray.is_initialized() or ray_address(cfg, address):
+        settings = " ".join(f"{key}={value}" for key, value in wanted.items())
+        err.print(f"serve.ingress={cfg.serve.ingress} applies to a Ray this command starts; on a cluster, start "
+                  f"Ray with {settings} in its environment (see infra/kuberay/rayservice.yaml)")
+        return
+    os.environ.update(wanted)
 
 
 def print_results(results: list[dict[str, Any]]) -> None:

@@ -11,6 +11,7 @@ replicas.
   POST /v1/reload) and new requests go to "name@vK+1", which the pool loads beside vK. Requests
   already routed to vK finish on vK, so none fails during the switch.
 - Overload answers 503 (bounded queues) instead of queueing forever.
+- What answers HTTP in front of the ingress is a setting of the Ray cluster (serving/ingress.py).
 """
 
 from __future__ import annotations

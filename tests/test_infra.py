@@ -46,6 +46,18 @@ def test_rayservice_serves_what_serve_yaml_serves():
     assert serve["args"]["config"] == service["args"]["config"]
 
 
+def test_rayservice_pods_run_the_high_throughput_mode_of_serve_ingress_haproxy():
+    from conf import ServeConfig
+    from serving.ingress import ray_environment
+
+    cluster = yaml.safe_load((INFRA / "kuberay" / "rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    wanted = ray_environment(ServeConfig(ingress="haproxy"))
+    for pod in pods:
+        (container,) = pod["template"]["spec"]["containers"]
+        assert {item["name"]: item["value"] for item in container["env"]} == wanted
+
+
 def test_prefect_yaml_deployments_resolve(monkeypatch):
     from prefect.flows import load_flow_from_entrypoint
 

@@ -1,0 +1,69 @@
+"""`timedistill serve` as users start it, in Ray Serve's high-throughput mode (serve.ingress=haproxy):
+a local Ray of its own with HAProxy in front of the ingress replicas. Run apart from the other tests
+(`pytest -m cluster`): the mode is fixed when Ray starts, so it cannot share their Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from bench.bench_serving import MODEL, free_port, make_registry
+from serving.forecaster import ForecastModel
+from tasks.storage import Storage
+
+pytestmark = pytest.mark.cluster
+BIN = Path(sys.executable).parent
+STATS = "http://127.0.0.1:8404/stats"  # HAProxy's stats page (Ray's default port), only there in this mode
+
+
+def test_serve_command_in_haproxy_mode(tmp_path):
+    root = tmp_path / "artifacts"
+    make_registry(root)
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [str(BIN / "timedistill"), "serve", "--set", f"storage.root={root}", "--set", f"serve.port={port}",
+         "--set", "serve.ingress=haproxy"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"timedistill serve exited: {(tmp_path / 'serve.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "timedistill serve did not come up within 180 s"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert "HAProxy" in httpx.get(STATS, timeout=5).text
+
+        history = np.random.default_rng(1).normal(5, 2, (720, 7))
+        with httpx.Client(base_url=url, timeout=60) as client:
+            answers = [client.post("/v1/forecast", json={"model": MODEL, "history": history.tolist()})
+                       for _ in range(3)]
+            bad = client.post("/v1/forecast", json={"model": "../etc", "history": history.tolist()})
+        assert [a.status_code for a in answers] == [200, 200, 200], answers[0].text
+        expected = ForecastModel.from_registry(Storage(str(root)), MODEL).forecast(history[None])[0]
+        for answer in answers:
+            np.testing.assert_allclose(np.asarray(answer.json()["forecast"]), expected, rtol=1e-5, atol=1e-5)
+        assert bad.status_code == 400, bad.text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            status = server.wait(120)  # Ray drains the ingress replicas for 30 s in this mode
+        except subprocess.TimeoutExpired:
+            status = None
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+    assert status == 0, f"no clean shutdown on SIGTERM (exit {status}): {(tmp_path / 'serve.log').read_text()[-3000:]}"
