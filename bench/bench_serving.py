@@ -31,7 +31,6 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -39,7 +38,7 @@ import orjson
 import torch
 
 from bench.report import markdown_table, write_section
-from conf import load_config
+from conf import ServeConfig, load_config
 
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "serving"
 MODEL = "bench-96"
@@ -271,7 +270,7 @@ def main() -> None:
     write_section("serving", text)
 
 
-def report(results: list[dict], args: argparse.Namespace, settings: Any) -> str:
+def report(results: list[dict], args: argparse.Namespace, settings: ServeConfig) -> str:
     def median_of(runs: list[dict]) -> dict:
         """One cell from its rounds: the median of every measure."""
         cell = {**runs[0], "failures": sum(r["failures"] for r in runs)}
