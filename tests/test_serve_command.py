@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from bench.bench_serving import MODEL, free_port, make_registry
+from bench.bench_serving import MODEL, free_port, make_registry, wait_healthy
 from serving.forecaster import ForecastModel
 from tasks.storage import Storage
 
@@ -35,16 +34,10 @@ def test_serve_command_in_haproxy_mode(tmp_path):
          "--set", "serve.ingress=haproxy"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"timedistill serve exited: {(tmp_path / 'serve.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "timedistill serve did not come up within 180 s"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        try:
+            wait_healthy(url, server)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}: {(tmp_path / 'serve.log').read_text()[-3000:]}")
         assert "HAProxy" in httpx.get(STATS, timeout=5).text
 
         history = np.random.default_rng(1).normal(5, 2, (720, 7))
