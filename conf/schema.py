@@ -127,7 +127,7 @@ class RegistryConfig(Section):
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
-    # What answers HTTP in front of the replicas when this command starts Ray (serving/app.py,
+    # What answers HTTP in front of the replicas when `timedistill serve` starts Ray (serving/ingress.py,
     # `ray_environment`): "proxy" is Ray Serve's default Python proxy; "haproxy" is Ray Serve's
     # high-throughput mode (HAProxy, and gRPC between replicas).
     ingress: Literal["proxy", "haproxy"] = "proxy"
