@@ -78,7 +78,7 @@ class ForecastAPI:
             raise result
         return result[None]
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch  # sized from the config in __init__
     async def gathered(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray | BaseException]:
         """Single histories of any models, (model id, [L, C]) each -> [S, C] each, or the error of
         that request's model (one model failing to load must not fail the others)."""
