@@ -195,15 +195,17 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(process: subprocess.Popen) -> None:
+def stop(process: subprocess.Popen) -> int | None:
     """SIGTERM, as a service manager stops `timedistill serve`; a process group that outlives
-    it is killed."""
+    it (2 minutes: HAProxy mode drains its ingress replicas for 30 s) is killed. Returns the exit
+    status, or None when it had to be killed."""
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(120)
+        return process.wait(120)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        return None
 
 
 def measure(name: str, url: str, kind: str, clients: int, seconds: float, history: np.ndarray) -> dict:

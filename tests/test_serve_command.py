@@ -5,9 +5,6 @@ a local Ray of its own with HAProxy in front of the ingress replicas. Run apart 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.bench_serving import MODEL, free_port, make_registry, wait_healthy
+from bench.bench_serving import MODEL, free_port, make_registry, start, stop, wait_healthy
 from serving.forecaster import ForecastModel
 from tasks.storage import Storage
 
@@ -28,10 +25,8 @@ def test_serve_command_in_haproxy_mode(tmp_path):
     root = tmp_path / "artifacts"
     make_registry(root)
     port = free_port()
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [str(BIN / "timedistill"), "serve", "--set", f"storage.root={root}", "--set", f"serve.port={port}",
-         "--set", "serve.ingress=haproxy"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = start([str(BIN / "timedistill"), "serve", "--set", f"storage.root={root}", "--set",
+                    f"serve.port={port}", "--set", "serve.ingress=haproxy"], tmp_path / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -51,12 +46,5 @@ def test_serve_command_in_haproxy_mode(tmp_path):
             np.testing.assert_allclose(np.asarray(answer.json()["forecast"]), expected, rtol=1e-5, atol=1e-5)
         assert bad.status_code == 400, bad.text
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            status = server.wait(120)  # Ray drains the ingress replicas for 30 s in this mode
-        except subprocess.TimeoutExpired:
-            status = None
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+        status = stop(server)
     assert status == 0, f"no clean shutdown on SIGTERM (exit {status}): {(tmp_path / 'serve.log').read_text()[-3000:]}"
