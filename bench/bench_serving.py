@@ -53,34 +53,33 @@ def free_port() -> int:
 
 
 def make_registry(root: Path = ROOT) -> None:
-    """A registry with one student of the benchmark's shape (random weights: the cost is the same)."""
-    import models
-    from tasks.storage import Storage
+    """A registry with one student of the benchmark's shape (random weights: the cost is the same;
+    the metrics are placeholders, nothing was evaluated)."""
+    from store.records import ModelScore, ModelSpec, RegisteredModel, ResultRow
+    from store.scaler import NamedScaler
+    from store.storage import Storage
+    from store.weights import state_bytes
 
     shutil.rmtree(root, ignore_errors=True)
     storage = Storage(str(root))
     torch.manual_seed(0)
-    student = models.build_model("mlp", lookback=720, horizon=96, n_vars=7)
-    buffer = io.BytesIO()
-    torch.save(student.state_dict(), buffer)
-    folder = f"registry/{MODEL}/v1"
+    spec = ModelSpec(name="mlp", lookback=720, horizon=96, n_vars=7)
+    student = spec.build()
     variables = [f"x{i}" for i in range(7)]
-    storage.write_bytes(f"{folder}/student.pt", buffer.getvalue())
-    storage.write_json(
-        f"{folder}/config.json",
-        {
-            "model": MODEL,
-            "version": "v1",
-            "student": "mlp",
-            "hparams": {},
-            "lookback": 720,
-            "horizon": 96,
-            "variables": variables,
-        },
-    )
-    storage.write_json(f"{folder}/scaler.json", {"variables": variables, "mean": [5.0] * 7, "std": [2.0] * 7})
-    metric = {"test_mse": 0.0, "test_mae": 0.0, "params": student.num_params(), "latency_ms": 0.0}
-    storage.write_json(f"{folder}/metrics.json", {"student": metric})
+    config = RegisteredModel(
+        model=MODEL, version="v1", student=spec.name, hparams={}, lookback=spec.lookback, horizon=spec.horizon,
+        variables=variables, target=variables[-1], step="1h", dataset="bench", data_fingerprint="-", run_id="-",
+        teacher=None, created=date.today().isoformat(), timedistill_config={})
+    score = ModelScore(name=spec.name, test_mse=0.0, test_mae=0.0, params=student.num_params(), latency_ms=None,
+                       val_mse=0.0, epochs=0)
+    metrics = ResultRow(dataset="bench", horizon=spec.horizon, teacher=score, student=score,
+                        student_vs_teacher_pct=0.0, param_ratio=1.0, speedup=None, device="cpu")
+    folder = f"registry/{MODEL}/v1"
+    storage.write_bytes(f"{folder}/student.pt", state_bytes(student.state_dict()))
+    storage.write_json(f"{folder}/config.json", config.to_json())
+    storage.write_json(f"{folder}/scaler.json",
+                       NamedScaler(variables=variables, mean=(5.0,) * 7, std=(2.0,) * 7).to_json())
+    storage.write_json(f"{folder}/metrics.json", metrics.to_json())
     storage.write_bytes(f"{folder}/_SUCCESS", b"")
     storage.write_bytes(f"registry/{MODEL}/LATEST", b"v1\n")
 

@@ -29,8 +29,10 @@ import torch
 
 from bench.report import markdown_table, write_section
 from conf import load_config
+from store.records import ResultRow
 from tasks.runtime import ray_session
 from tasks.steps import Pipeline
+from tasks.windows import window_counts
 
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "training"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ETTh1.csv"
@@ -72,17 +74,17 @@ def distill_epochs(teacher_name: str, epochs: int) -> list[list[object]]:
             cache = pipe.cache(teacher)
             cache_seconds = time.perf_counter() - began
             students = pipe.students(teacher, cache)
-        history = students.meta["models"]["student"]["history"]
+        history = students.student.history
         times[use_cache] = statistics.median(h["seconds"] for h in history)
         rows.append(
             [
                 teacher_name,
-                f"{teacher.meta['params']:,}",
+                f"{teacher.params:,}",
                 "Parquet cache" if use_cache else "teacher online",
                 f"{times[use_cache]:.1f}",
-                students.meta["teacher_forward_batches"],
-                f"{cache_seconds:.1f} (once)" if use_cache and not cache.hit else ("reused" if use_cache else "-"),
-                f"{max(students.meta['peak_memory_mb']):,.0f}",
+                students.teacher_forward_batches,
+                f"{cache_seconds:.1f} (once)" if use_cache and not cache.cached else ("reused" if use_cache else "-"),
+                f"{max(students.peak_memory_mb):,.0f}",
             ]
         )
     rows[-1].append(f"{times[False] / times[True]:.2f}x slower")
@@ -106,8 +108,8 @@ def worker_throughput() -> list[list[object]]:
         with Pipeline(config) as pipe:
             dataset = pipe.ingest()
             teacher = pipe.teacher(96)
-        seconds = statistics.median(h["seconds"] for h in teacher.meta["history"])
-        windows = dataset.summary(720, [96], pipe.storage)["splits"]["train"]["windows"]["96"]
+        seconds = statistics.median(h["seconds"] for h in teacher.history)
+        windows = window_counts(dataset.splits, 720, 96)["train"]
         rate = windows / seconds
         base = base or rate
         rows.append(
@@ -117,7 +119,7 @@ def worker_throughput() -> list[list[object]]:
                 f"{seconds:.1f}",
                 f"{rate:,.0f}",
                 f"{rate / base:.2f}x",
-                ", ".join(f"{m:,.0f}" for m in teacher.meta["peak_memory_mb"]),
+                ", ".join(f"{m:,.0f}" for m in teacher.peak_memory_mb),
             ]
         )
     return rows
@@ -141,13 +143,11 @@ def short_run() -> str:
         pipe.ingest()
         teacher = pipe.teacher(96)
         students = pipe.students(teacher, pipe.cache(teacher))
-        scores = pipe.evaluate(teacher, students)
     seconds = time.perf_counter() - began
-    rows = [
-        [name, f"{scores[name]['test_mse']:.4f}", f"{scores[name]['test_mae']:.4f}", scores[name]["epochs"]]
-        for name in ("teacher", "student", "baseline")
-    ]
-    gain = 100 * (1 - scores["student"]["test_mse"] / scores["baseline"]["test_mse"])
+    row = ResultRow.compare(teacher, students)
+    rows = [[role, f"{score.test_mse:.4f}", f"{score.test_mae:.4f}", score.epochs]
+            for role, score in row.scores().items()]
+    gain = row.student_vs_baseline_pct
     return "\n".join(
         [
             "## Short run (ETTh1, lookback 720, horizon 96)",

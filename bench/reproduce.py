@@ -89,6 +89,7 @@ def save_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 def run_row(
     dataset: str, teacher: str, student: str, horizon: int, variant: str, args: argparse.Namespace, extra: list[str]
 ) -> dict[str, Any]:
+    from conf import load_config
     from flows.progress import StepProgress
     from flows.retrain import progress, retrain
 
@@ -110,39 +111,39 @@ def run_row(
     if args.gpu:
         overrides.append("ray.use_gpu=true")
     began = time.perf_counter()
-    with StepProgress() as epochs, progress(epochs):  # a line per epoch from the training workers
+    with StepProgress() as terminal, progress(terminal):  # a line per epoch from the training workers
         summary = retrain(config=dataset, overrides=overrides)
     seconds = time.perf_counter() - began
-    (result,) = summary["results"]
-    config = summary["config"]
-    row = {
+    (result,) = summary.results
+    distill = load_config(dataset, overrides).distill
+    baseline = result.baseline
+    return {
         "dataset": dataset,
         "horizon": horizon,
         "teacher": teacher,
-        "student": result["student"]["name"],
+        "student": result.student.name,
         "variant": variant,
-        "teacher_mse": result["teacher"]["test_mse"],
-        "teacher_mae": result["teacher"]["test_mae"],
-        "student_mse": result["student"]["test_mse"],
-        "student_mae": result["student"]["test_mae"],
-        "mlp_mse": result.get("baseline", {}).get("test_mse"),
-        "mlp_mae": result.get("baseline", {}).get("test_mae"),
-        "teacher_params": result["teacher"]["params"],
-        "student_params": result["student"]["params"],
-        "teacher_latency_ms": result["teacher"]["latency_ms"],
-        "student_latency_ms": result["student"]["latency_ms"],
-        "teacher_epochs": result["teacher"]["epochs"],
-        "student_epochs": result["student"]["epochs"],
-        "alpha": config["distill"]["alpha"],
-        "beta": config["distill"]["beta"],
+        "teacher_mse": result.teacher.test_mse,
+        "teacher_mae": result.teacher.test_mae,
+        "student_mse": result.student.test_mse,
+        "student_mae": result.student.test_mae,
+        "mlp_mse": baseline.test_mse if baseline else None,
+        "mlp_mae": baseline.test_mae if baseline else None,
+        "teacher_params": result.teacher.params,
+        "student_params": result.student.params,
+        "teacher_latency_ms": result.teacher.latency_ms,
+        "student_latency_ms": result.student.latency_ms,
+        "teacher_epochs": result.teacher.epochs,
+        "student_epochs": result.student.epochs,
+        "alpha": distill.alpha,
+        "beta": distill.beta,
         "device": device_name(),
         "commit": commit(),
         "seconds": round(seconds, 1),
-        "seed": config["distill"]["seed"],
-        "steps": summary["steps"],
-        "teacher_cached": summary["steps"]["teacher"]["cached"],
+        "seed": distill.seed,
+        "steps": {name: step.to_json() for name, step in summary.steps.items()},
+        "teacher_cached": summary.steps["teacher"].cached,
     }
-    return row
 
 
 def wait_while_paused(pause_file: str | None) -> None:

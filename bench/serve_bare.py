@@ -13,7 +13,7 @@ import numpy as np
 from conf import ServeConfig
 from serving.api import RegistryView, create_api
 from serving.forecaster import ForecastModel
-from tasks.storage import Storage
+from store.storage import Storage
 
 
 class InProcess:

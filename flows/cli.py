@@ -11,10 +11,9 @@ import json
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,8 +21,11 @@ from rich.table import Table
 
 from conf import Config, ConfigError, load_config, storage_root
 from flows.progress import StepProgress
+from store.storage import Storage
 from tasks.errors import DataError, StepError
-from tasks.storage import Storage
+
+if TYPE_CHECKING:  # torch and Ray load only when a command runs: `--help` stays fast
+    from store.records import Dataset, ResultRow, RunSummary, Teacher
 
 app = typer.Typer(
     help="TimeDistill: distill big forecasters into a small MLP, on Ray and Prefect.",
@@ -74,34 +76,36 @@ def open_storage(config: Config) -> Storage:
 def ingest(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Validate a CSV/Parquet series and store it as Arrow/Parquet with its splits and scaler."""
     from tasks.ingest import ingest as ingest_step
+    from tasks.ingest import ingest_summary
 
     def body() -> None:
         cfg = load_config(config, set_ or [])
         storage = open_storage(cfg)
         dataset = ingest_step(cfg, storage)
-        summary = dataset.summary(cfg.data.lookback, cfg.data.horizons, storage)
         if as_json:
-            emit_json(summary)
+            emit_json(ingest_summary(dataset, cfg.data.lookback, cfg.data.horizons, storage))
         else:
-            print_ingest(summary)
+            print_ingest(dataset, cfg, storage)
 
     run_command(debug, body)
 
 
-def print_ingest(summary: dict[str, Any]) -> None:
-    state = "reused (already ingested)" if summary["cached"] else "ingested"
-    out.print(f"[bold]{summary['dataset']}[/] {state}: {summary['rows']} rows x "
-              f"{len(summary['variables'])} variables, step {summary['step']}")
-    out.print(f"  {summary['path']}")
-    table = Table("split", "rows", *[f"windows h={h}" for h in next(iter(summary["splits"].values()))["windows"]])
-    for split, info in summary["splits"].items():
-        start, end = info["rows"]
-        table.add_row(split, f"[{start}, {end})", *[str(n) for n in info["windows"].values()])
+def print_ingest(dataset: Dataset, cfg: Config, storage: Storage) -> None:
+    from tasks.windows import window_counts
+
+    state = "reused (already ingested)" if dataset.cached else "ingested"
+    out.print(f"[bold]{dataset.name}[/] {state}: {dataset.rows} rows x {len(dataset.variables)} variables, "
+              f"step {dataset.step}")
+    out.print(f"  {storage.uri(dataset.series_path)}")
+    counts = {h: window_counts(dataset.splits, cfg.data.lookback, h) for h in cfg.data.horizons}
+    table = Table("split", "rows", *[f"windows h={h}" for h in cfg.data.horizons])
+    for split, (start, end) in dataset.splits.items():
+        table.add_row(split, f"[{start}, {end})", *[str(counts[h][split]) for h in cfg.data.horizons])
     out.print(table)
-    missing = summary["missing"]
-    if missing["gaps"] or missing["values_filled"] or missing["duplicates_dropped"]:
-        out.print(f"  filled ({missing['policy']}): {missing['gaps']} gaps ({missing['rows_inserted']} rows "
-                  f"inserted), {missing['values_filled']} values; {missing['duplicates_dropped']} "
+    missing = dataset.missing
+    if missing.gaps or missing.values_filled or missing.duplicates_dropped:
+        out.print(f"  filled ({missing.policy}): {missing.gaps} gaps ({missing.rows_inserted} rows "
+                  f"inserted), {missing.values_filled} values; {missing.duplicates_dropped} "
                   f"repeated rows dropped")
 
 
@@ -109,39 +113,42 @@ RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cl
                                                   "ray.address, $RAY_ADDRESS, else a local Ray)")]
 
 
+def run_pipeline(config: str, overrides: list[str], ray_address: str | None, debug: bool,
+                 **stop: Any) -> RunSummary:
+    """The retrain flow's body without Prefect (the step commands need no Prefect server), up to
+    its stopping point, with progress on the terminal."""
+    load_config(config, overrides)  # fail fast on a bad config
+    from flows.retrain import progress, retrain
+
+    with StepProgress() as terminal, progress(terminal, quiet=not debug):
+        return retrain.fn(config=config, overrides=overrides, ray_address=ray_address, **stop)
+
+
 @app.command()
 def teacher(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
             ray_address: RayAddressOpt = None) -> None:
     """Train the teacher of every configured horizon on Ray Train (reused when already trained)."""
-    from tasks import steps
 
     def body() -> None:
-        cfg = load_config(config, set_ or [])
-        with steps.Pipeline(cfg, ray_address=ray_address, quiet=not debug) as pipe, StepProgress() as progress:
-            dataset = pipe.ingest()
-            progress.step("ingest", 0.0, dataset.cached, dataset.fingerprint)
-            results = []
-            for horizon in cfg.data.horizons:
-                began = time.perf_counter()
-                trained = pipe.teacher(horizon, on_event=progress)
-                progress.step("teacher", time.perf_counter() - began, trained.cached,
-                              f"h={horizon} val_mse {trained.meta['val_mse']:.4f}")
-                results.append({
-                    "dataset": dataset.name, "horizon": horizon, "teacher": trained.meta["name"],
-                    "checkpoint": pipe.storage.uri(trained.weights_path), "val_mse": trained.meta["val_mse"],
-                    "test_mse": trained.meta["test_mse"], "test_mae": trained.meta["test_mae"],
-                    "epochs": trained.meta["epochs"], "params": trained.meta["params"], "cached": trained.cached,
-                })
+        summary = run_pipeline(config, list(set_ or []), ray_address, debug, stop_after="teacher")
         if as_json:
-            emit_json({"results": results})
-        else:
-            table = Table("dataset", "horizon", "teacher", "params", "epochs", "val MSE", "test MSE", "test MAE")
-            for r in results:
-                table.add_row(r["dataset"], str(r["horizon"]), r["teacher"], f"{r['params']:,}", str(r["epochs"]),
-                              f"{r['val_mse']:.4f}", f"{r['test_mse']:.4f}", f"{r['test_mae']:.4f}")
-            out.print(table)
+            emit_json({"results": [teacher_record(summary, t) for t in summary.teachers]})
+            return
+        table = Table("dataset", "horizon", "teacher", "params", "epochs", "val MSE", "test MSE", "test MAE")
+        for t in summary.teachers:
+            table.add_row(t.dataset, str(t.horizon), t.name, f"{t.params:,}", str(t.epochs), f"{t.val_mse:.4f}",
+                          f"{t.test_mse:.4f}", f"{t.test_mae:.4f}")
+        out.print(table)
 
     run_command(debug, body)
+
+
+def teacher_record(summary: RunSummary, teacher: Teacher) -> dict[str, Any]:
+    """A line of `teacher --json`."""
+    return {"dataset": teacher.dataset, "horizon": teacher.horizon, "teacher": teacher.name,
+            "checkpoint": summary.uri(teacher.weights_path), "val_mse": teacher.val_mse,
+            "test_mse": teacher.test_mse, "test_mae": teacher.test_mae, "epochs": teacher.epochs,
+            "params": teacher.params, "cached": teacher.cached}
 
 
 @app.command()
@@ -149,36 +156,18 @@ def distill(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
             ray_address: RayAddressOpt = None) -> None:
     """Distill the student from the trained teacher (via its Parquet cache), train the plain-MLP
     baseline beside it, and compare all three on the test split."""
-    from tasks import steps
 
     def body() -> None:
-        cfg = load_config(config, set_ or [])
-        with steps.Pipeline(cfg, ray_address=ray_address, quiet=not debug) as pipe, StepProgress() as progress:
-            dataset = pipe.ingest()
-            progress.step("ingest", 0.0, dataset.cached, dataset.fingerprint)
-            results, caches, trained_students = [], [], []
-            for horizon in cfg.data.horizons:
-                trained = pipe.require_teacher(horizon)
-                began = time.perf_counter()
-                cache = pipe.cache(trained)
-                if cache is not None:
-                    caches.append(cache)
-                    progress.step("cache", time.perf_counter() - began, cache.hit,
-                                  f"h={horizon} {cache.meta['bytes'] / 2**20:.1f} MiB")
-                began = time.perf_counter()
-                students = pipe.students(trained, cache, on_event=progress)
-                progress.step("distill", time.perf_counter() - began, students.cached, f"h={horizon}")
-                trained_students.append(students)
-                results.append(pipe.evaluate(trained, students))
-        summary = steps.cache_summary(pipe.storage, caches, trained_students)
+        summary = run_pipeline(config, list(set_ or []), ray_address, debug, stop_after="evaluate",
+                               train_teachers=False)
+        use = summary.cache_use()
         if as_json:
-            emit_json({"results": results, "cache": summary, "run_dir": pipe.storage.uri(pipe.run_dir)})
-        else:
-            print_results(results)
-            if caches:
-                state = "reused" if summary["hit"] else "built"
-                out.print(f"teacher cache {state}: {summary['path']} ({summary['bytes'] / 2**20:.1f} MiB); "
-                          f"teacher batches run: {summary['teacher_forward_batches']}")
+            emit_json({"results": [row.to_json() for row in summary.results], "cache": use.to_json(),
+                       "run_dir": summary.run_dir})
+            return
+        print_results(summary.results)
+        if summary.caches:
+            out.print(use.describe())
 
     run_command(debug, body)
 
@@ -196,16 +185,15 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
         with prefect_server_warming():
             from flows.retrain import progress
             from flows.retrain import retrain as retrain_flow
-        with StepProgress() as bar, progress(bar, on_step=lambda *a: step_line(bar, *a), quiet=not debug):
+        with StepProgress() as terminal, progress(terminal, quiet=not debug):
             summary = retrain_flow(config=config, overrides=list(set_ or []), ray_address=ray_address)
         if as_json:
-            emit_json(summary)
+            emit_json(summary.to_json())
         else:
-            print_results(summary["results"])
-            for model in summary["models"]:
-                verdict = f"registered as {model['version']}" if model["registered"] else "not registered"
-                out.print(f"{model['name']}: {verdict} ({model['reason']})")
-            out.print(f"reports: {summary['run_dir']}/report.md, forecast.png, metrics.json")
+            print_results(summary.results)
+            for model in summary.models:
+                out.print(model.describe())
+            out.print(f"reports: {summary.run_dir}/report.md, forecast.png, metrics.json")
 
     run_command(debug, body)
 
@@ -213,9 +201,9 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
 @contextmanager
 def prefect_server_warming() -> Iterator[None]:
     """Without PREFECT_API_URL the first flow run starts Prefect's temporary server and waits
-    for it (10-20 s of CPU on 2 cores). Start it in a thread while the body imports torch, Ray
-    and the flow (seconds more of CPU), and wait for it on the way out. A failed start here is
-    left to the flow run, which starts the server itself and reports the error."""
+    for it (seconds of CPU on a small machine). Start it in a thread while the body imports
+    torch, Ray and the flow, and wait for it on the way out. A failed start here is left to the
+    flow run, which starts the server itself and reports the error."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
@@ -234,21 +222,6 @@ def prefect_server_warming() -> Iterator[None]:
         yield
     finally:
         starter.join()
-
-
-def step_line(bar: StepProgress, name: str, seconds: float, cached: bool, result: Any) -> None:
-    detail = ""
-    if name == "teacher":
-        detail = f"h={result.meta['horizon']} {result.meta['name']} val_mse {result.meta['val_mse']:.4f}"
-    elif name == "cache" and result is not None:
-        detail = f"h={result.meta['horizon']} {result.meta['bytes'] / 2**20:.1f} MiB"
-    elif name == "distill":
-        detail = f"h={result.meta['horizon']}"
-    elif name == "register":
-        detail = f"{result.model}: {result.version if result.registered else 'not registered'} ({result.reason})"
-    elif name == "ingest":
-        detail = result.fingerprint
-    bar.step(name, seconds, cached, detail)
 
 
 @app.command()
@@ -287,7 +260,7 @@ def serve_command(config: Annotated[str | None, typer.Argument(help="config (def
         from ray import serve
 
         from serving.app import APP_NAME, build_app
-        from tasks.registry import list_models
+        from store.registry import list_models
         from tasks.runtime import ray_session
 
         stop = threading.Event()
@@ -328,20 +301,19 @@ def use_ray_environment(cfg: Config, address: str | None) -> None:
     os.environ.update(wanted)
 
 
-def print_results(results: list[dict[str, Any]]) -> None:
+def print_results(results: list[ResultRow]) -> None:
     table = Table("dataset", "h", "model", "test MSE", "test MAE", "params", "latency ms", "vs MLP", "vs teacher")
-    for r in results:
-        for role in ("teacher", "student", "baseline"):
-            if role not in r:
-                continue
-            m = r[role]
-            versus = (f"{r['student_vs_baseline_pct']:+.1f}%" if role == "student" and "student_vs_baseline_pct" in r
-                      else "")
-            teach = f"{r['student_vs_teacher_pct']:+.1f}%" if role == "student" else ""
-            label = {"teacher": f"teacher ({m['name']})", "student": f"student ({m['name']})",
-                     "baseline": "MLP baseline"}[role]
-            table.add_row(r["dataset"], str(r["horizon"]), label, f"{m['test_mse']:.4f}", f"{m['test_mae']:.4f}",
-                          f"{m['params']:,}", f"{m['latency_ms']:.2f}", versus, teach)
+    labels = {"teacher": "teacher ({})", "student": "student ({})", "baseline": "MLP baseline"}
+    for row in results:
+        for role, score in row.scores().items():
+            versus = teach = ""
+            if role == "student":
+                if row.student_vs_baseline_pct is not None:
+                    versus = f"{row.student_vs_baseline_pct:+.1f}%"
+                teach = f"{row.student_vs_teacher_pct:+.1f}%"
+            latency = f"{score.latency_ms:.2f}" if score.latency_ms is not None else ""
+            table.add_row(row.dataset, str(row.horizon), labels[role].format(score.name), f"{score.test_mse:.4f}",
+                          f"{score.test_mae:.4f}", f"{score.params:,}", latency, versus, teach)
     out.print(table)
 
 

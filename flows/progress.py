@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tasks.events import BatchStarted, Event
+
 
 class StepProgress:
     """Listens to the training workers' events and to the flow's step boundaries."""
@@ -31,24 +33,19 @@ class StepProgress:
     def step(self, name: str, seconds: float, cached: bool, detail: str = "") -> None:
         if not self.enabled:
             return
-        state = "[dim]cached[/]" if cached else f"{seconds:6.1f}s"
+        state = "[dim] cached[/]" if cached else f"{seconds:6.1f}s"  # both 7 wide
         self.progress.console.print(f"  [green]✓[/] {name:<10} {state}  {detail}", highlight=False)
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         if not self.enabled:
             return
-        stage, horizon = event.get("stage", "train"), event.get("horizon", "")
-        key = (stage, horizon, event.get("epoch"))
-        if event["type"] == "batch":
+        key = (event.stage, event.horizon, event.epoch)
+        if isinstance(event, BatchStarted):
             if key not in self.bars:
-                description = f"{stage} h={horizon} epoch {event['epoch']}/{event['epochs']}"
-                self.bars[key] = self.progress.add_task(description, total=event["steps"])
-            self.progress.update(self.bars[key], completed=event["step"] + 1)
-        elif event["type"] == "epoch":
+                self.bars[key] = self.progress.add_task(event.describe(), total=event.steps)
+            self.progress.update(self.bars[key], completed=event.step + 1)
+        else:
             bar = self.bars.pop(key, None)
             if bar is not None:
                 self.progress.remove_task(bar)
-            scores = "  ".join(f"{name.split('/')[0]} val_mse {value:.4f}" for name, value in event.items()
-                               if name.endswith("/val_mse"))
-            self.progress.console.print(f"    {stage} h={horizon} epoch {event['epoch']}/{event['epochs']}  "
-                                        f"{scores}  ({event['epoch_seconds']:.1f}s)", highlight=False)
+            self.progress.console.print(f"    {event.describe()}", highlight=False)

@@ -14,49 +14,44 @@ leaves nothing half written.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from functools import wraps
+from typing import Any, Literal, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
 from conf import load_config
-from tasks.cache import Cache
-from tasks.ingest import Dataset
-from tasks.progress import Listener
-from tasks.registry import Decision, register
-from tasks.report import report_markdown, write_reports
-from tasks.steps import Pipeline
-from tasks.students import Students
-from tasks.teacher import Teacher
+from store.records import Evaluation, RunSummary
+from tasks.steps import Pipeline, StepResult, Terminal
 
-STEPS = ("ingest", "teacher", "cache", "distill", "evaluate", "register")
 TRANSIENT = (OSError, ConnectionError, TimeoutError)
+Stop = Literal["teacher", "evaluate", "register"]
 
-# The terminal's progress listener (set by `timedistill retrain`); flow parameters must stay
+# The terminal of `timedistill` commands run in this process; flow parameters must stay
 # JSON-serializable for deployments, so it travels beside them.
-_listener: ContextVar[Listener | None] = ContextVar("timedistill_listener", default=None)
-_step_listener: ContextVar[Any] = ContextVar("timedistill_step_listener", default=None)
+_terminal: ContextVar[Terminal | None] = ContextVar("timedistill_terminal", default=None)
 _quiet: ContextVar[bool] = ContextVar("timedistill_quiet", default=True)
 
 
 @contextmanager
-def progress(listener: Listener | None, on_step: Any = None, quiet: bool = True) -> Iterator[None]:
-    """Terminal hooks for a flow run in this process: worker events, finished steps, and
-    whether Ray's own logs stay off the terminal."""
-    tokens = _listener.set(listener), _step_listener.set(on_step), _quiet.set(quiet)
+def progress(terminal: Terminal | None, quiet: bool = True) -> Iterator[None]:
+    """Show the flow runs of this process on `terminal` (worker events, finished steps); `quiet`
+    keeps Ray's own logs off it."""
+    tokens = _terminal.set(terminal), _quiet.set(quiet)
     try:
         yield
     finally:
-        _listener.reset(tokens[0])
-        _step_listener.reset(tokens[1])
-        _quiet.reset(tokens[2])
+        _terminal.reset(tokens[0])
+        _quiet.reset(tokens[1])
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -70,140 +65,70 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-           "retry_condition_fn": retry_transient, "cache_policy": NO_CACHE}
-
-
-@task(name="ingest", **RETRIES)
-def ingest_step(pipe: Pipeline) -> Dataset:
-    dataset = pipe.ingest()
-    state = "reused (same content and settings)" if dataset.cached else "ingested"
-    get_run_logger().info("ingest: %s %s, %d rows x %d variables, fingerprint %s", state, dataset.name,
-                          dataset.manifest["rows"], len(dataset.variables), dataset.fingerprint)
-    return dataset
-
-
-@task(name="teacher", **RETRIES)
-def teacher_step(pipe: Pipeline, horizon: int) -> Teacher:
-    teacher = pipe.teacher(horizon, on_event=_listener.get())
-    get_run_logger().info("teacher h=%d: %s %s, val MSE %.4f, test MSE %.4f", horizon,
-                          "reused" if teacher.cached else "trained", teacher.meta["name"],
-                          teacher.meta["val_mse"], teacher.meta["test_mse"])
-    return teacher
-
-
-@task(name="cache", **RETRIES)
-def cache_step(pipe: Pipeline, teacher: Teacher) -> Cache | None:
-    cache = pipe.cache(teacher)
-    if cache is not None:
-        get_run_logger().info("cache h=%d: %s %s (%.1f MiB)", teacher.meta["horizon"],
-                              "reused" if cache.hit else "built", cache.directory, cache.meta["bytes"] / 2**20)
-    return cache
-
-
-@task(name="distill", **RETRIES)
-def distill_step(pipe: Pipeline, teacher: Teacher, cache: Cache | None) -> Students:
-    students = pipe.students(teacher, cache, on_event=_listener.get())
-    models = students.meta["models"]
-    get_run_logger().info("distill h=%d: %s; student test MSE %.4f%s", teacher.meta["horizon"],
-                          "reused" if students.cached else "trained", models["student"]["test_mse"],
-                          f", baseline {models['baseline']['test_mse']:.4f}" if "baseline" in models else "")
-    return students
-
-
-@task(name="evaluate", retries=1, cache_policy=NO_CACHE)
-def evaluate_step(pipe: Pipeline, pairs: list[tuple[Teacher, Students]]) -> list[dict[str, Any]]:
-    rows = [pipe.evaluate(teacher, students) for teacher, students in pairs]
-    run_id = pipe.config.run_id(pipe.dataset.fingerprint)
-    write_reports(pipe.storage, pipe.run_dir, pipe.dataset, run_id, pairs, rows)
-    markdown = report_markdown(pipe.dataset.name, run_id, rows)
-    create_markdown_artifact(markdown, key=artifact_key(pipe.dataset.name),
-                             description=f"timedistill results, run {run_id}")
-    get_run_logger().info("evaluate: reports in %s", pipe.storage.uri(pipe.run_dir))
-    return rows
-
-
-@task(name="register", **RETRIES)
-def register_step(pipe: Pipeline, students: Students, row: dict[str, Any]) -> Decision:
-    decision = register(pipe.config, pipe.storage, pipe.dataset, students, row,
-                        pipe.config.run_id(pipe.dataset.fingerprint))
-    verdict = f"registered {decision.model} {decision.version}" if decision.registered else \
-        f"not registered {decision.model}"
-    get_run_logger().info("register: %s (%s)", verdict, decision.reason)
-    return decision
-
-
-@flow(name="timedistill-retrain", log_prints=True)
-def retrain(config: str = "smoke", overrides: list[str] | None = None,
-            ray_address: str | None = None) -> dict[str, Any]:
-    """Retrain teachers, distill students and register them, for one config."""
-    settings = load_config(config, overrides or [])
-    steps = StepClock(_step_listener.get())
-    with Pipeline(settings, ray_address=ray_address, quiet=_quiet.get()) as pipe:
-        dataset = steps.run("ingest", lambda: ingest_step(pipe), cached=lambda d: d.cached)
-        pairs, caches = [], []
-        for horizon in settings.data.horizons:
-            teacher = steps.run("teacher", lambda h=horizon: teacher_step(pipe, h), cached=lambda t: t.cached)
-            cache = steps.run("cache", lambda t=teacher: cache_step(pipe, t), cached=lambda c: c is None or c.hit)
-            students = steps.run("distill", lambda t=teacher, c=cache: distill_step(pipe, t, c),
-                                 cached=lambda s: s.cached)
-            pairs.append((teacher, students))
-            caches.append(cache)
-        rows = steps.run("evaluate", lambda: evaluate_step(pipe, pairs), cached=lambda _: False)
-        decisions = [steps.run("register", lambda s=s, r=r: register_step(pipe, s, r),
-                               cached=lambda d: not d.registered and d.version is not None)
-                     for (_, s), r in zip(pairs, rows, strict=True)]
-        summary = {
-            "dataset": dataset.name, "run_dir": pipe.storage.uri(pipe.run_dir),
-            "run_id": settings.run_id(dataset.fingerprint), "data_fingerprint": dataset.fingerprint,
-            "steps": steps.summary(), "results": rows,
-            "models": [model_record(pipe, d, r) for d, r in zip(decisions, rows, strict=True)],
-            "cache": [c.meta | {"hit": c.hit, "path": pipe.storage.uri(c.directory)} for c in caches if c],
-            "teachers": [strip_history(t.meta) | {"cached": t.cached} for t, _ in pairs],
-            "config": settings.model_dump(mode="json"),
-        }
-        pipe.storage.write_json(f"{pipe.run_dir}/metrics.json", summary)
-    return summary
-
-
-class StepClock:
-    """Times each step and folds the horizons together: a step counts as cached only when
-    every horizon's part of it was."""
-
-    def __init__(self, on_step: Any = None) -> None:
-        self.on_step = on_step
-        self.steps: dict[str, dict[str, Any]] = {}
-
-    def run(self, name: str, body: Any, cached: Any) -> Any:
-        began = time.perf_counter()
-        result = body()
-        seconds = time.perf_counter() - began
-        was_cached = bool(cached(result))
-        entry = self.steps.setdefault(name, {"cached": True, "seconds": 0.0})
-        entry["cached"] = entry["cached"] and was_cached
-        entry["seconds"] += seconds
-        if self.on_step is not None:
-            self.on_step(name, seconds, was_cached, result)
-        return result
-
-    def summary(self) -> dict[str, dict[str, Any]]:
-        return {name: {"cached": self.steps[name]["cached"], "seconds": round(self.steps[name]["seconds"], 3)}
-                for name in STEPS if name in self.steps}
-
-
-def model_record(pipe: Pipeline, decision: Decision, row: dict[str, Any]) -> dict[str, Any]:
-    return {"name": decision.model, "version": decision.version, "registered": decision.registered,
-            "reason": decision.reason, "registry_path": decision.path,
-            "metrics": {role: {k: row[role][k] for k in ("test_mse", "test_mae", "params", "latency_ms")}
-                        for role in ("teacher", "student", "baseline") if role in row}}
-
-
-def strip_history(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if k != "history"}
+def publish_report(task: Any, task_run: Any, state: Any) -> None:
+    """Prefect hook of the evaluate step: the results table as a markdown artifact of the run."""
+    evaluation: Evaluation = state.result()
+    create_markdown_artifact(evaluation.markdown, key=artifact_key(evaluation.dataset),
+                             description=f"timedistill results, run {evaluation.run_id}")
 
 
 def artifact_key(name: str) -> str:
     return "timedistill-" + re.sub(r"[^a-z0-9-]", "-", name.lower())
+
+
+Result = TypeVar("Result", bound=StepResult | None)
+
+
+def step(name: str, method: Callable[..., Result], **options: Any) -> Callable[..., Result]:
+    """A step of the pipeline: a Prefect task inside a flow run (retried when the failure is
+    transient), a plain call outside one (the step commands). Either way it is timed, its
+    cached status recorded (Pipeline.log) and its result logged, here and nowhere else."""
+    options = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+               "retry_condition_fn": retry_transient, "cache_policy": NO_CACHE} | options
+    as_task = task(name=name, **options)(method)
+
+    @wraps(method)
+    def run(pipe: Pipeline, *args: Any) -> Result:
+        in_flow = FlowRunContext.get() is not None
+        began = time.perf_counter()
+        result = as_task(pipe, *args) if in_flow else method(pipe, *args)
+        seconds = time.perf_counter() - began
+        pipe.log.record(name, seconds, result)
+        logger = get_run_logger() if in_flow else logging.getLogger("timedistill")
+        state = "skipped" if result is None else "reused" if result.cached else f"done in {seconds:.1f}s"
+        logger.info("%s %s%s", name, state, f": {result.describe()}" if result is not None else "")
+        return result
+
+    return run
+
+
+ingest = step("ingest", Pipeline.ingest)
+train_teacher = step("teacher", Pipeline.teacher)
+cache_teacher = step("cache", Pipeline.cache)
+distill = step("distill", Pipeline.students)
+evaluate = step("evaluate", Pipeline.evaluate, retries=1, retry_condition_fn=None, on_completion=[publish_report])
+register = step("register", Pipeline.register)
+
+
+@flow(name="timedistill-retrain", log_prints=True)
+def retrain(config: str = "smoke", overrides: list[str] | None = None, ray_address: str | None = None,
+            stop_after: Stop = "register", train_teachers: bool = True) -> RunSummary:
+    """Retrain teachers, distill students and register them, for one config. `stop_after` ends
+    the run early (the step commands); `train_teachers=False` requires trained teachers."""
+    settings = load_config(config, overrides or [])
+    with Pipeline(settings, ray_address=ray_address, quiet=_quiet.get(), terminal=_terminal.get(),
+                  train_teachers=train_teachers) as pipe:
+        ingest(pipe)
+        teachers = [train_teacher(pipe, horizon) for horizon in settings.data.horizons]
+        if stop_after == "teacher":
+            return pipe.finish()
+        caches = [cache_teacher(pipe, teacher) for teacher in teachers]
+        students = [distill(pipe, teacher, cache) for teacher, cache in zip(teachers, caches, strict=True)]
+        evaluation = evaluate(pipe, teachers, students)
+        if stop_after == "register":
+            for run, row in zip(students, evaluation.rows, strict=True):
+                register(pipe, run, row)
+        return pipe.finish()
 
 
 def deployment(config: str, cron: str, *, overrides: list[str] | None = None, name: str | None = None,

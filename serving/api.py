@@ -30,8 +30,9 @@ from pydantic import BaseModel, ValidationError
 
 from conf import ServeConfig
 from serving.schema import BatchForecastRequest, ForecastRequest, ModelInfo, ModelList
-from tasks.registry import InvalidModelName, RegistryError, latest, list_models, read_version, versions
-from tasks.storage import Storage
+from store.records import RegistryEntry
+from store.registry import InvalidModelName, RegistryError, latest, list_models, read_version, versions
+from store.storage import Storage
 
 NPY = "application/x-npy"
 Body = TypeVar("Body", bound=BaseModel)
@@ -52,12 +53,12 @@ class RegistryView:
     def __init__(self, storage: Storage, ttl: float) -> None:
         self.storage, self.ttl = storage, ttl
         self._latest: dict[str, tuple[str, float]] = {}
-        self._entries: dict[tuple[str, str], dict[str, Any]] = {}
+        self._entries: dict[tuple[str, str], RegistryEntry] = {}
 
     def refresh(self) -> None:
         self._latest.clear()
 
-    def resolve(self, name: str, version: str | None) -> dict[str, Any]:
+    def resolve(self, name: str, version: str | None) -> RegistryEntry:
         """The registry entry (config, scaler, metrics) of name@version, LATEST by default."""
         if version is None:
             cached = self._latest.get(name)
@@ -77,13 +78,12 @@ class RegistryView:
         infos = []
         for name in list_models(self.storage):
             entry = self.resolve(name, None)
-            config, metrics = entry["config"], entry["metrics"]
+            config = entry.config
             infos.append(ModelInfo(
-                name=name, version=entry["version"], versions=versions(self.storage, name),
-                lookback=config["lookback"], horizon=config["horizon"], variables=config["variables"],
-                teacher=config.get("teacher"),
-                metrics={role: {k: metrics[role][k] for k in ("test_mse", "test_mae", "params", "latency_ms")}
-                         for role in ("teacher", "student", "baseline") if role in metrics}))
+                name=name, version=entry.version, versions=versions(self.storage, name),
+                lookback=config.lookback, horizon=config.horizon, variables=config.variables,
+                teacher=config.teacher,
+                metrics={role: headline.to_json() for role, headline in entry.metrics.headline().items()}))
         return infos
 
 
@@ -154,7 +154,7 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
             problems.append(f"{where}: {error['msg']}")
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
-    def entry_for(model: str, version: str | None) -> dict[str, Any]:
+    def entry_for(model: str, version: str | None) -> RegistryEntry:
         try:
             return registry.resolve(model, version)
         except InvalidModelName as exc:
@@ -162,16 +162,16 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         except RegistryError as exc:
             raise HTTPException(404, str(exc)) from None
 
-    def check_shape(histories: np.ndarray, entry: dict[str, Any]) -> None:
-        config = entry["config"]
+    def check_shape(histories: np.ndarray, entry: RegistryEntry) -> None:
+        config = entry.config
         rows, columns = histories.shape[-2], histories.shape[-1]
-        lookback, n_vars = config["lookback"], len(config["variables"])
+        lookback, n_vars = config.lookback, len(config.variables)
         if rows != lookback:
-            raise HTTPException(422, f"history has {rows} rows; model {entry['model']} needs {lookback} "
+            raise HTTPException(422, f"history has {rows} rows; model {entry.model} needs {lookback} "
                                      "(its lookback), oldest first")
         if columns != n_vars:
-            raise HTTPException(422, f"history rows have {columns} values; model {entry['model']} needs "
-                                     f"{n_vars}: {config['variables']}")
+            raise HTTPException(422, f"history rows have {columns} values; model {entry.model} needs "
+                                     f"{n_vars}: {config.variables}")
         if not np.isfinite(histories).all():
             raise HTTPException(422, "history contains NaN or infinite values")
 
@@ -202,9 +202,9 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         if history.ndim != 2:
             raise HTTPException(422, "history must be a list of rows")
         check_shape(history, entry)
-        result = await backend.forecast(model_id(entry), history[None], batched=False)
-        return json_response({"model": entry["model"], "version": entry["version"],
-                              "horizon": entry["config"]["horizon"], "forecast": result[0]})
+        result = await backend.forecast(entry.model_id, history[None], batched=False)
+        return json_response({"model": entry.model, "version": entry.version, "horizon": entry.config.horizon,
+                              "forecast": result[0]})
 
     @app.post("/v1/forecast/batch", dependencies=[Depends(authorize)], openapi_extra=json_body(BatchForecastRequest))
     async def forecast_batch(raw: Request) -> Response:
@@ -214,9 +214,9 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         if histories.ndim != 3 or len(histories) == 0:
             raise HTTPException(422, "histories must be a non-empty list of histories (lists of rows)")
         check_shape(histories, entry)
-        result = await backend.forecast(model_id(entry), histories, batched=True)
-        return json_response({"model": entry["model"], "version": entry["version"],
-                              "horizon": entry["config"]["horizon"], "forecasts": result})
+        result = await backend.forecast(entry.model_id, histories, batched=True)
+        return json_response({"model": entry.model, "version": entry.version, "horizon": entry.config.horizon,
+                              "forecasts": result})
 
     @app.post("/v1/forecast/npy", dependencies=[Depends(authorize)],
               openapi_extra={"requestBody": {"content": {NPY: {"schema": {"type": "string", "format": "binary"}}},
@@ -234,12 +234,12 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         histories = histories[None] if single else histories
         histories = histories.astype(np.float64, copy=False)
         check_shape(histories, entry)
-        result = await backend.forecast(model_id(entry), histories, batched=not single)
+        result = await backend.forecast(entry.model_id, histories, batched=not single)
         buffer = io.BytesIO()
         np.save(buffer, (result[0] if single else result).astype(np.float32), allow_pickle=False)
         return Response(buffer.getvalue(), media_type=NPY,
-                        headers={"x-model": entry["model"], "x-model-version": entry["version"],
-                                 "x-horizon": str(entry["config"]["horizon"])})
+                        headers={"x-model": entry.model, "x-model-version": entry.version,
+                                 "x-horizon": str(entry.config.horizon)})
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
@@ -247,8 +247,9 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
 
 async def parse_json(request: Request, schema: type[Body]) -> Body:
     """Parse and validate the body in one pass with pydantic-core's JSON parser. FastAPI's own
-    path for a model parameter (stdlib json.loads, then validation) spends 3.6 ms on a 720 x 7
-    history; this takes 1.1 ms, and it is the ingress's main cost per request."""
+    path for a model parameter (stdlib json.loads, then validation) takes longer, and parsing is
+    the ingress's main cost per request (BENCHMARKS.md, "Serving", gives the server's CPU per
+    request)."""
     try:
         return schema.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -260,6 +261,3 @@ def json_body(schema: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"content": {"application/json": {"schema": schema.model_json_schema()}},
                             "required": True}}
 
-
-def model_id(entry: dict[str, Any]) -> str:
-    return f"{entry['model']}@{entry['version']}"

@@ -5,34 +5,27 @@ replicas, the bare benchmark server and tests all use exactly this."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from tasks.registry import load_student, read_version
-from tasks.storage import Storage
+from store.records import RegistryEntry
+from store.registry import read_version
+from store.storage import Storage
 
 
 @dataclass
 class ForecastModel:
-    name: str
-    version: str
+    entry: RegistryEntry
     model: torch.nn.Module
     mean: np.ndarray  # [C]
     std: np.ndarray  # [C]
-    lookback: int
-    horizon: int
-    variables: list[str]
 
     @classmethod
     def from_registry(cls, storage: Storage, name: str, version: str | None = None) -> ForecastModel:
         entry = read_version(storage, name, version)
-        config = entry["config"]
-        return cls(name=name, version=entry["version"], model=load_student(storage, entry),
-                   mean=np.asarray(entry["scaler"]["mean"], dtype=np.float64),
-                   std=np.asarray(entry["scaler"]["std"], dtype=np.float64),
-                   lookback=config["lookback"], horizon=config["horizon"], variables=config["variables"])
+        return cls(entry=entry, model=entry.load(storage), mean=np.asarray(entry.scaler.mean, dtype=np.float64),
+                   std=np.asarray(entry.scaler.std, dtype=np.float64))
 
     @torch.inference_mode()
     def forecast(self, histories: np.ndarray) -> np.ndarray:
@@ -40,7 +33,3 @@ class ForecastModel:
         z = ((histories - self.mean) / self.std).astype(np.float32)
         prediction = self.model(torch.from_numpy(z)).prediction.double().numpy()
         return np.ascontiguousarray(prediction * self.std + self.mean)
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.name, "version": self.version, "lookback": self.lookback,
-                "horizon": self.horizon, "variables": self.variables}

@@ -15,8 +15,7 @@ same deterministic reduction the online path applies, so both paths see the same
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,42 +25,25 @@ import torch
 
 from conf import Config, stable_hash
 from models import reduce_feature_width
-from tasks.ingest import Dataset
+from store.records import Cache, Dataset, Teacher
+from store.storage import SUCCESS, Storage
 from tasks.runtime import worker_resources
-from tasks.storage import SUCCESS, Storage
-from tasks.teacher import Teacher, load_teacher
 from tasks.windows import SPLITS, WindowBatcher, window_index
 
 CACHE_META = "cache.json"
 INFERENCE_BATCH = 256
 
 
-@dataclass(frozen=True)
-class Cache:
-    directory: str  # relative to the storage root
-    key: str
-    meta: dict[str, Any]
-    hit: bool  # True when a valid cache was found and the teacher did not run
-    teacher_forward_batches: int
-
-    @property
-    def feature_dim(self) -> int:
-        return self.meta["feature_dim"]
-
-    def split_dir(self, split: str) -> str:
-        return f"{self.directory}/{split}"
-
-
 def stored_feature_dim(teacher: Teacher, config: Config) -> int:
-    return min(teacher.meta["feature_dim"], config.distill.feature_max_dim)
+    return min(teacher.feature_dim, config.distill.feature_max_dim)
 
 
 def cache_key(config: Config, dataset: Dataset, teacher: Teacher) -> str:
     return stable_hash({
-        "teacher_sha256": teacher.meta["sha256"],
+        "teacher_sha256": teacher.sha256,
         "data": dataset.fingerprint,
-        "lookback": teacher.meta["lookback"],
-        "horizon": teacher.meta["horizon"],
+        "lookback": teacher.lookback,
+        "horizon": teacher.horizon,
         "feature_dim": stored_feature_dim(teacher, config),
         "dtype": "float16",
         "format": 1,
@@ -69,28 +51,19 @@ def cache_key(config: Config, dataset: Dataset, teacher: Teacher) -> str:
 
 
 def find_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Teacher) -> Cache | None:
-    key = cache_key(config, dataset, teacher)
-    directory = f"cache/{key}"
+    directory = f"cache/{cache_key(config, dataset, teacher)}"
     if not storage.complete(directory):
         return None
-    return Cache(directory, key, storage.read_json(f"{directory}/{CACHE_META}"), hit=True,
-                 teacher_forward_batches=0)
+    return Cache.from_json(storage.read_json(f"{directory}/{CACHE_META}"), directory=directory, cached=True)
 
 
 def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Teacher, *,
-                series_ref: ray.ObjectRef | None = None) -> Cache:
-    """Reuse the valid cache of this teacher, or run the teacher once over every window."""
-    existing = find_cache(config, storage, dataset, teacher)
-    if existing is not None:
-        return existing
-    from tasks.teacher import load_standardized
-
+                series: ray.ObjectRef) -> Cache:
+    """Run the teacher once over every window and store what it says (find_cache first: this
+    always builds)."""
     key = cache_key(config, dataset, teacher)
     directory = f"cache/{key}"
-    lookback, horizon = teacher.meta["lookback"], teacher.meta["horizon"]
-    index = window_index(dataset.manifest["splits"], lookback, horizon)
-    if series_ref is None:
-        series_ref = ray.put(load_standardized(storage, dataset))
+    index = window_index(dataset.splits, teacher.lookback, teacher.horizon)
     began = time.perf_counter()
     resources = worker_resources(config)
     storage.delete(directory)  # an earlier attempt that did not finish
@@ -100,7 +73,7 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
         .map_batches(
             TeacherPredictor,
             fn_constructor_kwargs={
-                "storage": storage, "teacher": teacher, "series": series_ref, "directory": directory,
+                "storage": storage, "teacher": teacher, "series": series, "directory": directory,
                 "feature_dim": stored_feature_dim(teacher, config), "use_gpu": config.ray.use_gpu,
             },
             batch_size=4 * INFERENCE_BATCH,
@@ -121,17 +94,15 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
         raise RuntimeError(f"teacher cache {directory}: wrote {rows} windows, expected {expected}")
     for split in SPLITS:
         storage.write_json(f"{directory}/{split}/{SUCCESS}", {"rows": rows[split]})
-    meta = {
-        "key": key, "teacher": teacher.directory, "teacher_sha256": teacher.meta["sha256"],
-        "data_fingerprint": dataset.fingerprint, "lookback": lookback, "horizon": horizon,
-        "n_vars": teacher.meta["n_vars"], "feature_dim": stored_feature_dim(teacher, config),
-        "teacher_feature_dim": teacher.meta["feature_dim"], "dtype": "float16", "rows": rows,
-        "bytes": storage.size(directory), "teacher_forward_batches": int(sum(table["batches"].to_pylist())),
-        "seconds": time.perf_counter() - began,
-    }
-    storage.write_json(f"{directory}/{CACHE_META}", meta)
+    cache = Cache(
+        key=key, teacher_dir=teacher.directory, teacher_sha256=teacher.sha256, data_fingerprint=dataset.fingerprint,
+        lookback=teacher.lookback, horizon=teacher.horizon, n_vars=teacher.n_vars,
+        feature_dim=stored_feature_dim(teacher, config), teacher_feature_dim=teacher.feature_dim, dtype="float16",
+        rows=rows, bytes=storage.size(directory), teacher_forward_batches=int(sum(table["batches"].to_pylist())),
+        seconds=time.perf_counter() - began, directory=directory)
+    storage.write_json(f"{directory}/{CACHE_META}", cache.to_json())
     storage.write_bytes(f"{directory}/{SUCCESS}", b"")
-    return Cache(directory, key, meta, hit=False, teacher_forward_batches=meta["teacher_forward_batches"])
+    return cache
 
 
 class TeacherPredictor:
@@ -142,8 +113,8 @@ class TeacherPredictor:
                  feature_dim: int, use_gpu: bool) -> None:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.storage, self.directory, self.feature_dim = storage, directory, feature_dim
-        self.model = load_teacher(storage, teacher, self.device)
-        self.batcher = WindowBatcher(ray.get(series), teacher.meta["lookback"], teacher.meta["horizon"])
+        self.model = teacher.load(storage, self.device)
+        self.batcher = WindowBatcher(ray.get(series), teacher.lookback, teacher.horizon)
 
     @torch.inference_mode()
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -180,10 +151,18 @@ def cache_table(window_id: np.ndarray, prediction: np.ndarray, feature: np.ndarr
     return table.replace_schema_metadata(metadata)
 
 
-def unpack(table: pa.Table, horizon: int, n_vars: int, feature_dim: int) -> dict[str, np.ndarray]:
-    """Arrow rows of the cache -> window_id [N], prediction [N, S, C], feature [N, C, d] (float16),
-    sorted by window_id: Ray Data hands a shard's part files over in whatever order their reads
-    finish, and the order of the rows decides every batch a seeded distillation sees."""
+class TeacherOutputs(NamedTuple):
+    """Cached rows as arrays, sorted by window_id."""
+
+    window_id: np.ndarray  # [N]
+    prediction: np.ndarray  # [N, S, C] float16
+    feature: np.ndarray  # [N, C, d] float16
+
+
+def unpack(table: pa.Table, horizon: int, n_vars: int, feature_dim: int) -> TeacherOutputs:
+    """Arrow rows of the cache as arrays, sorted by window_id: Ray Data hands a shard's part
+    files over in whatever order their reads finish, and the order of the rows decides every
+    batch a seeded distillation sees."""
     if np.any(np.diff(table.column("window_id").to_numpy()) < 0):
         table = table.sort_by("window_id")
 
@@ -191,25 +170,23 @@ def unpack(table: pa.Table, horizon: int, n_vars: int, feature_dim: int) -> dict
         column = table.column(name).combine_chunks()
         return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), *shape)
 
-    return {
-        "window_id": table.column("window_id").to_numpy(),
-        "prediction": matrix("prediction", (horizon, n_vars)),
-        "feature": matrix("feature", (n_vars, feature_dim)),
-    }
+    return TeacherOutputs(window_id=table.column("window_id").to_numpy(),
+                          prediction=matrix("prediction", (horizon, n_vars)),
+                          feature=matrix("feature", (n_vars, feature_dim)))
 
 
-def read_cache_split(storage: Storage, cache: Cache, split: str) -> dict[str, np.ndarray]:
+def read_cache_split(storage: Storage, cache: Cache, split: str) -> TeacherOutputs:
     """One whole split of the cache (for evaluation and tests)."""
     table = storage.read_parquet(cache.split_dir(split))
-    return unpack(table, cache.meta["horizon"], cache.meta["n_vars"], cache.meta["feature_dim"])
+    return unpack(table, cache.horizon, cache.n_vars, cache.feature_dim)
 
 
 def cache_dataset(storage: Storage, cache: Cache, split: str = "train") -> ray.data.Dataset:
     """Ray: the cache of one split as a Ray Dataset (what the distillation workers shard).
 
-    Read through Ray Data's first Parquet datasource: the default one in Ray 2.60 provisions 32
+    Read through Ray Data's first Parquet datasource: the default one provisions a pool of
     FooterReader actors per read, each a new process, which on a small machine costs more than
-    the read (4.3 s against 1.8 s for the smoke cache on 2 cores)."""
+    the read itself (measured in the notes of commit 77b590c)."""
     context = ray.data.DataContext.get_current()
     use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,53 +17,19 @@ import polars as pl
 import pyarrow.fs as pafs
 
 from conf import Config, DataConfig, stable_hash
+from store.records import SERIES, Dataset, Missing
+from store.scaler import Scaler
+from store.storage import Storage, make_filesystem
 from tasks.errors import DataError
-from tasks.storage import Storage, make_filesystem
-from tasks.windows import split_rows, window_counts
+from tasks.windows import Span, split_rows, window_counts
 
 MANIFEST = "manifest.json"
-SERIES = "series.parquet"
 FINGERPRINT_KEYS = ("name", "timestamp", "timestamp_format", "target", "columns", "split", "ratios",
                     "missing", "duplicates", "max_rows")  # lookback/horizons only shape the windows
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """An ingested series: where it lives in storage and what its manifest says."""
-
-    name: str
-    fingerprint: str
-    directory: str  # relative to the storage root
-    manifest: dict[str, Any]
-    cached: bool  # True when an identical earlier ingestion was reused
-
-    @property
-    def series_path(self) -> str:
-        return f"{self.directory}/{SERIES}"
-
-    @property
-    def variables(self) -> list[str]:
-        return self.manifest["variables"]
-
-    def summary(self, lookback: int, horizons: list[int], storage: Storage) -> dict[str, Any]:
-        """The `ingest --json` record: the manifest's facts plus window counts for this config."""
-        rows = {split: tuple(span) for split, span in self.manifest["splits"].items()}
-        counts = {h: window_counts(rows, lookback, h) for h in horizons}
-        return {
-            "dataset": self.name,
-            "path": storage.uri(self.series_path),
-            "rows": self.manifest["rows"],
-            "variables": self.variables,
-            "step": self.manifest["step"],
-            "fingerprint": self.fingerprint,
-            "cached": self.cached,
-            "splits": {
-                split: {"rows": list(span), "windows": {str(h): counts[h][split] for h in horizons}}
-                for split, span in rows.items()
-            },
-            "scaler": self.manifest["scaler"],
-            "missing": self.manifest["missing"],
-        }
+def dataset_dir(data: DataConfig, fingerprint: str) -> str:
+    return f"datasets/{data.name}/{fingerprint}"
 
 
 def ingest(config: Config, storage: Storage) -> Dataset:
@@ -72,44 +37,49 @@ def ingest(config: Config, storage: Storage) -> Dataset:
     data = config.data
     content = read_source(data.path, config.storage.endpoint_override)
     fingerprint = data_fingerprint(content, data)
-    directory = f"datasets/{data.name}/{fingerprint}"
+    directory = dataset_dir(data, fingerprint)
     if storage.exists(f"{directory}/{MANIFEST}"):  # the manifest is written last: complete
-        manifest = storage.read_json(f"{directory}/{MANIFEST}")
-        check_windows(manifest["splits"], data, data.path)
-        return Dataset(data.name, fingerprint, directory, manifest, cached=True)
+        found = Dataset.from_json(storage.read_json(f"{directory}/{MANIFEST}"), directory=directory, cached=True)
+        check_windows(found.splits, data, data.path)
+        return found
 
-    frame, report = parse_series(content, data)
+    frame, missing, step = parse_series(content, data)
     rows = split_rows(data.split, frame.height, data.ratios, source=data.path)
     check_windows(rows, data, data.path)
     variables = frame.columns[1:]
     train = frame.slice(rows["train"][0], rows["train"][1] - rows["train"][0])
-    values = train.select(variables).to_numpy().astype(np.float64)
-    mean, std = values.mean(axis=0), values.std(axis=0)  # ddof=0, as sklearn's StandardScaler
-    std = np.where(std > 0, std, 1.0)  # a constant column is centred, not divided by zero
-
-    manifest = {
-        "dataset": data.name,
-        "fingerprint": fingerprint,
-        "source": data.path,
-        "source_sha256": hashlib.sha256(content).hexdigest(),
-        "rows": frame.height,
-        "variables": variables,
-        "target": data.target,
-        "timestamp": data.timestamp,
-        "step": report.pop("step"),
-        "start": str(frame[data.timestamp][0]),
-        "end": str(frame[data.timestamp][-1]),
-        "splits": {split: list(span) for split, span in rows.items()},
-        "scaler": {"mean": mean.tolist(), "std": std.tolist()},
-        "missing": report,
-        "settings": data.model_dump(mode="json", include=set(FINGERPRINT_KEYS)),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    dataset = Dataset(
+        name=data.name, fingerprint=fingerprint, source=data.path, source_sha256=hashlib.sha256(content).hexdigest(),
+        rows=frame.height, variables=variables, target=data.target, timestamp=data.timestamp, step=step,
+        start=str(frame[data.timestamp][0]), end=str(frame[data.timestamp][-1]), splits=rows,
+        scaler=Scaler.fit(train.select(variables).to_numpy().astype(np.float64)), missing=missing,
+        settings=data.model_dump(mode="json", include=set(FINGERPRINT_KEYS)),
+        created=datetime.now(UTC).isoformat(timespec="seconds"), directory=directory)
     table = frame.with_columns(pl.col(variables).cast(pl.Float32)).to_arrow()
     with storage.publish_dir(directory) as staging:
         storage.write_parquet(f"{staging}/{SERIES}", table)
-        storage.write_json(f"{staging}/{MANIFEST}", manifest)
-    return Dataset(data.name, fingerprint, directory, manifest, cached=False)
+        storage.write_json(f"{staging}/{MANIFEST}", dataset.to_json())
+    return dataset
+
+
+def ingest_summary(dataset: Dataset, lookback: int, horizons: list[int], storage: Storage) -> dict[str, Any]:
+    """The `ingest --json` record: the manifest's facts plus window counts for this config."""
+    counts = {h: window_counts(dataset.splits, lookback, h) for h in horizons}
+    return {
+        "dataset": dataset.name,
+        "path": storage.uri(dataset.series_path),
+        "rows": dataset.rows,
+        "variables": dataset.variables,
+        "step": dataset.step,
+        "fingerprint": dataset.fingerprint,
+        "cached": dataset.cached,
+        "splits": {
+            split: {"rows": list(span), "windows": {str(h): counts[h][split] for h in horizons}}
+            for split, span in dataset.splits.items()
+        },
+        "scaler": dataset.scaler.to_json(),
+        "missing": dataset.missing.to_json(),
+    }
 
 
 def read_source(path: str, endpoint_override: str | None = None) -> bytes:
@@ -140,8 +110,9 @@ def data_fingerprint(content: bytes, data: DataConfig) -> str:
     return stable_hash({"sha256": hashlib.sha256(content).hexdigest(), "settings": settings})[:16]
 
 
-def parse_series(content: bytes, data: DataConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Raw bytes -> (frame of timestamp + Float64 variables on a regular grid, missing report)."""
+def parse_series(content: bytes, data: DataConfig) -> tuple[pl.DataFrame, Missing, str]:
+    """Raw bytes -> (frame of timestamp + Float64 variables on a regular grid, what was filled
+    or dropped, the time step)."""
     source = data.path
     frame, row_offset = _read_frame(content, source)
     where = _row_namer(row_offset)
@@ -156,14 +127,13 @@ def parse_series(content: bytes, data: DataConfig) -> tuple[pl.DataFrame, dict[s
     frame = frame.select([data.timestamp, *_variables(frame.columns, data, source)])
     frame = frame.with_columns(_parse_numbers(frame, data, source, where))
 
-    report: dict[str, Any] = {"policy": data.missing, "duplicates_dropped": 0, "gaps": 0,
-                              "rows_inserted": 0, "values_filled": 0}
-    frame, report["duplicates_dropped"] = _check_order(frame, data, source, where)
+    frame, duplicates_dropped = _check_order(frame, data, source, where)
     step = _infer_step(frame[data.timestamp], source)
-    frame, report["gaps"], report["rows_inserted"] = _fill_gaps(frame, data, step, source, where)
-    frame, report["values_filled"] = _fill_values(frame, data, source, where)
-    report["step"] = _format_step(step)
-    return frame, report
+    frame, gaps, rows_inserted = _fill_gaps(frame, data, step, source, where)
+    frame, values_filled = _fill_values(frame, data, source, where)
+    missing = Missing(policy=data.missing, duplicates_dropped=duplicates_dropped, gaps=gaps,
+                      rows_inserted=rows_inserted, values_filled=values_filled)
+    return frame, missing, _format_step(step)
 
 
 def _read_frame(content: bytes, source: str) -> tuple[pl.DataFrame, int]:
@@ -321,9 +291,8 @@ def _format_step(step: timedelta) -> str:
     return f"{seconds}s"
 
 
-def check_windows(rows: dict[str, Any], data: DataConfig, source: str) -> None:
+def check_windows(spans: dict[str, Span], data: DataConfig, source: str) -> None:
     """Every split must hold at least one window of every configured horizon."""
-    spans = {split: tuple(span) for split, span in rows.items()}
     for horizon in data.horizons:
         for split, count in window_counts(spans, data.lookback, horizon).items():
             if count < 1:

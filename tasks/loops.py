@@ -12,10 +12,10 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import ray
@@ -147,9 +147,14 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+class Scores(NamedTuple):
+    mse: float
+    mae: float
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, batcher: WindowBatcher, starts: np.ndarray, rank: int, world: int,
-             device: torch.device, batch_size: int = 256) -> dict[str, float]:
+             device: torch.device, batch_size: int = 256) -> Scores:
     """MSE and MAE over every element of every window of a split (each rank scores a contiguous
     share; sums are all-reduced, so the result is the whole split's, identical on every rank)."""
     model.eval()
@@ -163,7 +168,7 @@ def evaluate(model: nn.Module, batcher: WindowBatcher, starts: np.ndarray, rank:
         sums[1] += float(error.abs().sum())
         sums[2] += error.numel()
     sq, ab, count = all_reduce_sum(sums, device)
-    return {"mse": sq / max(count, 1), "mae": ab / max(count, 1)}
+    return Scores(mse=sq / max(count, 1), mae=ab / max(count, 1))
 
 
 @torch.inference_mode()
@@ -217,17 +222,29 @@ def report_epoch(epoch: int, trainees: list[Trainee], metrics: dict[str, Any], r
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+class Callback:
+    """Something the loop lets in at fixed points: progress for the terminal, fault injection in
+    tests. Every rank calls every hook; each does nothing unless overridden."""
+
+    def on_epoch_start(self, epoch: int, rank: int) -> None:
+        """Before the first batch of a 0-based epoch."""
+
+    def on_batch(self, epoch: int, step: int, steps: int, rank: int) -> None:
+        """Before a training batch (step of steps, in a 0-based epoch)."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any], rank: int) -> None:
+        """After the epoch's checkpoint was reported, with what was reported."""
+
+
 def train(trainees: list[Trainee], *, epochs: int, batch_size: int,
           train_windows: Callable[[int], np.ndarray],
           make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], val_batcher: WindowBatcher,
           val_starts: np.ndarray, device: torch.device, mixed_precision: bool = False,
-          events: Callable[[dict[str, Any]], None] | None = None,
-          fault: Callable[[int], None] | None = None) -> tuple[int, int]:
+          callbacks: Sequence[Callback] = ()) -> tuple[int, int]:
     """Train every trainee until its early stopping fires or `epochs` run out; returns (epochs
     run in all, the epoch this attempt resumed from: 0 unless a checkpoint was restored).
     `train_windows(epoch)` gives this rank's positions for an epoch; `make_batch(positions)`
-    turns them into tensors on the device; rank 0 sends progress `events` (a few per epoch, and
-    the epoch's metrics)."""
+    turns them into tensors on the device."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     start = load_checkpoint(trainees)
@@ -236,6 +253,8 @@ def train(trainees: list[Trainee], *, epochs: int, batch_size: int,
         active = [t for t in trainees if t.active]
         if not active:
             break
+        for callback in callbacks:
+            callback.on_epoch_start(epoch, rank)
         # 1. the lr of this epoch
         for trainee in active:
             for group in trainee.optimizer.param_groups:
@@ -249,12 +268,9 @@ def train(trainees: list[Trainee], *, epochs: int, batch_size: int,
             trainee.module.train()
         positions_this_epoch = train_windows(epoch)
         n_steps = max(len(positions_this_epoch) // batch_size, 1)
-        every = max(n_steps // 20, 1)
         for step, positions in enumerate(batches(positions_this_epoch, batch_size, drop_last=True)):
-            if events is not None and rank == 0 and step % every == 0:
-                events({"type": "batch", "epoch": epoch + 1, "epochs": epochs, "step": step, "steps": n_steps})
-            if fault is not None:
-                fault(epoch * 1_000_000 + step)
+            for callback in callbacks:
+                callback.on_batch(epoch, step, n_steps, rank)
             batch = make_batch(positions)
             for trainee in active:
                 with autocast(device, mixed_precision):
@@ -271,9 +287,9 @@ def train(trainees: list[Trainee], *, epochs: int, batch_size: int,
         metrics: dict[str, Any] = {"epoch": epoch + 1, "epoch_seconds": seconds}
         for trainee in active:
             scores = evaluate(trainee.model, val_batcher, val_starts, rank, world, device)
-            improved = trainee.early.update(epoch, scores["mse"], trainee.model)
+            improved = trainee.early.update(epoch, scores.mse, trainee.model)
             record = {"epoch": epoch + 1, "train_loss": sums[trainee.name] / max(steps, 1),
-                      "val_mse": scores["mse"], "val_mae": scores["mae"], "seconds": seconds,
+                      "val_mse": scores.mse, "val_mae": scores.mae, "seconds": seconds,
                       "lr": trainee.optimizer.param_groups[0]["lr"], "improved": float(improved),
                       **{k: v / max(steps, 1) for k, v in parts_sums[trainee.name].items()}}
             trainee.history.append(record)
@@ -281,8 +297,8 @@ def train(trainees: list[Trainee], *, epochs: int, batch_size: int,
             metrics[f"{trainee.name}/stopped"] = trainee.early.stopped
         # 4. Ray: checkpoint and report (every rank, every epoch)
         report_epoch(epoch, trainees, metrics, rank)
-        if events is not None and rank == 0:
-            events({"type": "epoch", "epochs": epochs, **metrics})
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, metrics, rank)
     return epoch + 1, start
 
 
@@ -298,21 +314,3 @@ def unwrap(module: nn.Module) -> nn.Module:
 def prepare(module: nn.Module) -> nn.Module:
     """Ray: move to the worker's device and wrap in DDP when there are several workers."""
     return ray.train.torch.prepare_model(module)
-
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A deliberate worker crash, once, for resilience tests: rank `rank` raises at the first
-    step of `epoch` (0-based) unless `marker` exists, and creates the marker first."""
-
-    epoch: int
-    rank: int
-    marker: str
-
-    def __call__(self, step: int) -> None:
-        rank = ray.train.get_context().get_world_rank()
-        if rank == self.rank and step == self.epoch * 1_000_000 and not os.path.exists(self.marker):
-            with open(self.marker, "w") as handle:
-                handle.write(f"failed at epoch {self.epoch} on rank {rank}\n")
-            raise RuntimeError(f"injected failure of worker {rank} at epoch {self.epoch}")

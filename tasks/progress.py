@@ -1,11 +1,12 @@
-"""Progress from Ray Train workers back to the driver, where the terminal is."""
+"""Progress from Ray Train workers back to the driver, where the terminal is: rank 0 sends typed
+events through a Ray queue, and a driver thread hands them to the listener."""
 
 from __future__ import annotations
 
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,26 +14,43 @@ import ray
 from ray.util.queue import Empty, Full, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-Listener = Callable[[dict[str, Any]], None]
+from tasks.events import BatchStarted, EpochFinished, Event, Listener
+from tasks.loops import Callback
+
+PROGRESS_UPDATES_PER_EPOCH = 20
 
 
-class EventSender:
-    """The worker side: picklable, never blocks training (events are dropped if nobody reads)."""
+class Progress(Callback):
+    """The worker side: picklable, sends from rank 0 only, never blocks training (events are
+    dropped if nobody reads)."""
 
-    def __init__(self, channel: Queue, tag: dict[str, Any]) -> None:
-        self.channel, self.tag = channel, tag
+    def __init__(self, channel: Queue, stage: str, horizon: int, epochs: int) -> None:
+        self.channel, self.stage, self.horizon, self.epochs = channel, stage, horizon, epochs
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def on_batch(self, epoch: int, step: int, steps: int, rank: int) -> None:
+        if rank == 0 and step % max(steps // PROGRESS_UPDATES_PER_EPOCH, 1) == 0:
+            self.send(BatchStarted(stage=self.stage, horizon=self.horizon, epoch=epoch + 1, epochs=self.epochs,
+                                   step=step, steps=steps))
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any], rank: int) -> None:
+        if rank == 0:
+            scores = {name.removesuffix("/val_mse"): value for name, value in metrics.items()
+                      if name.endswith("/val_mse")}
+            self.send(EpochFinished(stage=self.stage, horizon=self.horizon, epoch=epoch + 1, epochs=self.epochs,
+                                    seconds=metrics["epoch_seconds"], val_mse=scores))
+
+    def send(self, event: Event) -> None:
         # progress is best effort: a full queue, or one lost with its node, never fails training
         with contextlib.suppress(Full, ray.exceptions.RayError):
-            self.channel.put_nowait({**self.tag, **event})
+            self.channel.put_nowait(event)
 
 
 @contextmanager
-def relay(listener: Listener | None, **tag: Any) -> Iterator[EventSender | None]:
-    """Yield a sender for the workers; a driver thread hands what they send to `listener`."""
+def relay(listener: Listener | None, *, stage: str, horizon: int, epochs: int) -> Iterator[list[Callback]]:
+    """Yield the callbacks that send the workers' progress (none without a listener); a driver
+    thread hands what they send to `listener`."""
     if listener is None:
-        yield None
+        yield []
         return
     # on the driver's node: a worker node may be lost, the driver's node is where the listener is
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
@@ -51,7 +69,7 @@ def relay(listener: Listener | None, **tag: Any) -> Iterator[EventSender | None]
     thread = threading.Thread(target=pump, name="timedistill-progress", daemon=True)
     thread.start()
     try:
-        yield EventSender(channel, tag)
+        yield [Progress(channel, stage, horizon, epochs)]
     finally:
         stop.set()
         thread.join(timeout=2)

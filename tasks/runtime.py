@@ -5,18 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import ray
-import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from conf import Config
 from tasks.errors import StepError
-from tasks.storage import Storage
 
 log = logging.getLogger("timedistill")
 
@@ -28,9 +23,10 @@ LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> None:
     """A new Ray of our own on this machine, with its dashboard on 127.0.0.1.
 
-    The dashboard is not optional for Ray Train 2.60: every fit starts a PlacementGroupCleaner
-    that asks the state API (served by the dashboard) whether the controller still lives. Without
-    it each lookup retries for 40 s and every fit ends waiting 12 s for the cleaner to stop.
+    The dashboard is not optional for Ray Train (Train V2, the default of the Ray versions
+    pyproject.toml allows): every fit starts a PlacementGroupCleaner that asks the state API
+    (served by the dashboard) whether the controller still lives. Without it each lookup retries
+    for a long time and every fit ends waiting for the cleaner to stop.
     The cleaner finds the API through RAY_ADDRESS or, failing that, the most recently started
     Ray on the machine, which may be another local Ray whose answer ("no such actor") makes it
     remove our placement group. So the GCS port is chosen here and RAY_ADDRESS pinned to it in
@@ -113,30 +109,3 @@ def quiet_ray_data() -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-
-
-def run_training(worker: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any], config: Config,
-                 storage: Storage, name: str, datasets: dict[str, Any] | None = None) -> tuple[dict, dict, str]:
-    """Ray: run `worker` on `ray.num_workers` Ray Train workers. Checkpoints go to
-    <storage root>/ray/<name>, so starting the same name again resumes a killed run; returns
-    (rank 0's return value, the state in the final checkpoint, the run's path)."""
-    from tasks.loops import STATE_FILE
-
-    trainer = TorchTrainer(
-        worker,
-        train_loop_config=spec,
-        scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
-                                     resources_per_worker=worker_resources(config)),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage.path("ray"),
-            storage_filesystem=None if storage.is_local else storage.fs,
-            failure_config=FailureConfig(max_failures=config.ray.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        datasets=datasets,
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-    return result.return_value, state, result.path

@@ -1,43 +1,106 @@
-"""The pipeline's steps behind one small object, so that the step commands (`timedistill
-teacher`, `distill`) and the Prefect flow call exactly the same functions in the same order."""
+"""The pipeline's steps behind one object: each finds its output in storage (keyed by what it
+depends on) or makes it, and returns its record. The retrain flow (flows/retrain.py) calls them
+in order; the step commands run the same flow body with a stopping point."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from typing import Any
+from typing import Protocol
 
 import ray
 
 from conf import Config, storage_root
+from store.records import (
+    Cache,
+    Dataset,
+    Evaluation,
+    Registration,
+    ResultRow,
+    RunSummary,
+    StepTime,
+    StudentsRun,
+    Teacher,
+)
+from store.storage import Storage
 from tasks import loops
-from tasks.cache import Cache, build_cache
+from tasks.cache import build_cache, find_cache
 from tasks.errors import StepError
-from tasks.evaluate import result_row
-from tasks.ingest import Dataset, ingest
-from tasks.progress import Listener
+from tasks.evaluate import evaluate
+from tasks.events import Event
+from tasks.ingest import ingest
+from tasks.registry import register
 from tasks.runtime import ray_session
-from tasks.storage import Storage
-from tasks.students import Students, train_students
-from tasks.teacher import Teacher, find_teacher, load_standardized, train_teacher
+from tasks.students import find_students, train_students
+from tasks.teacher import find_teacher, train_teacher
+
+STEPS = ("ingest", "teacher", "cache", "distill", "evaluate", "register")
+
+
+class StepResult(Protocol):
+    """What every step returns: a record that knows whether it was reused and describes itself."""
+
+    @property
+    def cached(self) -> bool: ...
+
+    def describe(self) -> str: ...
+
+
+class Terminal(Protocol):
+    """Where a run in this process shows its progress (flows/progress.py): the workers' events
+    and each finished step."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def step(self, name: str, seconds: float, cached: bool, detail: str) -> None: ...
+
+
+class StepLog:
+    """How long each step took and whether it was reused, folded over the horizons: a step
+    counts as cached only when every horizon's part of it was."""
+
+    def __init__(self, on_step: Callable[[str, float, bool, str], None] | None = None) -> None:
+        self.on_step = on_step
+        self._times: dict[str, StepTime] = {}
+
+    def record(self, name: str, seconds: float, result: StepResult | None) -> None:
+        """`result` None: the step had nothing to do (the cache step without distill.use_cache)."""
+        cached = result is None or result.cached
+        before = self._times.get(name, StepTime(cached=True, seconds=0.0))
+        self._times[name] = StepTime(cached=before.cached and cached, seconds=before.seconds + seconds)
+        if self.on_step is not None:
+            self.on_step(name, seconds, cached, result.describe() if result is not None else "skipped")
+
+    def times(self) -> dict[str, StepTime]:
+        return {name: self._times[name].model_copy(update={"seconds": round(self._times[name].seconds, 3)})
+                for name in STEPS if name in self._times}
 
 
 class Pipeline:
     """One run of the pipeline over one config: storage, the Ray session (started on first use),
-    the ingested dataset and the standardized series in the object store (put once)."""
+    the standardized series in the object store (put once), and the records each step made."""
 
-    def __init__(self, config: Config, *, ray_address: str | None = None, quiet: bool = True) -> None:
+    def __init__(self, config: Config, *, ray_address: str | None = None, quiet: bool = True,
+                 terminal: Terminal | None = None, train_teachers: bool = True) -> None:
         self.config = config
         self.storage = Storage(storage_root(config), config.storage.endpoint_override)
-        self.ray_address, self.quiet = ray_address, quiet
+        self.ray_address, self.quiet, self.terminal = ray_address, quiet, terminal
+        self.train_teachers = train_teachers  # False: a teacher must already be trained
+        self.log = StepLog(terminal.step if terminal is not None else None)
         self._stack = ExitStack()
+        self._series: ray.ObjectRef | None = None
         self._dataset: Dataset | None = None
-        self._series_ref: ray.ObjectRef | None = None
+        self.teachers: list[Teacher] = []
+        self.caches: list[Cache] = []
+        self.students_runs: list[StudentsRun] = []
+        self.evaluation: Evaluation | None = None
+        self.registrations: list[Registration] = []
 
     def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._series_ref = None
+        self._series = None
         self._stack.close()
 
     # ---- state -------------------------------------------------------------------------------
@@ -48,71 +111,75 @@ class Pipeline:
         return self._dataset
 
     @property
+    def run_id(self) -> str:
+        return self.config.run_id(self.dataset.fingerprint)
+
+    @property
     def run_dir(self) -> str:
-        return f"runs/{self.dataset.name}/{self.config.run_id(self.dataset.fingerprint)}"
+        return f"runs/{self.dataset.name}/{self.run_id}"
 
-    def series_ref(self) -> ray.ObjectRef:
+    def series(self) -> ray.ObjectRef:
         """Ray: the standardized series, put in the object store once per pipeline."""
-        self.ensure_ray()
-        if self._series_ref is None:
-            self._series_ref = ray.put(load_standardized(self.storage, self.dataset))
-        return self._series_ref
-
-    def ensure_ray(self) -> None:
         if not ray.is_initialized():
             self._stack.enter_context(ray_session(self.config, self.ray_address, quiet=self.quiet))
+        if self._series is None:
+            self._series = ray.put(self.dataset.standardized(self.storage))
+        return self._series
 
     # ---- steps -------------------------------------------------------------------------------
     def ingest(self) -> Dataset:
         self._dataset = ingest(self.config, self.storage)
         return self._dataset
 
-    def teacher(self, horizon: int, *, on_event: Listener | None = None, fault: loops.Fault | None = None) -> Teacher:
-        found = find_teacher(self.config, self.storage, self.dataset, horizon)
-        if found is not None:
-            return found
-        return train_teacher(self.config, self.storage, self.dataset, horizon, series_ref=self.series_ref(),
-                             on_event=on_event, fault=fault)
-
-    def require_teacher(self, horizon: int) -> Teacher:
-        found = find_teacher(self.config, self.storage, self.dataset, horizon)
-        if found is None:
+    def teacher(self, horizon: int, *, callbacks: Sequence[loops.Callback] = ()) -> Teacher:
+        teacher = find_teacher(self.config, self.storage, self.dataset, horizon)
+        if teacher is None and not self.train_teachers:
             raise StepError(f"no trained {self.config.teacher.name} teacher for {self.dataset.name} at horizon "
                             f"{horizon} under {self.storage.uri('teachers')}: run `timedistill teacher` with "
                             "the same config first")
-        return found
+        if teacher is None:
+            teacher = train_teacher(self.config, self.storage, self.dataset, horizon, series=self.series(),
+                                    listener=self.terminal, callbacks=callbacks)
+        self.teachers.append(teacher)
+        return teacher
 
     def cache(self, teacher: Teacher) -> Cache | None:
+        """The teacher's cache; None when distillation runs the teacher online."""
         if not self.config.distill.use_cache:
             return None
-        from tasks.cache import find_cache
+        cache = find_cache(self.config, self.storage, self.dataset, teacher)
+        if cache is None:
+            cache = build_cache(self.config, self.storage, self.dataset, teacher, series=self.series())
+        self.caches.append(cache)
+        return cache
 
-        found = find_cache(self.config, self.storage, self.dataset, teacher)
-        if found is not None:
-            return found
-        return build_cache(self.config, self.storage, self.dataset, teacher, series_ref=self.series_ref())
+    def students(self, teacher: Teacher, cache: Cache | None, *,
+                 callbacks: Sequence[loops.Callback] = ()) -> StudentsRun:
+        students = find_students(self.storage, self.run_dir, teacher.horizon)
+        if students is None:
+            students = train_students(self.config, self.storage, self.dataset, teacher, cache, self.run_dir,
+                                      series=self.series(), listener=self.terminal, callbacks=callbacks)
+        self.students_runs.append(students)
+        return students
 
-    def students(self, teacher: Teacher, cache: Cache | None, *, on_event: Listener | None = None,
-                 fault: loops.Fault | None = None) -> Students:
-        from tasks.students import find_students
+    def evaluate(self, teachers: list[Teacher], students: list[StudentsRun]) -> Evaluation:
+        self.evaluation = evaluate(self.storage, self.dataset, self.run_dir, self.run_id, teachers, students)
+        return self.evaluation
 
-        found = find_students(self.storage, self.run_dir, teacher.meta["horizon"])
-        if found is not None:
-            return found
-        return train_students(self.config, self.storage, self.dataset, teacher, cache, self.run_dir,
-                              series_ref=self.series_ref(), on_event=on_event, fault=fault)
+    def register(self, students: StudentsRun, row: ResultRow) -> Registration:
+        registration = register(self.config, self.storage, self.dataset, students, row, self.run_id)
+        self.registrations.append(registration)
+        return registration
 
-    def evaluate(self, teacher: Teacher, students: Students) -> dict[str, Any]:
-        return result_row(self.dataset.name, teacher, students)
-
-
-def cache_summary(storage: Storage, caches: list[Cache], trained: list[Students]) -> dict[str, Any]:
-    """The `cache` record of `distill --json`: hit only when every horizon's cache was reused;
-    teacher batches count what this call ran: building caches, and the teacher run online."""
-    online = sum(s.meta["teacher_forward_batches"] for s in trained if not s.cached)
-    return {
-        "hit": bool(caches) and all(c.hit for c in caches),
-        "teacher_forward_batches": sum(c.teacher_forward_batches for c in caches) + online,
-        "path": storage.uri(caches[0].directory) if len(caches) == 1 else [storage.uri(c.directory) for c in caches],
-        "bytes": sum(c.meta["bytes"] for c in caches),
-    }
+    def finish(self) -> RunSummary:
+        """What this run did, from the records its steps made; written to the run folder's
+        metrics.json when the run went all the way (registration included)."""
+        summary = RunSummary(
+            dataset=self.dataset.name, run_dir=self.storage.uri(self.run_dir), run_id=self.run_id,
+            data_fingerprint=self.dataset.fingerprint, steps=self.log.times(),
+            results=self.evaluation.rows if self.evaluation else [], models=self.registrations, caches=self.caches,
+            teachers=self.teachers, students=self.students_runs, config=self.config.model_dump(mode="json"),
+            root=self.storage.uri())
+        if self.registrations:
+            self.storage.write_json(f"{self.run_dir}/metrics.json", summary.to_json())
+        return summary

@@ -10,7 +10,6 @@ inside the split.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -55,26 +54,13 @@ def window_index(rows: dict[str, Span], lookback: int, horizon: int) -> pa.Table
     """The window index as Arrow: (split, window_id, start); window_id counts from 0 per split."""
     parts = []
     for split in SPLITS:
-        starts = window_starts(tuple(rows[split]), lookback, horizon)
+        starts = window_starts(rows[split], lookback, horizon)
         parts.append(pa.table({
             "split": pa.array([split] * len(starts), pa.string()),
             "window_id": pa.array(np.arange(len(starts), dtype=np.int64)),
             "start": pa.array(starts),
         }))
     return pa.concat_tables(parts)
-
-
-def standardize(values: np.ndarray, scaler: dict[str, Any]) -> np.ndarray:
-    """(values - mean) / std with the train-split scaler, as one C-contiguous float32 array."""
-    mean = np.asarray(scaler["mean"], dtype=np.float64)
-    std = np.asarray(scaler["std"], dtype=np.float64)
-    return np.ascontiguousarray(((values - mean) / std).astype(np.float32))
-
-
-def unstandardize(values: np.ndarray, scaler: dict[str, Any]) -> np.ndarray:
-    mean = np.asarray(scaler["mean"], dtype=np.float64)
-    std = np.asarray(scaler["std"], dtype=np.float64)
-    return values * std + mean
 
 
 class WindowBatcher:

@@ -4,9 +4,16 @@ training, flow, registry and serving tests all inspect."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # Ray and torch load when a fixture first needs them
+    from conf import Config
+    from store.records import Cache, ResultRow, RunSummary, StudentsRun, Teacher
+    from tasks.steps import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -64,10 +71,24 @@ def smoke_run(ray_local, prefect_harness, session_root, smoke_csv):
     return retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv))
 
 
+@dataclass(frozen=True)
+class SmokeArtifacts:
+    """The smoke run's records, as its steps find them in storage."""
+
+    config: Config
+    pipe: Pipeline
+    teacher: Teacher
+    cache: Cache
+    students: StudentsRun
+    row: ResultRow
+    summary: RunSummary  # what the flow returned
+
+
 @pytest.fixture(scope="session")
 def smoke_pipeline(smoke_run, session_root, smoke_csv):
     """The smoke run's artifacts as objects (every lookup hits what the flow stored)."""
     from conf import load_config
+    from store.records import ResultRow
     from tasks.steps import Pipeline
 
     config = load_config("smoke", smoke_overrides(session_root, smoke_csv))
@@ -76,5 +97,5 @@ def smoke_pipeline(smoke_run, session_root, smoke_csv):
         teacher = pipe.teacher(24)
         cache = pipe.cache(teacher)
         students = pipe.students(teacher, cache)
-        yield {"config": config, "pipe": pipe, "teacher": teacher, "cache": cache, "students": students,
-               "row": pipe.evaluate(teacher, students), "summary": smoke_run}
+        yield SmokeArtifacts(config=config, pipe=pipe, teacher=teacher, cache=cache, students=students,
+                             row=ResultRow.compare(teacher, students), summary=smoke_run)

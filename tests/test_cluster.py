@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.storage import Storage
+from store.storage import Storage
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent

@@ -7,24 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from flows.retrain import STEPS, artifact_key, deployment, retrain
+from flows.retrain import artifact_key, deployment, retrain
+from tasks import steps
 from tasks.errors import DataError
-from tasks.steps import Pipeline
+from tasks.steps import STEPS
 from tests.conftest import smoke_overrides
 
 
 def test_the_smoke_flow_runs_end_to_end(smoke_run, session_root):
     summary = smoke_run
-    assert list(summary["steps"]) == list(STEPS)
-    assert all(step["cached"] is False for step in summary["steps"].values()), summary["steps"]
-    assert all(step["seconds"] >= 0 for step in summary["steps"].values())
-    (model,) = summary["models"]
-    assert model["name"] == "smoke-24" and model["version"] == "v1" and model["registered"]
-    assert {"teacher", "student", "baseline"} == set(model["metrics"])
-    run_dir = Path(summary["run_dir"])
+    assert list(summary.steps) == list(STEPS)
+    assert all(step.cached is False for step in summary.steps.values()), summary.steps
+    assert all(step.seconds >= 0 for step in summary.steps.values())
+    (model,) = summary.models
+    assert model.name == "smoke-24" and model.version == "v1" and model.registered
+    assert {"teacher", "student", "baseline"} == set(model.metrics)
+    run_dir = Path(summary.run_dir)
     assert run_dir.parent == session_root / "runs" / "smoke"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["results"] == summary["results"] and metrics["steps"] == summary["steps"]
+    assert metrics == summary.to_json()
     report = (run_dir / "report.md").read_text()
     assert "distilled student (mlp)" in report and "MLP baseline" in report
     assert (run_dir / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -45,36 +46,37 @@ def test_the_results_table_is_a_prefect_artifact(smoke_run):
 def test_a_second_run_skips_what_is_done(smoke_run, session_root, smoke_csv):
     again = retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv))
     for step in ("ingest", "teacher", "cache", "distill", "register"):
-        assert again["steps"][step]["cached"] is True, step
-    (model,) = again["models"]
-    assert not model["registered"] and model["reason"].startswith("already registered")
-    assert again["results"][0]["student"]["test_mse"] == smoke_run["results"][0]["student"]["test_mse"]
+        assert again.steps[step].cached is True, step
+    (model,) = again.models
+    assert not model.registered and model.reason.startswith("already registered")
+    assert again.results[0].student.test_mse == smoke_run.results[0].student.test_mse
 
 
 def test_a_transient_failure_is_retried(smoke_run, session_root, smoke_csv, monkeypatch):
+    """The ingest step's storage fails once; Prefect retries the step."""
     calls = {"n": 0}
-    original = Pipeline.ingest
+    original = steps.ingest
 
-    def flaky(self):
+    def flaky(config, storage):
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError("storage hiccup")
-        return original(self)
+        return original(config, storage)
 
-    monkeypatch.setattr(Pipeline, "ingest", flaky)
+    monkeypatch.setattr(steps, "ingest", flaky)
     summary = retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv))
     assert calls["n"] == 2
-    assert summary["steps"]["ingest"]["cached"] is True
+    assert summary.steps["ingest"].cached is True
 
 
 def test_bad_data_is_not_retried(smoke_run, session_root, smoke_csv, monkeypatch):
     calls = {"n": 0}
 
-    def broken(self):
+    def broken(config, storage):
         calls["n"] += 1
         raise DataError("smoke.csv: line 5: cannot parse timestamp 'x'")
 
-    monkeypatch.setattr(Pipeline, "ingest", broken)
+    monkeypatch.setattr(steps, "ingest", broken)
     with pytest.raises(DataError, match="line 5"):
         retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv))
     assert calls["n"] == 1
@@ -102,9 +104,9 @@ def test_changed_data_reruns_everything_downstream(smoke_run, session_root, smok
     changed.write_text("\n".join(lines) + "\n")
     summary = retrain(config="smoke", overrides=smoke_overrides(session_root, changed))
     for step in ("ingest", "teacher", "cache", "distill", "register"):
-        assert summary["steps"][step]["cached"] is False, step
-    assert summary["data_fingerprint"] != smoke_run["data_fingerprint"]
-    assert summary["run_dir"] != smoke_run["run_dir"]
-    (model,) = summary["models"]
-    assert model["registered"] and model["version"] == "v2"
+        assert summary.steps[step].cached is False, step
+    assert summary.data_fingerprint != smoke_run.data_fingerprint
+    assert summary.run_dir != smoke_run.run_dir
+    (model,) = summary.models
+    assert model.registered and model.version == "v2"
     assert (session_root / "registry" / "smoke-24" / "LATEST").read_text().strip() == "v2"

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from conf import load_config
 from flows.cli import app
+from store.records import SERIES
+from store.storage import Storage
 from tasks.errors import DataError
-from tasks.ingest import SERIES, ingest
-from tasks.storage import Storage
+from tasks.ingest import ingest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
@@ -71,21 +72,20 @@ def test_weather_ingests_with_its_quirks(tmp_path):
     """CRLF line endings, U+FFFD in the header, one repeated row and one 100-minute gap."""
     config = load_config("weather", [f"data.path={SHARED / 'weather.csv'}", f"storage.root={tmp_path}"])
     dataset = ingest(config, Storage(str(tmp_path)))
-    manifest = dataset.manifest
-    assert len(manifest["variables"]) == 21 and manifest["variables"][-1] == "OT"
-    assert "SWDR (W/m\ufffd)" in manifest["variables"]
-    assert manifest["step"] == "10min"
-    assert manifest["missing"] == {"policy": "interpolate", "duplicates_dropped": 1, "gaps": 1,
-                                   "rows_inserted": 9, "values_filled": 189}
-    assert manifest["rows"] == 52696 - 1 + 9
+    assert len(dataset.variables) == 21 and dataset.variables[-1] == "OT"
+    assert "SWDR (W/m\ufffd)" in dataset.variables
+    assert dataset.step == "10min"
+    assert dataset.missing.to_json() == {"policy": "interpolate", "duplicates_dropped": 1, "gaps": 1,
+                                         "rows_inserted": 9, "values_filled": 189}
+    assert dataset.rows == 52696 - 1 + 9
 
 
 @needs_shared
 def test_slash_dates_and_no_trailing_newline(tmp_path):
     config = load_config("exchange", [f"data.path={SHARED / 'exchange_rate.csv'}", f"storage.root={tmp_path}"])
     dataset = ingest(config, Storage(str(tmp_path)))
-    assert dataset.manifest["rows"] == 7588 and dataset.manifest["step"] == "1d"
-    assert dataset.manifest["start"].startswith("1990-01-01")
+    assert dataset.rows == 7588 and dataset.step == "1d"
+    assert dataset.start.startswith("1990-01-01")
 
 
 def test_fingerprint_changes_with_content_and_settings(tmp_path):
@@ -116,7 +116,7 @@ def test_parquet_input_and_bom_crlf_header(tmp_path):
     frame = frame.with_columns(a=pl.int_range(0, frame.height), OT=pl.int_range(0, frame.height) * 0.5)
     frame.write_parquet(tmp_path / "toy.parquet")
     dataset = ingest(config_for(tmp_path / "toy.parquet", tmp_path / "art"), Storage(str(tmp_path / "art")))
-    assert dataset.manifest["rows"] == 40
+    assert dataset.rows == 40
     crlf = ("\ufeffdate, a ,OT\r\n" + "\r\n".join(hourly(40)) + "\r\n").encode()
     (tmp_path / "crlf.csv").write_bytes(crlf)
     dataset = ingest(config_for(tmp_path / "crlf.csv", tmp_path / "art"), Storage(str(tmp_path / "art")))
@@ -166,8 +166,8 @@ def test_missing_policies_fill_gaps_and_values_and_report_counts(tmp_path, polic
     lines = [*lines[:6], *lines[8:]]  # rows 6 and 7 missing: a ffill copies 5, interpolation 6 and 7
     path = write_csv(tmp_path, "date,a,OT\n" + "\n".join(lines).replace(",20,41", ",,41") + "\n")
     dataset = ingest(config_for(path, tmp_path / "art", f"data.missing={policy}"), Storage(str(tmp_path / "art")))
-    report = dataset.manifest["missing"]
-    assert (report["gaps"], report["rows_inserted"], report["values_filled"]) == (1, 2, 5)
+    report = dataset.missing
+    assert (report.gaps, report.rows_inserted, report.values_filled) == (1, 2, 5)
     series = pl.read_parquet(tmp_path / "art" / dataset.series_path)
     assert series.height == 40
     assert series["a"][6:8].to_list() == expected

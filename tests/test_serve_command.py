@@ -14,7 +14,7 @@ import pytest
 
 from bench.bench_serving import MODEL, free_port, make_registry, start, stop, wait_healthy
 from serving.forecaster import ForecastModel
-from tasks.storage import Storage
+from store.storage import Storage
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent

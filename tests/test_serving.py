@@ -14,7 +14,8 @@ import pytest
 
 from conf import load_config
 from serving.forecaster import ForecastModel
-from tasks.registry import latest, register
+from store.registry import latest
+from tasks.registry import register
 from tests.conftest import smoke_overrides
 
 TOKEN = "test-token"
@@ -47,13 +48,10 @@ def served(smoke_pipeline, session_root, smoke_csv):
 @pytest.fixture(scope="module")
 def history(smoke_pipeline):
     """A real history of the smoke series (data units): the last 96 rows before the test split."""
-    from tasks.teacher import load_standardized
-    from tasks.windows import unstandardize
-
-    pipe = smoke_pipeline["pipe"]
-    z = load_standardized(pipe.storage, pipe.dataset)
-    start = pipe.dataset.manifest["splits"]["test"][0]
-    return unstandardize(z[start - 96 : start].astype(np.float64), pipe.dataset.manifest["scaler"])
+    dataset = smoke_pipeline.pipe.dataset
+    z = dataset.standardized(smoke_pipeline.pipe.storage)
+    start = dataset.splits["test"][0]
+    return dataset.scaler.unstandardize(z[start - 96 : start].astype(np.float64))
 
 
 def test_health_models_and_openapi(served):
@@ -68,7 +66,7 @@ def test_health_models_and_openapi(served):
 
 
 def test_served_forecast_equals_the_in_process_model(served, history):
-    client, pipe = served["client"], served["run"]["pipe"]
+    client, pipe = served["client"], served["run"].pipe
     response = client.post("/v1/forecast", json={"model": "smoke-24", "history": history.tolist()})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -77,15 +75,15 @@ def test_served_forecast_equals_the_in_process_model(served, history):
     expected = local.forecast(history[None])[0]
     assert np.allclose(body["forecast"], expected, rtol=1e-5, atol=1e-5)
     # in the units of the history: the served model inverts exactly the scaler it was trained with
-    students = served["run"]["students"]
+    students = served["run"].students
     if body["version"] == "v1":
         import torch
 
-        scaler = pipe.dataset.manifest["scaler"]
-        z = (history - scaler["mean"]) / np.asarray(scaler["std"])
+        mean, std = np.asarray(pipe.dataset.scaler.mean), np.asarray(pipe.dataset.scaler.std)
+        z = (history - mean) / std
         with torch.no_grad():
             raw = students.load(pipe.storage, "student")(torch.from_numpy(z[None]).float()).prediction[0].double()
-        assert np.allclose(body["forecast"], raw.numpy() * scaler["std"] + scaler["mean"], rtol=1e-4, atol=1e-4)
+        assert np.allclose(body["forecast"], raw.numpy() * std + mean, rtol=1e-4, atol=1e-4)
 
 
 def test_batch_and_binary_forms(served, history):
@@ -152,7 +150,7 @@ def test_bearer_token_is_required(served, history):
 
 def test_a_new_version_is_picked_up_without_failed_requests(served, history):
     client, run = served["client"], served["run"]
-    pipe = run["pipe"]
+    pipe = run.pipe
     before = latest(pipe.storage, "smoke-24")
     outcomes: list[tuple[int, str | None]] = []
     stop = threading.Event()
@@ -169,7 +167,7 @@ def test_a_new_version_is_picked_up_without_failed_requests(served, history):
         thread.start()
     time.sleep(2)
     config = load_config("smoke", ["registry.gate=always"])
-    decision = register(config, pipe.storage, pipe.dataset, run["students"], run["row"], run_id="hot-swap")
+    decision = register(config, pipe.storage, pipe.dataset, run.students, run.row, run_id="hot-swap")
     assert decision.registered
     deadline = time.time() + 60
     while time.time() < deadline and not any(v == decision.version for _, v in outcomes[-20:]):
@@ -189,7 +187,7 @@ def test_a_new_version_is_picked_up_without_failed_requests(served, history):
 def test_a_model_that_fails_to_load_fails_only_its_own_requests(served, history):
     """Single histories of different models share the ingress's batches; one model's error must
     not reach the requests of the others."""
-    client, storage = served["client"], served["run"]["pipe"].storage
+    client, storage = served["client"], served["run"].pipe.storage
     source = f"registry/smoke-24/{latest(storage, 'smoke-24')}"
     for name in storage.listdir(source):
         data = b"not a checkpoint" if name == "student.pt" else storage.read_bytes(f"{source}/{name}")

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 import models
 from conf import load_config
 from flows.cli import app
-from tasks import loops
 from tasks.cache import cache_table, read_cache_split, unpack
+from tasks.faults import CrashOnce
 from tasks.steps import Pipeline
 from tasks.students import DistillStep
-from tasks.teacher import load_teacher, teacher_key
+from tasks.teacher import teacher_key
 from tasks.windows import WindowBatcher, window_counts, window_starts
 
 runner = CliRunner()
@@ -36,33 +36,32 @@ def trained(smoke_pipeline):
 
 
 def test_teacher_is_trained_and_stored(trained):
-    teacher, pipe = trained["teacher"], trained["pipe"]
-    meta = teacher.meta
-    assert trained["summary"]["steps"]["teacher"]["cached"] is False  # the flow really trained it
-    assert meta["epochs"] == 1 and meta["name"] == "itransformer"
-    assert np.isfinite(meta["val_mse"]) and np.isfinite(meta["test_mse"]) and meta["latency_ms"] > 0
-    assert meta["params"] == models.build_model("itransformer", lookback=96, horizon=24, n_vars=7,
-                                                **meta["hparams"]).num_params()
-    model = load_teacher(pipe.storage, teacher)  # weights_only=True inside
+    teacher, pipe = trained.teacher, trained.pipe
+    assert trained.summary.steps["teacher"].cached is False  # the flow really trained it
+    assert teacher.epochs == 1 and teacher.name == "itransformer"
+    assert np.isfinite(teacher.val_mse) and np.isfinite(teacher.test_mse) and teacher.latency_ms > 0
+    assert teacher.params == models.build_model("itransformer", lookback=96, horizon=24, n_vars=7,
+                                                **teacher.hparams).num_params()
+    model = teacher.load(pipe.storage)  # weights_only=True inside
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     # a second request reuses it: same key, nothing trained
     assert pipe.teacher(24).cached
-    assert teacher.key == teacher_key(trained["config"], pipe.dataset, 24)
+    assert teacher.key == teacher_key(trained.config, pipe.dataset, 24)
     changed = smoke("x", "teacher.lr=0.01")
     assert teacher_key(changed, pipe.dataset, 24) != teacher.key
 
 
 def test_cache_holds_every_window_in_float16(trained):
-    cache, pipe = trained["cache"], trained["pipe"]
-    expected = window_counts({k: tuple(v) for k, v in pipe.dataset.manifest["splits"].items()}, 96, 24)
-    assert cache.meta["rows"] == expected
-    assert cache.meta["bytes"] > 0 and cache.meta["teacher_forward_batches"] >= 3
-    assert cache.feature_dim == min(trained["teacher"].meta["feature_dim"], 64)
+    cache, pipe = trained.cache, trained.pipe
+    expected = window_counts(pipe.dataset.splits, 96, 24)
+    assert cache.rows == expected
+    assert cache.bytes > 0 and cache.teacher_forward_batches >= 3
+    assert cache.feature_dim == min(trained.teacher.feature_dim, 64)
     for split, count in expected.items():
         part = read_cache_split(pipe.storage, cache, split)
-        assert part["window_id"].tolist() == list(range(count))  # keyed by window_id, all present
-        assert part["prediction"].dtype == np.float16 and part["prediction"].shape == (count, 24, 7)
-        assert part["feature"].shape == (count, 7, cache.feature_dim)
+        assert part.window_id.tolist() == list(range(count))  # keyed by window_id, all present
+        assert part.prediction.dtype == np.float16 and part.prediction.shape == (count, 24, 7)
+        assert part.feature.shape == (count, 7, cache.feature_dim)
         assert pipe.storage.read_json(f"{cache.directory}/{split}/_SUCCESS")["rows"] == count
 
 
@@ -75,51 +74,49 @@ def test_cached_rows_come_back_in_window_order_whatever_order_they_arrive_in():
     late_first = pa.concat_tables([cache_table(ids[6:], prediction[6:], feature[6:]),
                                    cache_table(ids[:6], prediction[:6], feature[:6])])
     rows = unpack(late_first, horizon=4, n_vars=2, feature_dim=3)
-    assert rows["window_id"].tolist() == ids.tolist()
-    assert np.array_equal(rows["prediction"], prediction) and np.array_equal(rows["feature"], feature)
+    assert rows.window_id.tolist() == ids.tolist()
+    assert np.array_equal(rows.prediction, prediction) and np.array_equal(rows.feature, feature)
 
 
 def test_cache_loss_equals_online_loss(trained):
     """The loss from cached teacher outputs matches the loss with the teacher run online."""
-    pipe, teacher, cache = trained["pipe"], trained["teacher"], trained["cache"]
-    from tasks.teacher import load_standardized
-
-    series = load_standardized(pipe.storage, pipe.dataset)
-    starts = window_starts(tuple(pipe.dataset.manifest["splits"]["train"]), 96, 24)
+    pipe, teacher, cache = trained.pipe, trained.teacher, trained.cache
+    series = pipe.dataset.standardized(pipe.storage)
+    starts = window_starts(pipe.dataset.splits["train"], 96, 24)
     ids = np.arange(40, 72)
     x, y = WindowBatcher(series, 96, 24)(starts[ids])
     torch.manual_seed(0)
     student = models.build_model("mlp", lookback=96, horizon=24, n_vars=7, d_model=64)
     loss = models.TimeDistillLoss(cache.feature_dim, student.feature_dim, alpha=1.0, beta=1.0)
     step = DistillStep(student, loss)
-    frozen = load_teacher(pipe.storage, teacher)
+    frozen = teacher.load(pipe.storage)
     with torch.no_grad():
         online_pred, online_feat = frozen(x)
         reduced = models.reduce_feature_width(online_feat, cache.feature_dim)
         online_total, online_parts = step(x, y, online_pred, reduced)
         stored = read_cache_split(pipe.storage, cache, "train")
-        cached_total, cached_parts = step(x, y, torch.from_numpy(stored["prediction"][ids]).float(),
-                                          torch.from_numpy(stored["feature"][ids]).float())
+        cached_total, cached_parts = step(x, y, torch.from_numpy(stored.prediction[ids]).float(),
+                                          torch.from_numpy(stored.feature[ids]).float())
     assert torch.allclose(online_total, cached_total, rtol=2e-3, atol=1e-4)
     for name in online_parts:
         assert torch.allclose(online_parts[name], cached_parts[name], rtol=5e-3, atol=1e-4), name
 
 
 def test_students_are_trained_with_the_baseline(trained):
-    students, row = trained["students"], trained["row"]
-    assert set(students.meta["models"]) == {"student", "baseline"}
-    assert students.meta["use_cache"] and students.meta["teacher_forward_batches"] == 0
-    assert trained["summary"]["steps"]["distill"]["cached"] is False
+    students, row = trained.students, trained.row
+    assert set(students.models) == {"student", "baseline"}
+    assert students.use_cache and students.teacher_forward_batches == 0
+    assert trained.summary.steps["distill"].cached is False
     for role in ("student", "baseline"):
-        info = students.meta["models"][role]
-        assert info["params"] == 2 * (96 * 64 + 64) + 2 * (64 * 24 + 24) + 2 * 2 * 7
-        assert np.isfinite(info["test_mse"]) and info["latency_ms"] > 0
-        model = students.load(trained["pipe"].storage, role)
+        info = students.models[role]
+        assert info.params == 2 * (96 * 64 + 64) + 2 * (64 * 24 + 24) + 2 * 2 * 7
+        assert np.isfinite(info.test_mse) and info.latency_ms > 0
+        model = students.load(trained.pipe.storage, role)
         assert isinstance(model, torch.nn.Module)
-    history = students.meta["models"]["student"]["history"][0]
+    history = students.student.history[0]
     assert {"sup", "pred_scale", "pred_period", "feat_scale", "feat_period"} <= set(history)
-    assert row["teacher"]["name"] == "itransformer" and row["horizon"] == 24
-    assert row["param_ratio"] == pytest.approx(row["teacher"]["params"] / row["student"]["params"])
+    assert row.teacher.name == "itransformer" and row.horizon == 24
+    assert row.param_ratio == pytest.approx(row.teacher.params / row.student.params)
 
 
 def test_cli_teacher_json_reuses_the_trained_teacher(trained, session_root, smoke_csv):
@@ -129,7 +126,7 @@ def test_cli_teacher_json_reuses_the_trained_teacher(trained, session_root, smok
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     (row,) = payload["results"]
     assert row["dataset"] == "smoke" and row["horizon"] == 24 and row["epochs"] == 1 and row["cached"]
-    assert row["val_mse"] == pytest.approx(trained["teacher"].meta["val_mse"])
+    assert row["val_mse"] == pytest.approx(trained.teacher.val_mse)
     assert row["checkpoint"].endswith("teacher.pt")
 
 
@@ -140,13 +137,13 @@ def test_second_distill_reads_the_cache(trained, session_root, smoke_csv):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["cache"]["hit"] is True and payload["cache"]["teacher_forward_batches"] == 0
-    assert payload["cache"]["path"].endswith(trained["cache"].directory)
+    assert payload["cache"]["path"].endswith(trained.cache.directory)
     (row,) = payload["results"]
     for role in ("teacher", "student", "baseline"):
         assert {"name", "test_mse", "test_mae", "params", "latency_ms"} <= set(row[role])
-    assert row["student"]["test_mse"] != trained["row"]["student"]["test_mse"]  # really retrained
+    assert row["student"]["test_mse"] != trained.row.student.test_mse  # really retrained
     # the plain MLP ignores the teacher: same seed, same batches, same weights, whatever alpha is
-    assert row["baseline"]["test_mse"] == pytest.approx(trained["row"]["baseline"]["test_mse"], rel=1e-6)
+    assert row["baseline"]["test_mse"] == pytest.approx(trained.row.baseline.test_mse, rel=1e-6)
 
 
 def test_distill_without_a_teacher_says_what_to_do(tmp_path, ray_local):
@@ -163,10 +160,10 @@ def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path):
     marker = tmp_path / "fault-fired"
     with Pipeline(config) as pipe:
         pipe.ingest()
-        teacher = pipe.teacher(24, fault=loops.Fault(epoch=1, rank=1, marker=str(marker)))
+        teacher = pipe.teacher(24, callbacks=[CrashOnce(epoch=1, rank=1, marker=str(marker))])
     assert marker.exists()  # the failure really happened
-    assert teacher.meta["epochs"] == 2
-    assert teacher.meta["resumed_from"] == 1  # the final attempt started at epoch 2, not 1
-    assert [h["epoch"] for h in teacher.meta["history"]] == [1, 2]
+    assert teacher.epochs == 2
+    assert teacher.resumed_from == 1  # the final attempt started at epoch 2, not 1
+    assert [h["epoch"] for h in teacher.history] == [1, 2]
     state = torch.load(io.BytesIO(pipe.storage.read_bytes(teacher.weights_path)), weights_only=True)
-    assert state.keys() == load_teacher(pipe.storage, teacher).state_dict().keys()
+    assert state.keys() == teacher.load(pipe.storage).state_dict().keys()

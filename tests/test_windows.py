@@ -6,14 +6,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from store.scaler import Scaler
 from tasks.errors import DataError
 from tasks.windows import (
     WindowBatcher,
     WindowDataset,
     batch_ranges,
     split_rows,
-    standardize,
-    unstandardize,
     window_counts,
     window_index,
     window_starts,
@@ -111,8 +110,10 @@ def test_batch_ranges_cover_everything_once():
 
 def test_standardize_roundtrip():
     values = np.random.default_rng(2).normal(5, 3, (50, 4))
-    scaler = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist()}
-    z = standardize(values, scaler)
+    values[:, 2] = 7.0  # a constant column: centred, not divided by zero
+    scaler = Scaler.fit(values)
+    assert scaler.std[2] == 1.0
+    z = scaler.standardize(values)
     assert z.dtype == np.float32 and z.flags.c_contiguous
-    assert np.allclose(z.mean(0), 0, atol=1e-5) and np.allclose(z.std(0), 1, atol=1e-5)
-    assert np.allclose(unstandardize(z, scaler), values, atol=1e-4)
+    assert np.allclose(z.mean(0), 0, atol=1e-5) and np.allclose(np.delete(z.std(0), 2), 1, atol=1e-5)
+    assert np.allclose(scaler.unstandardize(z), values, atol=1e-4)

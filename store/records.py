@@ -1,0 +1,473 @@
+"""What the pipeline's steps hand each other, and what serving reads: one typed record per kind of
+artifact, each serializing to the JSON file it is stored as.
+
+    Dataset        datasets/<name>/<fingerprint>/manifest.json       ingest
+    Teacher        teachers/<name>/<key>/teacher.json                teacher
+    Cache          cache/<key>/cache.json                            cache
+    StudentsRun    runs/<name>/<run-id>/h<S>/students.json           distill
+    ResultRow      in runs/.../metrics.json and registry/.../metrics.json   evaluate
+    Registration   in runs/.../metrics.json                          register
+    RegistryEntry  registry/<model>/v<k>/config.json, scaler.json, metrics.json   what serving loads
+    RunSummary     runs/<name>/<run-id>/metrics.json, and `timedistill retrain --json`
+
+Each record describes itself in one line (`describe()`) for the terminal, the logs and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+from torch import nn
+
+import models
+from conf import ConfigError
+from store.record import Record
+from store.scaler import NamedScaler, Scaler
+from store.storage import Storage
+from store.weights import load_forecaster
+
+Role = Literal["student", "baseline"]
+ROLES: tuple[Role, ...] = ("student", "baseline")
+SERIES = "series.parquet"
+TEACHER_WEIGHTS = "teacher.pt"
+_WINDOW = ("lookback", "horizon", "n_vars")
+
+
+# ---- models -----------------------------------------------------------------------------------
+class ModelSpec(Record):
+    """How to build a forecaster: its name, window and every hyperparameter (what its weights
+    need to be loaded into)."""
+
+    name: str
+    lookback: int
+    horizon: int
+    n_vars: int
+    hparams: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, section: str, name: str, *, lookback: int, horizon: int, n_vars: int, preset: str | None,
+                params: dict[str, Any]) -> ModelSpec:
+        """The spec as it will be built (the model file's preset, then the config's params),
+        validated here in the driver so that a bad value fails, naming the config section,
+        before any worker starts."""
+        try:
+            built = models.build_config(name, lookback=lookback, horizon=horizon, n_vars=n_vars, preset=preset,
+                                        **params)
+        except ValueError as exc:
+            raise ConfigError(f"{section}: {exc}") from None
+        hparams = {k: v for k, v in dataclasses.asdict(built).items() if k not in _WINDOW}
+        return cls(name=name, lookback=lookback, horizon=horizon, n_vars=n_vars, hparams=hparams)
+
+    def build(self) -> nn.Module:
+        """The forecaster, untrained."""
+        return models.build_model(self.name, lookback=self.lookback, horizon=self.horizon, n_vars=self.n_vars,
+                                  **self.hparams)
+
+    def describe(self) -> str:
+        return f"{self.name} (lookback {self.lookback}, horizon {self.horizon}, {self.n_vars} variables)"
+
+
+class Headline(Record):
+    """The scores a model is compared by: what the registry, the server and the flow show."""
+
+    test_mse: float
+    test_mae: float
+    params: int
+    latency_ms: float | None  # median forward pass of a batch of 32 on the training device
+
+
+class ModelScore(Headline):
+    """One model's line in a comparison."""
+
+    name: str
+    val_mse: float
+    epochs: int
+
+    def headline(self) -> Headline:
+        return Headline.model_validate(self.model_dump())
+
+
+class TrainedModel(Record):
+    """A forecaster trained on Ray Train: what it is and how it scored."""
+
+    name: str
+    hparams: dict[str, Any]
+    params: int
+    val_mse: float  # the best epoch's, on the whole validation split
+    best_epoch: int  # 1-based; its weights are the ones kept
+    epochs: int  # epochs run (early stopping may end before the configured number)
+    test_mse: float
+    test_mae: float
+    latency_ms: float | None
+    history: list[dict[str, int | float]]  # per epoch: train loss (and its parts), val MSE/MAE, lr, seconds
+
+    def score(self) -> ModelScore:
+        return ModelScore.model_validate(self.model_dump(exclude={"hparams", "history"}))
+
+
+class TrainingRun(Record):
+    """What every Ray Train run records: the data and window it trained on, and where it ran."""
+
+    dataset: str
+    data_fingerprint: str
+    lookback: int
+    horizon: int
+    n_vars: int
+    device: str
+    resumed_from: int  # the epoch the last attempt started from: 0 unless a checkpoint was restored
+    worker_nodes: list[str]  # the Ray node of every rank
+    peak_memory_mb: list[float]  # of every rank
+    ray_run: str  # Ray Train's run folder (its checkpoints)
+
+
+# ---- the pipeline's records -------------------------------------------------------------------
+class Missing(Record):
+    """What ingestion filled or dropped, and under which policy."""
+
+    policy: str
+    duplicates_dropped: int
+    gaps: int
+    rows_inserted: int
+    values_filled: int
+
+
+class Dataset(Record):
+    """An ingested series: its manifest (manifest.json) and where it lives in storage."""
+
+    name: str = Field(alias="dataset")
+    fingerprint: str
+    source: str
+    source_sha256: str
+    rows: int
+    variables: list[str]  # the target last
+    target: str
+    timestamp: str
+    step: str
+    start: str
+    end: str
+    splits: dict[str, tuple[int, int]]  # split -> rows [start, end)
+    scaler: Scaler
+    missing: Missing
+    settings: dict[str, Any]  # the data settings the fingerprint covers
+    created: str
+    directory: str = Field(exclude=True)  # relative to the storage root
+    cached: bool = Field(False, exclude=True)  # an identical earlier ingestion was reused
+
+    @property
+    def series_path(self) -> str:
+        return f"{self.directory}/{SERIES}"
+
+    def standardized(self, storage: Storage) -> np.ndarray:
+        """The whole series, standardized with the train-split scaler: [T, C] float32."""
+        table = storage.read_parquet(self.series_path, columns=self.variables)
+        values = np.column_stack([table.column(name).to_numpy() for name in self.variables])
+        return self.scaler.standardize(values.astype(np.float64))
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.rows} rows x {len(self.variables)} variables, {self.fingerprint}"
+
+
+class Teacher(TrainingRun, TrainedModel):
+    """A trained teacher (teacher.json beside teacher.pt, its best weights)."""
+
+    feature_dim: int  # width of its per-variable feature [B, C, d]
+    sha256: str  # of teacher.pt: the cache is keyed by it
+    directory: str = Field(exclude=True)
+    key: str = Field(exclude=True)
+    cached: bool = Field(False, exclude=True)  # an earlier run's teacher was reused
+
+    @property
+    def weights_path(self) -> str:
+        return f"{self.directory}/{TEACHER_WEIGHTS}"
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(name=self.name, lookback=self.lookback, horizon=self.horizon, n_vars=self.n_vars,
+                         hparams=self.hparams)
+
+    def load(self, storage: Storage, device: str = "cpu") -> nn.Module:
+        """The frozen teacher in eval mode."""
+        model = load_forecaster(storage, self.weights_path, self.spec, device)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        return model
+
+    def describe(self) -> str:
+        return f"h={self.horizon} {self.name}, val MSE {self.val_mse:.4f}, test MSE {self.test_mse:.4f}"
+
+
+class Cache(Record):
+    """The teacher's predictions and features over every window, in Parquet (cache.json)."""
+
+    key: str
+    teacher_dir: str = Field(alias="teacher")  # the teacher's folder
+    teacher_sha256: str
+    data_fingerprint: str
+    lookback: int
+    horizon: int
+    n_vars: int
+    feature_dim: int  # stored width (the teacher's, or distill.feature_max_dim if narrower)
+    teacher_feature_dim: int
+    dtype: str
+    rows: dict[str, int]  # split -> windows
+    bytes: int
+    teacher_forward_batches: int  # batches the teacher ran to build it
+    seconds: float
+    directory: str = Field(exclude=True)
+    cached: bool = Field(False, exclude=True)  # a valid cache was found: the teacher did not run
+
+    def split_dir(self, split: str) -> str:
+        return f"{self.directory}/{split}"
+
+    @property
+    def forward_batches_run(self) -> int:
+        """Teacher batches this use of the cache cost: none when it was reused."""
+        return 0 if self.cached else self.teacher_forward_batches
+
+    def describe(self) -> str:
+        return f"h={self.horizon} {sum(self.rows.values()):,} windows, {self.bytes / 2**20:.1f} MiB"
+
+
+class StudentsRun(TrainingRun):
+    """The distilled student and the plain-MLP baseline of one horizon (students.json beside
+    student.pt and baseline.pt)."""
+
+    teacher_dir: str = Field(alias="teacher")
+    teacher_name: str
+    cache_dir: str | None = Field(alias="cache")
+    use_cache: bool
+    teacher_forward_batches: int  # teacher batches run online (0 with the cache)
+    distill: dict[str, Any]  # the distill section it was trained with
+    models: dict[Role, TrainedModel]
+    directory: str = Field(exclude=True)
+    cached: bool = Field(False, exclude=True)
+
+    @property
+    def student(self) -> TrainedModel:
+        return self.models["student"]
+
+    @property
+    def baseline(self) -> TrainedModel | None:
+        return self.models.get("baseline")
+
+    def weights_path(self, role: Role) -> str:
+        return f"{self.directory}/{role}.pt"
+
+    def spec(self, role: Role) -> ModelSpec:
+        trained = self.models[role]
+        return ModelSpec(name=trained.name, lookback=self.lookback, horizon=self.horizon, n_vars=self.n_vars,
+                         hparams=trained.hparams)
+
+    def load(self, storage: Storage, role: Role, device: str = "cpu") -> nn.Module:
+        return load_forecaster(storage, self.weights_path(role), self.spec(role), device)
+
+    def describe(self) -> str:
+        baseline = f", baseline {self.baseline.test_mse:.4f}" if self.baseline else ""
+        return f"h={self.horizon} {self.student.name}, student test MSE {self.student.test_mse:.4f}{baseline}"
+
+
+class ResultRow(Record):
+    """Teacher vs distilled student vs plain MLP at one horizon, on the test split."""
+
+    dataset: str
+    horizon: int
+    teacher: ModelScore
+    student: ModelScore
+    baseline: ModelScore | None = None
+    student_vs_teacher_pct: float  # the student's MSE reduction: positive is better
+    student_vs_baseline_pct: float | None = None
+    param_ratio: float  # teacher params / student params
+    speedup: float | None  # teacher latency / student latency
+    device: str
+
+    @classmethod
+    def compare(cls, teacher: Teacher, students: StudentsRun) -> ResultRow:
+        scores = {role: trained.score() for role, trained in students.models.items()}
+        student, baseline, teach = scores["student"], scores.get("baseline"), teacher.score()
+        return cls(
+            dataset=students.dataset, horizon=students.horizon, teacher=teach, student=student, baseline=baseline,
+            student_vs_teacher_pct=gain(student.test_mse, teach.test_mse),
+            student_vs_baseline_pct=gain(student.test_mse, baseline.test_mse) if baseline else None,
+            param_ratio=teach.params / student.params,
+            speedup=teach.latency_ms / student.latency_ms if teach.latency_ms and student.latency_ms else None,
+            device=students.device,
+        )
+
+    def scores(self) -> dict[str, ModelScore]:
+        """teacher, student and (when trained) baseline, in that order."""
+        found = {"teacher": self.teacher, "student": self.student, "baseline": self.baseline}
+        return {role: score for role, score in found.items() if score is not None}
+
+    def headline(self) -> dict[str, Headline]:
+        return {role: score.headline() for role, score in self.scores().items()}
+
+    def to_json(self) -> dict[str, Any]:
+        unused = {"baseline", "student_vs_baseline_pct"} if self.baseline is None else set()
+        return self.model_dump(mode="json", exclude=unused)
+
+    def describe(self) -> str:
+        baseline = f", MLP {self.baseline.test_mse:.4f}" if self.baseline else ""
+        return (f"h={self.horizon} test MSE: teacher {self.teacher.test_mse:.4f}, "
+                f"student {self.student.test_mse:.4f}{baseline}")
+
+
+def gain(value: float, reference: float) -> float:
+    """Relative MSE reduction in %: positive when `value` is better (lower) than `reference`."""
+    return 100.0 * (reference - value) / reference
+
+
+# ---- the registry -----------------------------------------------------------------------------
+class RegisteredModel(Record):
+    """A registered version's config.json: what the student is and what it was trained on."""
+
+    model: str
+    version: str
+    student: str  # the student's model name
+    hparams: dict[str, Any]
+    lookback: int
+    horizon: int
+    variables: list[str]
+    target: str
+    step: str
+    dataset: str
+    data_fingerprint: str
+    run_id: str
+    teacher: str | None
+    created: str
+    timedistill_config: dict[str, Any]  # the whole config of the run that trained it
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(name=self.student, lookback=self.lookback, horizon=self.horizon,
+                         n_vars=len(self.variables), hparams=self.hparams)
+
+
+class RegistryEntry(Record):
+    """One complete registered version: what serving loads."""
+
+    model: str
+    version: str
+    config: RegisteredModel
+    scaler: NamedScaler
+    metrics: ResultRow
+
+    @property
+    def folder(self) -> str:
+        return f"registry/{self.model}/{self.version}"
+
+    @property
+    def weights_path(self) -> str:
+        return f"{self.folder}/student.pt"
+
+    @property
+    def model_id(self) -> str:
+        """How the server names this version (its multiplexed model id)."""
+        return f"{self.model}@{self.version}"
+
+    def load(self, storage: Storage, device: str = "cpu") -> nn.Module:
+        return load_forecaster(storage, self.weights_path, self.config.spec, device)
+
+    def describe(self) -> str:
+        return f"{self.model_id}: {self.config.spec.describe()}, student test MSE {self.metrics.student.test_mse:.4f}"
+
+
+class Registration(Record):
+    """What the register step decided for one model, and why."""
+
+    name: str
+    version: str | None  # the new version, or the one already holding this run
+    registered: bool
+    reason: str
+    registry_path: str | None = None
+    metrics: dict[str, Headline]
+
+    @property
+    def cached(self) -> bool:
+        """The run was registered before: nothing to do."""
+        return not self.registered and self.version is not None
+
+    def describe(self) -> str:
+        verdict = self.version if self.registered else "not registered"
+        return f"{self.name}: {verdict} ({self.reason})"
+
+
+# ---- a run ------------------------------------------------------------------------------------
+class Evaluation(Record):
+    """The comparison of every horizon, and the reports written from it."""
+
+    dataset: str
+    run_id: str
+    rows: list[ResultRow]
+    run_dir: str  # a URI
+    markdown: str  # report.md
+    cached: bool = Field(False, exclude=True)  # evaluation always runs: it is cheap
+
+    def describe(self) -> str:
+        return f"{len(self.rows)} horizon(s); report.md, forecast.png in the run folder"
+
+
+class StepTime(Record):
+    cached: bool  # every part of the step (every horizon) was reused
+    seconds: float
+
+
+class CacheUse(Record):
+    """How a run used the teacher caches (`distill --json`)."""
+
+    hit: bool  # every horizon's cache was reused
+    teacher_forward_batches: int  # what the run ran: building caches, and the teacher run online
+    path: str | list[str]  # one URI per horizon
+    bytes: int
+
+    def describe(self) -> str:
+        paths = self.path if isinstance(self.path, str) else ", ".join(self.path)
+        return (f"teacher cache {'reused' if self.hit else 'built'}: {paths} ({self.bytes / 2**20:.1f} MiB); "
+                f"teacher batches run: {self.teacher_forward_batches}")
+
+
+class RunSummary(Record):
+    """One run of the pipeline: runs/<name>/<run-id>/metrics.json and `retrain --json`. Written,
+    never read back (the records it holds are read from their own files)."""
+
+    dataset: str
+    run_dir: str  # a URI
+    run_id: str
+    data_fingerprint: str
+    steps: dict[str, StepTime]
+    results: list[ResultRow]
+    models: list[Registration]
+    caches: list[Cache]
+    teachers: list[Teacher]
+    students: list[StudentsRun] = Field(exclude=True)
+    config: dict[str, Any]
+    root: str = Field(exclude=True)  # the storage root as a URI
+
+    def uri(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    def cache_use(self) -> CacheUse:
+        online = sum(run.teacher_forward_batches for run in self.students if not run.cached)
+        paths = [self.uri(cache.directory) for cache in self.caches]
+        return CacheUse(hit=bool(self.caches) and all(cache.cached for cache in self.caches),
+                        teacher_forward_batches=sum(cache.forward_batches_run for cache in self.caches) + online,
+                        path=paths[0] if len(paths) == 1 else paths, bytes=sum(cache.bytes for cache in self.caches))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset, "run_dir": self.run_dir, "run_id": self.run_id,
+            "data_fingerprint": self.data_fingerprint,
+            "steps": {name: step.to_json() for name, step in self.steps.items()},
+            "results": [row.to_json() for row in self.results],
+            "models": [registration.to_json() for registration in self.models],
+            "cache": [cache.to_json() | {"hit": cache.cached, "path": self.uri(cache.directory)}
+                      for cache in self.caches],
+            "teachers": [teacher.model_dump(mode="json", exclude={"history"}) | {"cached": teacher.cached}
+                         for teacher in self.teachers],
+            "config": self.config,
+        }
+
+    def describe(self) -> str:
+        return f"{self.dataset} run {self.run_id}: {len(self.results)} horizon(s), {self.run_dir}"

@@ -1,0 +1,29 @@
+"""The one way a forecaster's weights are saved and loaded: a plain state dict (no pickled code),
+read back with `weights_only=True` into the architecture its record describes."""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from store.storage import Storage
+
+if TYPE_CHECKING:
+    from store.records import ModelSpec
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def load_forecaster(storage: Storage, path: str, spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Module:
+    """The forecaster `spec` describes, with the weights at `path`, on `device`, in eval mode."""
+    model = spec.build()
+    state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval()

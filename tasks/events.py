@@ -1,0 +1,41 @@
+"""What training workers tell the terminal, as typed events (sent by tasks/progress.py). Light
+on purpose: the command line imports it before any command runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from store.record import Record
+
+
+class BatchStarted(Record):
+    """Rank 0 is at batch `step` of `steps` of an epoch (1-based)."""
+
+    stage: str  # teacher, distill
+    horizon: int
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+
+    def describe(self) -> str:
+        return f"{self.stage} h={self.horizon} epoch {self.epoch}/{self.epochs}"
+
+
+class EpochFinished(Record):
+    """An epoch (1-based) is done and checkpointed, with each trainee's validation MSE."""
+
+    stage: str
+    horizon: int
+    epoch: int
+    epochs: int
+    seconds: float  # training time of the epoch, without validation and checkpointing
+    val_mse: dict[str, float]  # trainee (teacher, student, baseline) -> val MSE
+
+    def describe(self) -> str:
+        scores = "  ".join(f"{name} val_mse {value:.4f}" for name, value in self.val_mse.items())
+        return f"{self.stage} h={self.horizon} epoch {self.epoch}/{self.epochs}  {scores}  ({self.seconds:.1f}s)"
+
+
+Event = BatchStarted | EpochFinished
+Listener = Callable[[Event], None]

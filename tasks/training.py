@@ -1,0 +1,158 @@
+"""The skeleton every Ray Train run follows, teacher or students: set up, train, test, finish.
+
+A job (TeacherJob in tasks/teacher.py, StudentsJob in tasks/students.py) is a frozen, picklable
+description of one run whose `setup` says what to train and on which batches. Everything else
+is here, once: the worker's rank, device and windows, the loop (tasks/loops.py), scoring each
+trainee's best weights on the test split, and what goes back to the driver.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from conf import Config, DistillConfig, TeacherConfig
+from store.record import Record
+from store.records import ModelSpec, TrainedModel
+from store.storage import Storage
+from tasks import loops
+from tasks.runtime import worker_resources
+from tasks.windows import Span, WindowBatcher, window_starts
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One Ray Train worker's view of the run: its rank, its device, and every split's windows."""
+
+    rank: int
+    world: int
+    device: torch.device
+    batcher: WindowBatcher
+    starts: dict[str, np.ndarray]  # split -> first rows of its windows
+
+    @classmethod
+    def start(cls, job: TrainingJob) -> Worker:
+        context = ray.train.get_context()
+        series = ray.get(job.series)  # Ray: from the object store, once per node, shared by its workers
+        lookback, horizon = job.model.lookback, job.model.horizon
+        return cls(rank=context.get_world_rank(), world=context.get_world_size(),
+                   device=ray.train.torch.get_device(), batcher=WindowBatcher(series, lookback, horizon),
+                   starts={split: window_starts(span, lookback, horizon) for split, span in job.splits.items()})
+
+    @property
+    def device_name(self) -> str:
+        return str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
+
+
+@dataclass
+class Plan:
+    """What a job trains, and on which batches."""
+
+    trainees: list[loops.Trainee]
+    train_windows: Callable[[int], np.ndarray]  # epoch -> this rank's positions
+    make_batch: Callable[[np.ndarray], Batch]  # positions -> tensors on the device
+    forward_batches: Callable[[], int] = lambda: 0  # teacher batches this rank ran online
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What every run needs on its workers; a subclass says what to train."""
+
+    model: ModelSpec  # the architecture every trainee has
+    settings: TeacherConfig | DistillConfig  # epochs, batch size, seed, lr, patience
+    series: ray.ObjectRef  # the standardized series [T, C], put once by the driver
+    splits: dict[str, Span]
+    mixed_precision: bool
+    callbacks: tuple[loops.Callback, ...] = ()  # progress to the terminal, faults in tests
+
+    def setup(self, worker: Worker) -> Plan:
+        raise NotImplementedError
+
+
+class WorkerReport(Record):
+    """What rank 0 hands back to the driver."""
+
+    models: dict[str, TrainedModel]  # trainee -> how its best weights scored
+    feature_dim: int  # of the trained architecture
+    teacher_forward_batches: int  # summed over ranks
+    resumed_from: int
+    worker_nodes: list[str]
+    peak_memory_mb: list[float]
+    device: str
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    report: WorkerReport
+    weights: dict[str, dict[str, torch.Tensor]]  # trainee -> its best state dict
+    ray_run: str  # Ray Train's run folder
+
+
+def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
+    """Runs on every Ray Train worker."""
+    job = loop_config["job"]
+    # 1. set up: this worker, then what the job trains
+    worker = Worker.start(job)
+    plan = job.setup(worker)
+    # 2. train, from the run's last checkpoint if there is one
+    _, resumed_from = loops.train(
+        plan.trainees, epochs=job.settings.epochs, batch_size=job.settings.batch_size,
+        train_windows=plan.train_windows, make_batch=plan.make_batch, val_batcher=worker.batcher,
+        val_starts=worker.starts["val"], device=worker.device, mixed_precision=job.mixed_precision,
+        callbacks=job.callbacks)
+    # 3. test: each trainee's best weights on the whole test split
+    models = {trainee.name: test(trainee, job.model, worker) for trainee in plan.trainees}
+    # 4. finish: what every rank contributes (collectives), reported by rank 0
+    forward_batches = loops.all_reduce_sum([float(plan.forward_batches())], worker.device)[0]
+    return WorkerReport(models=models, feature_dim=plan.trainees[0].model.feature_dim,
+                        teacher_forward_batches=int(forward_batches), resumed_from=resumed_from,
+                        worker_nodes=loops.worker_nodes(), peak_memory_mb=loops.peak_memory_mb(),
+                        device=worker.device_name)
+
+
+def test(trainee: loops.Trainee, spec: ModelSpec, worker: Worker) -> TrainedModel:
+    """Restore the trainee's best weights and score them on the whole test split."""
+    loops.restore_best(trainee)
+    scores = loops.evaluate(trainee.model, worker.batcher, worker.starts["test"], worker.rank, worker.world,
+                            worker.device)
+    latency = loops.latency_ms(trainee.model, worker.batcher, worker.starts["test"], worker.device)
+    return TrainedModel(
+        name=spec.name, hparams=spec.hparams, params=trainee.model.num_params(), val_mse=trainee.early.best,
+        best_epoch=trainee.early.best_epoch + 1, epochs=len(trainee.history), test_mse=scores.mse,
+        test_mae=scores.mae, latency_ms=latency if worker.rank == 0 else None, history=trainee.history)
+
+
+def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
+                 datasets: dict[str, ray.data.Dataset] | None = None) -> TrainingResult:
+    """Ray: run `job` on `ray.num_workers` Ray Train workers. Checkpoints go to
+    <storage root>/ray/<name>, so starting the same name again resumes a killed run."""
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
+                                     resources_per_worker=worker_resources(config)),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage.path("ray"),
+            storage_filesystem=None if storage.is_local else storage.fs,
+            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, loops.STATE_FILE), map_location="cpu", weights_only=True)
+    weights = {name: trainee["early"]["best_state"] for name, trainee in state["trainees"].items()}
+    return TrainingResult(result.return_value, weights, result.path)

@@ -1,0 +1,122 @@
+"""The typed records read the files that earlier code wrote (tests/fixtures/legacy: a smoke run of
+commit 6fd532a, before the records existed) and write them back with the same fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from store.records import Cache, Dataset, RegistryEntry, ResultRow, StudentsRun, Teacher
+from store.registry import list_models, read_version
+from store.storage import Storage
+from tests.conftest import ROOT
+
+LEGACY = ROOT / "tests" / "fixtures" / "legacy"
+
+
+def shape(value: Any) -> Any:
+    """The keys of a JSON value, recursively (lists by their first item): its fields, not its numbers."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    return type(value).__name__ if value is not None else None
+
+
+def same_fields(written: Any, legacy: Any) -> None:
+    """Every field of the legacy JSON is still written, with a value of the same JSON type
+    (an int may have become a float and the other way round: both are numbers)."""
+    number = {"int", "float"}
+
+    def compare(new: Any, old: Any, where: str) -> None:
+        if isinstance(old, dict):
+            assert isinstance(new, dict), where
+            assert set(old) <= set(new), f"{where}: missing {sorted(set(old) - set(new))}"
+            for key in old:
+                compare(new[key], old[key], f"{where}.{key}")
+        elif isinstance(old, list) and old:
+            assert isinstance(new, list) and new, where
+            compare(new[0], old[0], f"{where}[0]")
+        elif old is not None and new is not None:
+            assert old == new or {old, new} <= number, f"{where}: {new} instead of {old}"
+
+    compare(shape(written), shape(legacy), "$")
+
+
+def legacy_json(pattern: str) -> tuple[Path, dict[str, Any]]:
+    (path,) = (LEGACY / "root").glob(pattern)
+    return path, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(("pattern", "record"), [
+    ("datasets/*/*/manifest.json", Dataset),
+    ("teachers/*/*/teacher.json", Teacher),
+    ("cache/*/cache.json", Cache),
+    ("runs/*/*/h24/students.json", StudentsRun),
+    ("registry/smoke-24/v1/metrics.json", ResultRow),
+])
+def test_legacy_files_load_and_round_trip(pattern, record):
+    path, data = legacy_json(pattern)
+    where = {"directory": str(path.parent.relative_to(LEGACY / "root"))}
+    if record is Teacher:
+        where["key"] = path.parent.name
+    loaded = record.from_json(data, **where)
+    assert loaded.to_json() == data  # same fields, same values
+    assert loaded.describe()
+
+
+def test_the_legacy_registry_still_serves():
+    storage = Storage(str(LEGACY / "root"))
+    assert list_models(storage) == ["smoke-24"]
+    entry = read_version(storage, "smoke-24")
+    assert isinstance(entry, RegistryEntry) and entry.version == "v1" and entry.model_id == "smoke-24@v1"
+    for name, part in (("config", entry.config), ("scaler", entry.scaler), ("metrics", entry.metrics)):
+        assert part.to_json() == storage.read_json(f"registry/smoke-24/v1/{name}.json"), name
+    model = entry.load(storage)  # weights_only=True inside
+    prediction = model(torch.zeros(2, entry.config.lookback, len(entry.config.variables))).prediction
+    assert prediction.shape == (2, entry.config.horizon, len(entry.scaler.variables))
+
+
+def test_same_fields_catches_a_missing_field():
+    """The check that the suite's outputs keep their fields can fail."""
+    _, data = legacy_json("teachers/*/*/teacher.json")
+    with pytest.raises(AssertionError, match="missing"):
+        same_fields({k: v for k, v in data.items() if k != "sha256"}, data)
+    with pytest.raises(AssertionError, match="instead of"):
+        same_fields(data | {"params": "many"}, data)
+
+
+def test_the_files_of_a_run_keep_every_field(smoke_pipeline):
+    """What the current code writes has every field the legacy files have."""
+    storage, run = smoke_pipeline.pipe.storage, smoke_pipeline
+    written = {
+        "datasets/*/*/manifest.json": f"{run.pipe.dataset.directory}/manifest.json",
+        "teachers/*/*/teacher.json": f"{run.teacher.directory}/teacher.json",
+        "cache/*/cache.json": f"{run.cache.directory}/cache.json",
+        "runs/*/*/h24/students.json": f"{run.students.directory}/students.json",
+        "runs/*/*/metrics.json": f"{run.pipe.run_dir}/metrics.json",
+        "registry/smoke-24/v1/config.json": "registry/smoke-24/v1/config.json",
+        "registry/smoke-24/v1/scaler.json": "registry/smoke-24/v1/scaler.json",
+        "registry/smoke-24/v1/metrics.json": "registry/smoke-24/v1/metrics.json",
+    }
+    for pattern, path in written.items():
+        same_fields(storage.read_json(path), legacy_json(pattern)[1])
+
+
+def test_the_commands_json_keeps_every_field(smoke_pipeline, session_root, smoke_csv):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    same_fields(smoke_pipeline.summary.to_json(), json.loads((LEGACY / "cli" / "retrain.json").read_text()))
+    runner = CliRunner()
+    for command in ("ingest", "teacher", "distill"):
+        result = runner.invoke(app, [command, "smoke", "--set", f"storage.root={session_root}",
+                                     "--set", f"data.path={smoke_csv}", "--json"])
+        assert result.exit_code == 0, result.output
+        legacy = json.loads((LEGACY / "cli" / f"{command}.json").read_text())
+        same_fields(json.loads(result.stdout.strip().splitlines()[-1]), legacy)
