@@ -104,7 +104,7 @@ class MovingAverage(nn.Module):
         x = x.transpose(1, 2)  # [B, T, C] -> [B, C, T]
         x = F.pad(x, ((k - 1) // 2, k // 2), mode="replicate")  # [B, C, T + k - 1]
         # A depthwise convolution with a constant 1/k filter: the same average as avg_pool1d(k, stride=1)
-        # up to float rounding, and 2-7x faster on CPU.
+        # up to float rounding, and faster on CPU.
         kernel = x.new_full((C, 1, k), 1.0 / k)
         x = F.conv1d(x, kernel, groups=C)  # [B, C, T]
         return x.transpose(1, 2)  # [B, C, T] -> [B, T, C]
@@ -143,9 +143,9 @@ def patchify(x: Tensor, patch_len: int, stride: int) -> Tensor:
 def depthwise_conv1d_fft(x: Tensor, *kernels: Tensor) -> list[Tensor]:
     """``F.conv1d(x, k, padding=K // 2, groups=C)`` for each odd kernel ``k`` [C, 1, K], sharing one FFT of x.
 
-    oneDNN's direct depthwise convolution is slow on a CPU; with 51-step kernels over 180 patches the
-    FFT route makes ModernTCN's ETTh1 training step 1.3x and its inference 4x faster
-    (bench/bench_depthwise.py). Computed in at least float32, so it also runs under bfloat16 autocast,
+    oneDNN's direct depthwise convolution is slow on a CPU; with ModernTCN's long kernels the FFT
+    route makes its training steps and inference faster (BENCHMARKS.md, "ModernTCN: direct vs FFT
+    depthwise convolution"). Computed in at least float32, so it also runs under bfloat16 autocast,
     which torch.fft does not support.
     """
     N = x.shape[-1]

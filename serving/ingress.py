@@ -12,11 +12,11 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
 
     "haproxy" is what Ray's documentation calls high-throughput mode: HAProxy, a C load balancer,
     replaces Serve's Python HTTP proxy and sends each request straight to an ingress replica,
-    and replicas call each other over gRPC (BENCHMARKS.md: 1.07x a bare uvicorn server at 16 JSON
-    clients on two cores, against 0.43x through the default proxy). Its costs: HAProxy also opens
-    a stats page (port 8404) and a Prometheus endpoint (port 9101) on every interface, at fixed
-    ports (RAY_SERVE_HAPROXY_STATS_PORT and RAY_SERVE_HAPROXY_METRICS_PORT move them); it speaks
-    plain HTTP only; a shutdown drains the ingress replicas for about 30 s."""
+    and replicas call each other over gRPC (BENCHMARKS.md, "Serving", compares both modes with a
+    bare uvicorn server). Its costs: HAProxy also opens a stats page (port 8404) and a Prometheus
+    endpoint (port 9101) on every interface, at fixed ports (RAY_SERVE_HAPROXY_STATS_PORT and
+    RAY_SERVE_HAPROXY_METRICS_PORT move them); it speaks plain HTTP only; a shutdown waits while
+    Ray drains the ingress replicas."""
     if settings.ingress == "haproxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     return {}
