@@ -97,15 +97,15 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
     return students
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StudentsJob(TrainingJob):
     """The distilled student (TimeDistill loss) and the plain baseline (MSE), from the same
     initial weights, on the same batches."""
 
     settings: DistillConfig
-    teacher: Teacher | None = None  # run online when distill.use_cache is off
-    storage: Storage | None = None  # where the teacher's weights are
-    teacher_feature_dim: int = 0  # the width of the teacher features the loss projects from
+    teacher: Teacher  # run online when distill.use_cache is off
+    storage: Storage  # where the teacher's weights are
+    teacher_feature_dim: int  # the width of the teacher features the loss projects from
 
     def setup(self, worker: Worker) -> Plan:
         settings, device = self.settings, worker.device

@@ -85,7 +85,7 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
     return teacher
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TeacherJob(TrainingJob):
     """Supervised training of the teacher on the ground truth (MSE)."""
 

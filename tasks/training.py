@@ -65,7 +65,7 @@ class Plan:
     forward_batches: Callable[[], int] = lambda: 0  # teacher batches this rank ran online
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingJob:
     """What every run needs on its workers; a subclass says what to train."""
 
@@ -112,7 +112,7 @@ def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
         val_starts=worker.starts["val"], device=worker.device, mixed_precision=job.mixed_precision,
         callbacks=job.callbacks)
     # 3. test: each trainee's best weights on the whole test split
-    models = {trainee.name: test(trainee, job.model, worker) for trainee in plan.trainees}
+    models = {trainee.name: score_best(trainee, job.model, worker) for trainee in plan.trainees}
     # 4. finish: what every rank contributes (collectives), reported by rank 0
     forward_batches = loops.all_reduce_sum([float(plan.forward_batches())], worker.device)[0]
     return WorkerReport(models=models, feature_dim=plan.trainees[0].model.feature_dim,
@@ -121,7 +121,7 @@ def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
                         device=worker.device_name)
 
 
-def test(trainee: loops.Trainee, spec: ModelSpec, worker: Worker) -> TrainedModel:
+def score_best(trainee: loops.Trainee, spec: ModelSpec, worker: Worker) -> TrainedModel:
     """Restore the trainee's best weights and score them on the whole test split."""
     loops.restore_best(trainee)
     scores = loops.evaluate(trainee.model, worker.batcher, worker.starts["test"], worker.rank, worker.world,
