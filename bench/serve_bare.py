@@ -12,7 +12,7 @@ import numpy as np
 
 from conf import ServeConfig
 from serving.api import RegistryView, create_api
-from serving.forecaster import ForecastModel
+from store.forecaster import ForecastModel
 from store.storage import Storage
 
 

@@ -12,12 +12,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PLAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DURATION = re.compile(r"^(\d+)(w|d|h|min|s)$")  # a span of time: 14d, 36h, 90min
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent
 
 
@@ -28,21 +29,54 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Fields added after artifacts were first keyed by these sections: they count in the keys
+    # (data fingerprints, teacher keys, run ids) only when set away from their default, so that
+    # an upgrade does not retrain what was already trained.
+    late_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def key_payload(self) -> dict[str, Any]:
+        """The section as it enters the keys of the artifacts it shapes."""
+        payload = self.model_dump(mode="json")
+        for name in self.late_fields:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                payload.pop(name)
+        return payload
+
 
 class DataConfig(Section):
+    # a long file's ids may be numbers: `target: 7` names the variable "7"
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
     name: str = "etth1"  # dataset name: used in storage paths and model names
     path: str = "../data/ETTh1.csv"  # CSV or Parquet; local path or URI (s3://, gs://, file://)
     timestamp: str = "date"  # timestamp column
     timestamp_format: str | None = None  # strftime format; None infers it from the first row
     target: str = "OT"  # target variable: kept last, as in the Time-Series-Library
     columns: list[str] | None = None  # variables to keep, in this order; None keeps every column
-    split: Literal["ett-hour", "ett-minute", "ratio"] = "ratio"
+    format: Literal["wide", "long"] = "wide"  # long: one row per (id, time), one variable per id
+    id_column: str = "id"  # format=long: the column naming the series
+    value_column: str = "value"  # format=long: the column holding the value
+    align: Literal["inner", "outer"] = "inner"  # format=long, ids on different times: keep the common
+    # times (inner), or every time (outer; data.missing fills the holes)
+    max_series: int = Field(1000, gt=0)  # format=long: more ids than this is an error
+    split: Literal["ett-hour", "ett-minute", "ratio", "rolling"] = "ratio"
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train / val / test for split=ratio
+    # split=rolling: test is the newest test_size steps, val the val_size steps before them, train
+    # everything before (or its last train_size steps). A count of steps, or a duration: "14d".
+    val_size: int | str | None = None
+    test_size: int | str | None = None
+    train_size: int | str | None = None
+    history: Literal["any", "append-only"] = "any"  # append-only: new data may only add rows after
+    # the previous version's (a changed or shorter history is an error)
     lookback: int = Field(720, gt=0)
     horizons: list[int] = [96, 192, 336, 720]
     missing: Literal["error", "ffill", "interpolate"] = "error"  # gaps in the time index and NaNs
     duplicates: Literal["error", "drop"] = "error"  # drop: remove rows identical to the one before
     max_rows: int | None = Field(None, gt=0)  # keep only the first N rows (smoke runs)
+
+    late_fields: ClassVar[frozenset[str]] = frozenset({
+        "format", "id_column", "value_column", "align", "max_series", "val_size", "test_size", "train_size",
+        "history"})
 
     @field_validator("name")
     @classmethod
@@ -50,6 +84,21 @@ class DataConfig(Section):
         if not PLAIN_NAME.match(value):
             raise ValueError(f"must be a plain lowercase name ([a-z0-9_-], max 64), got {value!r}")
         return value
+
+    @field_validator("val_size", "test_size", "train_size")
+    @classmethod
+    def _size(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
+            raise ValueError(f"must be a positive number of steps or a duration such as '14d', got {value!r}")
+        if isinstance(value, str) and not DURATION.match(value.strip()):
+            raise ValueError(f"must be a number of steps or a duration such as 14d, 36h, 90min, got {value!r}")
+        return value.strip() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _rolling_sizes(self) -> DataConfig:
+        if self.split == "rolling" and (self.val_size is None or self.test_size is None):
+            raise ValueError("split 'rolling' needs data.val_size and data.test_size (steps, or a duration: 14d)")
+        return self
 
     @field_validator("horizons")
     @classmethod
@@ -76,6 +125,13 @@ class TeacherConfig(Section):
     batch_size: int = Field(32, gt=0)
     patience: int = Field(3, gt=0)  # early stopping on validation MSE
     seed: int = 2021
+    # always: train anew every run; if-data-changed: reuse the teacher trained on the same data
+    # and settings; warm: like if-data-changed, but new data fine-tunes the latest teacher of the
+    # same architecture and window for warm_epochs instead of training from scratch
+    refresh: Literal["always", "if-data-changed", "warm"] = "if-data-changed"
+    warm_epochs: int = Field(3, gt=0)
+
+    late_fields: ClassVar[frozenset[str]] = frozenset({"refresh", "warm_epochs"})
 
 
 class StudentConfig(Section):
@@ -101,6 +157,12 @@ class DistillConfig(Section):
     baseline: bool = True  # also train the plain student on the ground truth alone
     use_cache: bool = True  # read the teacher from the Parquet cache (False: run it online)
     feature_max_dim: int = Field(1024, gt=0)  # teacher features wider than this are pooled down
+    # start the student and the baseline from the run behind the model's registered LATEST
+    # version (same architecture and window), for warm_epochs, instead of from scratch
+    warm_start: bool = False
+    warm_epochs: int = Field(3, gt=0)
+
+    late_fields: ClassVar[frozenset[str]] = frozenset({"warm_start", "warm_epochs"})
 
 
 class RayConfig(Section):
@@ -120,8 +182,23 @@ class StorageConfig(Section):
 
 class RegistryConfig(Section):
     model_name: str | None = None  # None: <dataset>-<horizon>
-    gate: Literal["always", "beats-baseline", "beats-previous"] = "beats-baseline"
-    margin: float = Field(0.0, ge=0)  # relative MSE improvement needed by beats-previous
+    # beats-champion: the new student and the registered LATEST are scored on the same newest
+    # windows (the new validation split); the new one must be better by `margin`
+    gate: Literal["always", "beats-baseline", "beats-champion"] = "beats-baseline"
+    margin: float = Field(0.0, ge=0, lt=1)  # relative MSE improvement needed by beats-champion
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _gate(cls, value: Any) -> Any:
+        if value == "beats-previous":
+            raise ValueError("'beats-previous' compared test scores of different windows and is gone: use "
+                             "'beats-champion', which scores both models on the same newest windows")
+        return value
+
+
+class MonitorConfig(Section):
+    threshold: float = Field(1.3, gt=1)  # drift: recent MSE / MSE at registration above this
+    min_windows: int = Field(1, gt=0)  # fewer windows with new truth: no verdict (drift null)
 
 
 class ServeConfig(Section):
@@ -153,6 +230,7 @@ class Config(Section):
     ray: RayConfig = RayConfig()
     storage: StorageConfig = StorageConfig()
     registry: RegistryConfig = RegistryConfig()
+    monitor: MonitorConfig = MonitorConfig()
     serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
@@ -169,7 +247,7 @@ class Config(Section):
     def run_id(self, data_fingerprint: str) -> str:
         """Runs are keyed by what determines their results: the config (minus where things run)
         and the data they ran on, so an unchanged re-run finds its own earlier outputs."""
-        payload = self.model_dump(mode="json", exclude={"ray", "storage", "serve", "registry"})
+        payload = {name: getattr(self, name).key_payload() for name in ("data", "teacher", "student", "distill")}
         payload["data"].pop("path")
         payload["data_fingerprint"] = data_fingerprint
         return stable_hash(payload)[:12]

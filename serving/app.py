@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from conf import Config, ServeConfig, load_config, storage_root
 from serving.api import RegistryView, create_api
-from serving.forecaster import ForecastModel
+from store.forecaster import ForecastModel
 from store.storage import Storage
 
 APP_NAME = "timedistill"

@@ -134,7 +134,16 @@ class Missing(Record):
     values_filled: int
 
 
-class Dataset(Record):
+class Lineage(Record):
+    """How an ingested version relates to the one ingested before it (none for the first)."""
+
+    previous: str | None = None  # the fingerprint of the version ingested before
+    appended_rows: int | None = None  # rows after the previous version's last timestamp
+    history_changed: bool | None = None  # a value, a row or a variable of the previous range differs
+    first_changed: str | None = None  # the first timestamp that differs
+
+
+class Dataset(Lineage):
     """An ingested series: its manifest (manifest.json) and where it lives in storage."""
 
     name: str = Field(alias="dataset")
@@ -160,11 +169,18 @@ class Dataset(Record):
     def series_path(self) -> str:
         return f"{self.directory}/{SERIES}"
 
+    def values(self, storage: Storage) -> np.ndarray:
+        """The whole series in data units: [T, C] float64."""
+        table = storage.read_parquet(self.series_path, columns=self.variables)
+        return np.column_stack([table.column(name).to_numpy() for name in self.variables]).astype(np.float64)
+
+    def timestamps(self, storage: Storage) -> np.ndarray:
+        """The time of every row: [T] datetime64[us]."""
+        return storage.read_parquet(self.series_path, columns=[self.timestamp]).column(0).to_numpy()
+
     def standardized(self, storage: Storage) -> np.ndarray:
         """The whole series, standardized with the train-split scaler: [T, C] float32."""
-        table = storage.read_parquet(self.series_path, columns=self.variables)
-        values = np.column_stack([table.column(name).to_numpy() for name in self.variables])
-        return self.scaler.standardize(values.astype(np.float64))
+        return self.scaler.standardize(self.values(storage))
 
     def describe(self) -> str:
         return f"{self.name}: {self.rows} rows x {len(self.variables)} variables, {self.fingerprint}"
@@ -374,6 +390,24 @@ class RegistryEntry(Record):
         return f"{self.model_id}: {self.config.spec.describe()}, student test MSE {self.metrics.student.test_mse:.4f}"
 
 
+class WindowRange(Record):
+    """Windows scored together: how many, and the time their forecasts cover."""
+
+    count: int
+    start: str  # the first forecast step of the first window
+    end: str  # the last forecast step of the last window
+
+
+class ChampionDecision(Record):
+    """The registered LATEST (champion) and a new student (challenger), scored on the same
+    windows by the same code, in the standardized space of the newest data."""
+
+    champion: str  # its version
+    champion_mse: float
+    challenger_mse: float
+    windows: WindowRange
+
+
 class Registration(Record):
     """What the register step decided for one model, and why."""
 
@@ -383,6 +417,7 @@ class Registration(Record):
     reason: str
     registry_path: str | None = None
     metrics: dict[str, Headline]
+    decision: ChampionDecision | None = None  # gate beats-champion, when there was a champion
 
     @property
     def cached(self) -> bool:

@@ -17,19 +17,26 @@ import polars as pl
 import pyarrow.fs as pafs
 
 from conf import Config, DataConfig, stable_hash
-from store.records import SERIES, Dataset, Missing
+from conf.schema import DURATION
+from store.records import SERIES, Dataset, Lineage, Missing
 from store.scaler import Scaler
 from store.storage import Storage, make_filesystem
 from tasks.errors import DataError
-from tasks.windows import Span, split_rows, window_counts
+from tasks.windows import RollingSizes, Span, split_rows, window_counts
 
 MANIFEST = "manifest.json"
+LATEST = "LATEST"  # datasets/<name>/LATEST: the fingerprint ingested last, what new data is compared with
 FINGERPRINT_KEYS = ("name", "timestamp", "timestamp_format", "target", "columns", "split", "ratios",
-                    "missing", "duplicates", "max_rows")  # lookback/horizons only shape the windows
+                    "missing", "duplicates", "max_rows", "format", "id_column", "value_column", "align",
+                    "max_series", "val_size", "test_size", "train_size")  # lookback/horizons only shape windows
 
 
 def dataset_dir(data: DataConfig, fingerprint: str) -> str:
     return f"datasets/{data.name}/{fingerprint}"
+
+
+def fingerprint_settings(data: DataConfig) -> dict[str, Any]:
+    return {key: value for key, value in data.key_payload().items() if key in FINGERPRINT_KEYS}
 
 
 def ingest(config: Config, storage: Storage) -> Dataset:
@@ -41,25 +48,89 @@ def ingest(config: Config, storage: Storage) -> Dataset:
     if storage.exists(f"{directory}/{MANIFEST}"):  # the manifest is written last: complete
         found = Dataset.from_json(storage.read_json(f"{directory}/{MANIFEST}"), directory=directory, cached=True)
         check_windows(found.splits, data, data.path)
+        storage.write_bytes(f"datasets/{data.name}/{LATEST}", f"{fingerprint}\n".encode())
         return found
 
     frame, missing, step = parse_series(content, data)
-    rows = split_rows(data.split, frame.height, data.ratios, source=data.path)
+    rows = split_rows(data.split, frame.height, data.ratios, source=data.path, rolling=rolling_sizes(data, step))
     check_windows(rows, data, data.path)
     variables = frame.columns[1:]
+    frame = frame.with_columns(pl.col(variables).cast(pl.Float32))  # as stored
+    lineage = compare_with_previous(storage, data, frame)
     train = frame.slice(rows["train"][0], rows["train"][1] - rows["train"][0])
     dataset = Dataset(
         name=data.name, fingerprint=fingerprint, source=data.path, source_sha256=hashlib.sha256(content).hexdigest(),
-        rows=frame.height, variables=variables, target=data.target, timestamp=data.timestamp, step=step,
-        start=str(frame[data.timestamp][0]), end=str(frame[data.timestamp][-1]), splits=rows,
-        scaler=Scaler.fit(train.select(variables).to_numpy().astype(np.float64)), missing=missing,
-        settings=data.model_dump(mode="json", include=set(FINGERPRINT_KEYS)),
-        created=datetime.now(UTC).isoformat(timespec="seconds"), directory=directory)
-    table = frame.with_columns(pl.col(variables).cast(pl.Float32)).to_arrow()
+        rows=frame.height, variables=variables, target=data.target, timestamp=data.timestamp,
+        step=_format_step(step), start=str(frame[data.timestamp][0]), end=str(frame[data.timestamp][-1]),
+        splits=rows, scaler=Scaler.fit(train.select(variables).to_numpy().astype(np.float64)), missing=missing,
+        settings=fingerprint_settings(data), created=datetime.now(UTC).isoformat(timespec="seconds"),
+        **lineage.model_dump(), directory=directory)
     with storage.publish_dir(directory) as staging:
-        storage.write_parquet(f"{staging}/{SERIES}", table)
+        storage.write_parquet(f"{staging}/{SERIES}", frame.to_arrow())
         storage.write_json(f"{staging}/{MANIFEST}", dataset.to_json())
+    storage.write_bytes(f"datasets/{data.name}/{LATEST}", f"{fingerprint}\n".encode())  # only once complete
     return dataset
+
+
+def rolling_sizes(data: DataConfig, step: timedelta) -> RollingSizes | None:
+    """split=rolling: data.val_size, test_size and train_size in steps of the series."""
+    if data.split != "rolling":
+        return None
+    val, test = (steps(getattr(data, key), step, key, data.path) for key in ("val_size", "test_size"))
+    train = steps(data.train_size, step, "train_size", data.path) if data.train_size is not None else None
+    return RollingSizes(val=val, test=test, train=train)
+
+
+def steps(size: int | str, step: timedelta, key: str, source: str) -> int:
+    """A size as a count of steps: an integer is one already; a duration must be whole steps."""
+    if isinstance(size, int):
+        return size
+    number, unit = DURATION.match(size).groups()
+    span = int(number) * timedelta(**{DURATION_UNITS[unit]: 1})
+    if span % step:
+        raise DataError(f"{source}: data.{key} {size!r} is not a whole number of steps of {_format_step(step)}")
+    return span // step
+
+
+def compare_with_previous(storage: Storage, data: DataConfig, frame: pl.DataFrame) -> Lineage:
+    """What changed since the version of this dataset ingested last (datasets/<name>/LATEST):
+    rows appended after its end, or a history that differs (a changed value, a missing row or
+    variable). Under data.history: append-only a changed history is an error, before anything
+    is written."""
+    pointer = f"datasets/{data.name}/{LATEST}"
+    if not storage.exists(pointer):
+        return Lineage()
+    fingerprint = storage.read_bytes(pointer).decode().strip()
+    folder = dataset_dir(data, fingerprint)
+    if not storage.exists(f"{folder}/{MANIFEST}"):
+        return Lineage()
+    previous = Dataset.from_json(storage.read_json(f"{folder}/{MANIFEST}"), directory=folder)
+    old = pl.from_arrow(storage.read_parquet(previous.series_path))
+    stamp = data.timestamp
+    end = old[stamp][-1]
+    appended = int((frame[stamp] > end).sum())
+    problem, first = None, None
+    if old.columns != frame.columns:
+        problem, first = f"its variables are {old.columns[1:]}, the previous version's {previous.variables}", \
+            old[stamp][0]
+    else:
+        new = frame.with_columns(pl.lit(True).alias(PRESENT))
+        joined = old.join(new, on=stamp, how="left", suffix=NEW, maintain_order="left")
+        differs = pl.any_horizontal(pl.col(f"{name}{NEW}").ne_missing(pl.col(name)) for name in old.columns[1:])
+        changed = joined.select(differs).to_series().arg_true()
+        if len(changed):
+            row = joined.row(int(changed[0]), named=True)
+            first = row[stamp]
+            if row[PRESENT] is None:
+                problem = f"it has no row at {first}, which the previous version has"
+            else:
+                name = next(n for n in old.columns[1:] if row[f"{n}{NEW}"] != row[n])
+                problem = f"at {first}, column {name!r} is {row[name + NEW]} where the previous version has {row[name]}"
+    if problem is not None and data.history == "append-only":
+        raise DataError(f"{data.path}: {problem} (previous version {fingerprint}; data.history is append-only: "
+                        f"only rows after {end} may be added)")
+    return Lineage(previous=fingerprint, appended_rows=appended, history_changed=problem is not None,
+                   first_changed=str(first) if first is not None else None)
 
 
 def ingest_summary(dataset: Dataset, lookback: int, horizons: list[int], storage: Storage) -> dict[str, Any]:
@@ -79,6 +150,10 @@ def ingest_summary(dataset: Dataset, lookback: int, horizons: list[int], storage
         },
         "scaler": dataset.scaler.to_json(),
         "missing": dataset.missing.to_json(),
+        "previous": dataset.previous,
+        "appended_rows": dataset.appended_rows,
+        "history_changed": dataset.history_changed,
+        "first_changed": dataset.first_changed,
     }
 
 
@@ -106,26 +181,34 @@ def read_source(path: str, endpoint_override: str | None = None) -> bytes:
 
 
 def data_fingerprint(content: bytes, data: DataConfig) -> str:
-    settings = data.model_dump(mode="json", include=set(FINGERPRINT_KEYS))
+    settings = fingerprint_settings(data)
     return stable_hash({"sha256": hashlib.sha256(content).hexdigest(), "settings": settings})[:16]
 
 
-def parse_series(content: bytes, data: DataConfig) -> tuple[pl.DataFrame, Missing, str]:
+def parse_series(content: bytes, data: DataConfig) -> tuple[pl.DataFrame, Missing, timedelta]:
     """Raw bytes -> (frame of timestamp + Float64 variables on a regular grid, what was filled
     or dropped, the time step)."""
     source = data.path
     frame, row_offset = _read_frame(content, source)
-    where = _row_namer(row_offset)
+    where = row_namer(row_offset)
 
     if data.timestamp not in frame.columns:
         raise DataError(f"{source}: no timestamp column {data.timestamp!r} (columns: {frame.columns})")
-    if data.max_rows is not None:
-        frame = frame.head(data.max_rows)
     if frame.height == 0:
         raise DataError(f"{source}: no data rows")
-    frame = frame.with_columns(_parse_timestamps(frame[data.timestamp], data, source, where))
-    frame = frame.select([data.timestamp, *_variables(frame.columns, data, source)])
-    frame = frame.with_columns(_parse_numbers(frame, data, source, where))
+    if data.format == "long":
+        from tasks.long_format import pivot_long  # it parses with this module's helpers
+
+        frame = pivot_long(frame, data, source, where)  # data.max_rows counts rows of the pivoted series
+
+        def where(index: int) -> str:  # from here on, rows of the pivoted series, not lines of the file
+            return f"row {index} of the series pivoted from {data.id_column!r}"
+    else:
+        if data.max_rows is not None:
+            frame = frame.head(data.max_rows)
+        frame = frame.with_columns(parse_timestamps(frame[data.timestamp], data, source, where))
+        frame = frame.select([data.timestamp, *_variables(frame.columns, data, source)])
+        frame = frame.with_columns(parse_numbers(frame, data, source, where))
 
     frame, duplicates_dropped = _check_order(frame, data, source, where)
     step = _infer_step(frame[data.timestamp], source)
@@ -133,7 +216,7 @@ def parse_series(content: bytes, data: DataConfig) -> tuple[pl.DataFrame, Missin
     frame, values_filled = _fill_values(frame, data, source, where)
     missing = Missing(policy=data.missing, duplicates_dropped=duplicates_dropped, gaps=gaps,
                       rows_inserted=rows_inserted, values_filled=values_filled)
-    return frame, missing, _format_step(step)
+    return frame, missing, step
 
 
 def _read_frame(content: bytes, source: str) -> tuple[pl.DataFrame, int]:
@@ -148,14 +231,14 @@ def _read_frame(content: bytes, source: str) -> tuple[pl.DataFrame, int]:
     return frame.rename(renamed), 2  # data row 0 is on line 2 of a CSV file
 
 
-def _row_namer(row_offset: int):
+def row_namer(row_offset: int):
     def where(index: int) -> str:
         return f"line {index + row_offset}" if row_offset else f"row {index}"
 
     return where
 
 
-def _parse_timestamps(column: pl.Series, data: DataConfig, source: str, where) -> pl.Series:
+def parse_timestamps(column: pl.Series, data: DataConfig, source: str, where) -> pl.Series:
     if column.dtype == pl.Datetime:
         parsed = column
     elif column.dtype == pl.Date:
@@ -186,7 +269,7 @@ def _variables(columns: list[str], data: DataConfig, source: str) -> list[str]:
     return [name for name in names if name != data.target] + [data.target]
 
 
-def _parse_numbers(frame: pl.DataFrame, data: DataConfig, source: str, where) -> list[pl.Series]:
+def parse_numbers(frame: pl.DataFrame, data: DataConfig, source: str, where) -> list[pl.Series]:
     parsed = []
     for name in frame.columns[1:]:
         column = frame[name]
@@ -283,6 +366,10 @@ def _fill_values(frame: pl.DataFrame, data: DataConfig, source: str, where) -> t
     return frame, total
 
 
+NEW, PRESENT = "__new", "__present"  # columns of the comparison with the previous version
+DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "min": "minutes", "s": "seconds"}
+
+
 def _format_step(step: timedelta) -> str:
     seconds = int(step.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -297,5 +384,6 @@ def check_windows(spans: dict[str, Span], data: DataConfig, source: str) -> None
         for split, count in window_counts(spans, data.lookback, horizon).items():
             if count < 1:
                 start, end = spans[split]
+                hint = "; make data.val_size or data.test_size smaller" if data.split == "rolling" else ""
                 raise DataError(f"{source}: split {split!r} (rows [{start}, {end})) is too short for "
-                                f"lookback {data.lookback} + horizon {horizon}")
+                                f"lookback {data.lookback} + horizon {horizon}{hint}")

@@ -7,34 +7,70 @@ points at it.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from conf import Config
-from store.records import Dataset, RegisteredModel, Registration, ResultRow, StudentsRun
+from store.forecaster import ForecastModel
+from store.records import ChampionDecision, Dataset, RegisteredModel, Registration, ResultRow, StudentsRun
 from store.registry import LATEST, VERSION, check_name, latest, read_version
 from store.scaler import NamedScaler
 from store.storage import SUCCESS, Storage
+from tasks.evaluate import score_windows, window_range
+from tasks.windows import window_starts
 
 
-def gate(config: Config, storage: Storage, model: str, row: ResultRow) -> tuple[bool, str]:
+class Verdict(NamedTuple):
+    admitted: bool
+    reason: str
+    decision: ChampionDecision | None = None
+
+
+def gate(config: Config, storage: Storage, model: str, dataset: Dataset, students: StudentsRun,
+         row: ResultRow) -> Verdict:
     """Whether the config's gate lets this student in, and why."""
     rule, student = config.registry.gate, row.student.test_mse
     if rule == "always":
-        return True, "gate 'always'"
+        return Verdict(True, "gate 'always'")
     if rule == "beats-baseline":
         if row.baseline is None:
-            return False, "gate 'beats-baseline' needs the baseline (distill.baseline is off)"
+            return Verdict(False, "gate 'beats-baseline' needs the baseline (distill.baseline is off)")
         baseline = row.baseline.test_mse
         verdict = student < baseline
-        return verdict, f"student test MSE {student:.4f} {'<' if verdict else '>='} baseline {baseline:.4f}"
-    previous = latest(storage, model)
-    if previous is None:
-        return True, "gate 'beats-previous': no previous version"
-    before = read_version(storage, model, previous).metrics.student.test_mse
-    bound = before * (1 - config.registry.margin)
-    verdict = student < bound
-    return verdict, (f"student test MSE {student:.4f} {'<' if verdict else '>='} {previous}'s {before:.4f} "
-                     f"less {config.registry.margin:.1%}")
+        return Verdict(verdict, f"student test MSE {student:.4f} {'<' if verdict else '>='} baseline {baseline:.4f}")
+    return champion_gate(config, storage, model, dataset, students)
+
+
+def champion_gate(config: Config, storage: Storage, model: str, dataset: Dataset, students: StudentsRun) -> Verdict:
+    """beats-champion: the registered LATEST and the new student forecast the same newest windows
+    (the new validation split), each in data units with its own scaler, and are scored by the
+    same code on the newest data's scale; the new one must be better by registry.margin."""
+    version = latest(storage, model)
+    if version is None:
+        return Verdict(True, "gate 'beats-champion': no champion yet")
+    champion_entry = read_version(storage, model, version)
+    held = champion_entry.config
+    if (held.lookback, held.horizon, held.variables) != (students.lookback, students.horizon, dataset.variables):
+        return Verdict(True, f"gate 'beats-champion': champion {version} forecasts another window or other "
+                             "variables and cannot be compared")
+    champion = ForecastModel.from_registry(storage, model, version)
+    challenger = ForecastModel.with_scaler(students.load(storage, "student"), dataset.scaler, students.lookback,
+                                           students.horizon)
+    values = dataset.values(storage)
+    starts = window_starts(dataset.splits["val"], students.lookback, students.horizon)
+    champion_mse, challenger_mse = (score_windows(m, values, starts, dataset.scaler) for m in (champion, challenger))
+    windows = window_range(dataset.timestamps(storage), starts, students.lookback, students.horizon)
+    decision = ChampionDecision(champion=version, champion_mse=champion_mse, challenger_mse=challenger_mse,
+                                windows=windows)
+    if not math.isfinite(champion_mse):
+        return Verdict(True, f"gate 'beats-champion': champion {version} forecasts non-finite values on the "
+                             f"{windows.count} newest validation windows", decision)
+    admitted = challenger_mse < champion_mse * (1 - config.registry.margin)
+    reason = (f"challenger MSE {challenger_mse:.4f} {'<' if admitted else '>='} champion {version}'s "
+              f"{champion_mse:.4f} less {config.registry.margin:.1%}, on the {windows.count} newest validation "
+              f"windows ({windows.start} to {windows.end})")
+    return Verdict(admitted, reason, decision)
 
 
 def register(config: Config, storage: Storage, dataset: Dataset, students: StudentsRun, row: ResultRow,
@@ -43,18 +79,18 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
     model = check_name(config.model_name(students.horizon))
     current = latest(storage, model)
 
-    def decided(registered: bool, version: str | None, reason: str) -> Registration:
+    def decided(registered: bool, version: str | None, verdict: Verdict) -> Registration:
         path = storage.uri(f"registry/{model}/{version}") if version else None
-        return Registration(name=model, version=version, registered=registered, reason=reason, registry_path=path,
-                            metrics=row.headline())
+        return Registration(name=model, version=version, registered=registered, reason=verdict.reason,
+                            registry_path=path, metrics=row.headline(), decision=verdict.decision)
 
     if current is not None:
         held = RegisteredModel.from_json(storage.read_json(f"registry/{model}/{current}/config.json"))
         if held.run_id == run_id and held.data_fingerprint == dataset.fingerprint:
-            return decided(False, current, f"already registered as {current}")
-    admitted, reason = gate(config, storage, model, row)
-    if not admitted:
-        return decided(False, None, reason)
+            return decided(False, current, Verdict(False, f"already registered as {current}"))
+    verdict = gate(config, storage, model, dataset, students, row)
+    if not verdict.admitted:
+        return decided(False, None, verdict)
     existing = [int(VERSION.match(v).group(1)) for v in storage.listdir(f"registry/{model}") if VERSION.match(v)]
     version = f"v{max(existing, default=0) + 1}"
     folder = f"registry/{model}/{version}"
@@ -72,4 +108,4 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
         storage.write_json(f"{staging}/metrics.json", row.to_json())
         storage.write_bytes(f"{staging}/{SUCCESS}", b"")
     storage.write_bytes(f"registry/{model}/{LATEST}", f"{version}\n".encode())  # atomic, and only now
-    return decided(True, version, reason)
+    return decided(True, version, verdict)

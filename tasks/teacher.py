@@ -35,7 +35,7 @@ def teacher_key(config: Config, dataset: Dataset, horizon: int) -> str:
         "data": dataset.fingerprint,
         "lookback": config.data.lookback,
         "horizon": horizon,
-        "teacher": config.teacher.model_dump(mode="json"),
+        "teacher": config.teacher.key_payload(),
         "preset": teacher_preset(config),
         "format": 1,
     })[:16]

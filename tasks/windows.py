@@ -10,6 +10,7 @@ inside the split.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +23,16 @@ ETT_MONTH_DAYS = 30
 Span = tuple[int, int]
 
 
+class RollingSizes(NamedTuple):
+    """Steps of the newest splits for split=rolling (train None: every older row)."""
+
+    val: int
+    test: int
+    train: int | None = None
+
+
 def split_rows(rule: str, n_rows: int, ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
-               source: str = "data") -> dict[str, Span]:
+               source: str = "data", rolling: RollingSizes | None = None) -> dict[str, Span]:
     """Row ranges [start, end) of train, val and test."""
     if rule in ("ett-hour", "ett-minute"):
         month = ETT_MONTH_DAYS * (24 if rule == "ett-hour" else 96)
@@ -34,8 +43,16 @@ def split_rows(rule: str, n_rows: int, ratios: tuple[float, float, float] = (0.7
     elif rule == "ratio":
         n_train, n_test = int(n_rows * ratios[0]), int(n_rows * ratios[2])
         borders = [0, n_train, n_rows - n_test, n_rows]
+    elif rule == "rolling" and rolling is not None:
+        # the newest rows are test, the ones before them val: a series that grows moves both
+        val_start = n_rows - rolling.test - rolling.val
+        if val_start <= 0:
+            raise DataError(f"{source}: data.val_size + data.test_size ({rolling.val} + {rolling.test} steps) "
+                            f"leave no rows to train on (the series has {n_rows})")
+        train_start = max(val_start - rolling.train, 0) if rolling.train else 0
+        borders = [train_start, val_start, n_rows - rolling.test, n_rows]
     else:
-        raise DataError(f"{source}: unknown split rule {rule!r} (allowed: ett-hour, ett-minute, ratio)")
+        raise DataError(f"{source}: unknown split rule {rule!r} (allowed: ett-hour, ett-minute, ratio, rolling)")
     return {split: (borders[i], borders[i + 1]) for i, split in enumerate(SPLITS)}
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
 import torch
 
-from conf import load_config
+from conf import ConfigError, load_config
 from store.registry import RegistryError, check_name, latest, list_models, read_version, versions
 from store.storage import Storage
+from store.weights import state_bytes
 from tasks.registry import gate, register
+from tasks.windows import window_starts
 
 
 @pytest.fixture
@@ -75,16 +78,43 @@ def test_gate_beats_baseline(fresh):
     assert better.registered and "<" in better.reason
 
 
-def test_gate_beats_previous_with_margin(fresh):
+def test_gate_beats_champion_scores_both_models_on_the_same_newest_windows(fresh):
     run, storage, name = fresh
-    config = settings(name, "registry.gate=beats-previous", "registry.margin=0.05")
     dataset, students = run.pipe.dataset, run.students
-    assert register(config, storage, dataset, students, registered_row(run.row, 1.0), run_id="r1").registered
-    assert gate(config, storage, name, registered_row(run.row, 0.97))[0] is False  # < 5% better
-    small = register(config, storage, dataset, students, registered_row(run.row, 0.97), run_id="r2")
-    assert not small.registered
-    big = register(config, storage, dataset, students, registered_row(run.row, 0.9), run_id="r3")
-    assert big.registered and big.version == "v2"
+    assert register(settings(name, "registry.gate=always"), storage, dataset, students, run.row, run_id="r1").registered
+    config = settings(name, "registry.gate=beats-champion")
+    assert gate(config, storage, "t-nobody", dataset, students, run.row).admitted  # no champion yet
+
+    same = register(config, storage, dataset, students, run.row, run_id="r2")  # the champion's own weights
+    decision = same.decision
+    assert not same.registered and decision.champion == "v1"
+    assert decision.challenger_mse == pytest.approx(decision.champion_mse, rel=1e-9)
+    assert f"{decision.challenger_mse:.4f}" in same.reason and f"{decision.champion_mse:.4f}" in same.reason
+    expected = window_starts(dataset.splits["val"], 96, 24)
+    assert decision.windows.count == len(expected) and decision.windows.start < decision.windows.end
+
+    spoil(storage, f"registry/{name}/v1/student.pt")  # a champion that forecasts badly
+    strict = register(settings(name, "registry.gate=beats-champion", "registry.margin=0.99"), storage, dataset,
+                      students, run.row, run_id="r3")
+    assert not strict.registered and strict.decision.challenger_mse < strict.decision.champion_mse
+    better = register(settings(name, "registry.gate=beats-champion", "registry.margin=0.05"), storage, dataset,
+                      students, run.row, run_id="r4")
+    assert better.registered and better.version == "v2"
+    assert better.decision.challenger_mse < 0.95 * better.decision.champion_mse
+
+
+def spoil(storage, path: str) -> None:
+    """Add noise to a registered student's weights: it still forecasts, badly."""
+    state = torch.load(io.BytesIO(storage.read_bytes(path)), weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    noisy = {k: v + 0.3 * torch.randn(v.shape, generator=generator) if "running" not in k and v.is_floating_point()
+             else v for k, v in state.items()}  # BatchNorm's running statistics stay valid
+    storage.write_bytes(path, state_bytes(noisy))
+
+
+def test_the_gate_that_compared_different_windows_is_gone():
+    with pytest.raises(ConfigError, match="beats-champion"):
+        load_config("smoke", ["registry.gate=beats-previous"])
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", "..", "", ".hidden", "A-96", "x" * 70, "a b"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench.bench_serving import MODEL, free_port, make_registry, start, stop, wait_healthy
-from serving.forecaster import ForecastModel
+from store.forecaster import ForecastModel
 from store.storage import Storage
 
 pytestmark = pytest.mark.cluster

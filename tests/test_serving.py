@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conf import load_config
-from serving.forecaster import ForecastModel
+from store.forecaster import ForecastModel
 from store.registry import latest
 from tasks.registry import register
 from tests.conftest import smoke_overrides

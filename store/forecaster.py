@@ -1,0 +1,41 @@
+"""A student ready to forecast in the units of the data: standardize the history with the scaler
+it was trained with, predict, invert. Plain Python and PyTorch, so that Ray Serve replicas, the
+bare benchmark server, the champion/challenger gate, the drift monitor and tests all use exactly
+this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from store.registry import read_version
+from store.scaler import Scaler
+from store.storage import Storage
+
+
+@dataclass(frozen=True)
+class ForecastModel:
+    model: torch.nn.Module  # in eval mode
+    mean: np.ndarray  # [C], of the scaler the model was trained with
+    std: np.ndarray  # [C]
+    lookback: int
+    horizon: int
+
+    @classmethod
+    def from_registry(cls, storage: Storage, name: str, version: str | None = None) -> ForecastModel:
+        entry = read_version(storage, name, version)
+        return cls.with_scaler(entry.load(storage), entry.scaler, entry.config.lookback, entry.config.horizon)
+
+    @classmethod
+    def with_scaler(cls, model: torch.nn.Module, scaler: Scaler, lookback: int, horizon: int) -> ForecastModel:
+        return cls(model=model, mean=np.asarray(scaler.mean, dtype=np.float64),
+                   std=np.asarray(scaler.std, dtype=np.float64), lookback=lookback, horizon=horizon)
+
+    @torch.inference_mode()
+    def forecast(self, histories: np.ndarray) -> np.ndarray:
+        """[N, L, C] in data units -> [N, S, C] in data units."""
+        z = ((histories - self.mean) / self.std).astype(np.float32)
+        prediction = self.model(torch.from_numpy(z)).prediction.double().numpy()
+        return np.ascontiguousarray(prediction * self.std + self.mean)
