@@ -244,12 +244,15 @@ class Config(Section):
     def model_name(self, horizon: int) -> str:
         return self.registry.model_name or f"{self.data.name}-{horizon}"
 
-    def run_id(self, data_fingerprint: str) -> str:
+    def run_id(self, data_fingerprint: str, salt: str | None = None) -> str:
         """Runs are keyed by what determines their results: the config (minus where things run)
-        and the data they ran on, so an unchanged re-run finds its own earlier outputs."""
+        and the data they ran on, so an unchanged re-run finds its own earlier outputs; `salt`
+        (teacher.refresh: always) makes every run a new one."""
         payload = {name: getattr(self, name).key_payload() for name in ("data", "teacher", "student", "distill")}
         payload["data"].pop("path")
         payload["data_fingerprint"] = data_fingerprint
+        if salt is not None:
+            payload["salt"] = salt
         return stable_hash(payload)[:12]
 
 

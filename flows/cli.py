@@ -227,19 +227,68 @@ def prefect_server_warming() -> Iterator[None]:
 @app.command()
 def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron schedule, e.g. '0 3 * * *'")],
              set_: SetOpt = None, name: Annotated[str | None, typer.Option(help="deployment name")] = None,
+             monitor: Annotated[bool, typer.Option("--monitor", help="schedule the drift monitor instead of the "
+                                                   "retrain flow")] = False,
+             trigger: Annotated[bool, typer.Option(help="with --monitor: a drift starts the retrain flow")] = True,
              ray_address: RayAddressOpt = None, debug: DebugOpt = False) -> None:
-    """Serve the retrain flow on a cron schedule (Prefect `flow.serve`); runs until Ctrl-C."""
+    """Serve the retrain flow (or with --monitor the drift monitor) on a cron schedule (Prefect
+    `flow.serve`); runs until Ctrl-C."""
 
     def body() -> None:
-        from flows.retrain import deployment
-
         cfg = load_config(config, set_ or [])
-        runnable = deployment(config, cron, overrides=list(set_ or []), name=name, ray_address=ray_address)
-        err.print(f"serving the retrain flow of {cfg.data.name} on '{cron}' as deployment "
-                  f"'{runnable.name}'; Ctrl-C stops it")
+        if monitor:
+            from flows.monitor import monitor_deployment
+
+            runnable = monitor_deployment(config, cron, overrides=list(set_ or []), name=name, trigger=trigger,
+                                          ray_address=ray_address)
+        else:
+            from flows.retrain import deployment
+
+            runnable = deployment(config, cron, overrides=list(set_ or []), name=name, ray_address=ray_address)
+        what = "drift monitor" if monitor else "retrain flow"
+        err.print(f"serving the {what} of {cfg.data.name} on '{cron}' as deployment '{runnable.name}'; "
+                  "Ctrl-C stops it")
         from prefect import serve
 
         serve(runnable)
+
+    run_command(debug, body)
+
+
+@app.command("monitor")
+def monitor_command(config: ConfigArg, set_: SetOpt = None,
+                    trigger: Annotated[bool, typer.Option("--trigger", help="a drift starts the retrain flow (its "
+                                                          "Prefect deployment if there is one)")] = False,
+                    as_json: Annotated[bool, typer.Option("--json", help="a JSON object per model on stdout")] = False,
+                    ray_address: RayAddressOpt = None, debug: DebugOpt = False) -> None:
+    """Ingest the newest data and check every registered model of the config for drift: its MSE
+    on the windows with new truth against its MSE at registration."""
+
+    def body() -> None:
+        if not debug:
+            os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        load_config(config, set_ or [])
+        with prefect_server_warming():
+            from flows.monitor import monitor
+            from flows.retrain import progress
+        with StepProgress() as terminal, progress(terminal, quiet=not debug):
+            reports = monitor(config=config, overrides=list(set_ or []), trigger=trigger, ray_address=ray_address)
+        if as_json:
+            for report in reports:
+                emit_json(report.to_json())
+            return
+        table = Table("model", "version", "windows", "recent MSE", "at registration", "ratio", "drift")
+        for report in reports:
+            numbers = [f"{value:.4f}" if value is not None else "-" for value in
+                       (report.mse_recent, report.mse_at_registration)]
+            ratio = f"{report.ratio:.2f}x" if report.ratio is not None else "-"
+            table.add_row(report.model, report.version or "-", str(report.windows), *numbers, ratio,
+                          {True: "yes", False: "no", None: "-"}[report.drift])
+        out.print(table)
+        for report in reports:
+            err.print(report.describe())
+            if report.retrain:
+                err.print(f"  retrain: {report.retrain}")
 
     run_command(debug, body)
 

@@ -121,6 +121,15 @@ class TrainingRun(Record):
     worker_nodes: list[str]  # the Ray node of every rank
     peak_memory_mb: list[float]  # of every rank
     ray_run: str  # Ray Train's run folder (its checkpoints)
+    # (none in files written before these were recorded)
+    variables: list[str] | None = None
+    created: str | None = None
+    warm_from: str | None = None  # the folder of the weights it started from (a warm start); None: from scratch
+
+    def same_shape(self, other: TrainingRun) -> bool:
+        """Same window and variables: the weights of one can start the other."""
+        return ((self.lookback, self.horizon, self.n_vars) == (other.lookback, other.horizon, other.n_vars)
+                and None not in (self.variables, other.variables) and self.variables == other.variables)
 
 
 # ---- the pipeline's records -------------------------------------------------------------------
@@ -212,7 +221,8 @@ class Teacher(TrainingRun, TrainedModel):
         return model
 
     def describe(self) -> str:
-        return f"h={self.horizon} {self.name}, val MSE {self.val_mse:.4f}, test MSE {self.test_mse:.4f}"
+        warm = " (warm start)" if self.warm_from else ""
+        return f"h={self.horizon} {self.name}{warm}, val MSE {self.val_mse:.4f}, test MSE {self.test_mse:.4f}"
 
 
 class Cache(Record):
@@ -282,7 +292,8 @@ class StudentsRun(TrainingRun):
 
     def describe(self) -> str:
         baseline = f", baseline {self.baseline.test_mse:.4f}" if self.baseline else ""
-        return f"h={self.horizon} {self.student.name}, student test MSE {self.student.test_mse:.4f}{baseline}"
+        warm = " (warm start)" if self.warm_from else ""
+        return f"h={self.horizon} {self.student.name}{warm}, student test MSE {self.student.test_mse:.4f}{baseline}"
 
 
 class ResultRow(Record):

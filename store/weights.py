@@ -21,9 +21,12 @@ def state_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
+def read_state(storage: Storage, path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
+
+
 def load_forecaster(storage: Storage, path: str, spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Module:
     """The forecaster `spec` describes, with the weights at `path`, on `device`, in eval mode."""
     model = spec.build()
-    state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(read_state(storage, path, device))
     return model.to(device).eval()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from typing import Protocol
 
 import ray
@@ -32,7 +33,9 @@ from tasks.ingest import ingest
 from tasks.registry import register
 from tasks.runtime import ray_session
 from tasks.students import find_students, train_students
+from tasks.students import warm_base as students_warm_base
 from tasks.teacher import find_teacher, train_teacher
+from tasks.teacher import warm_base as teacher_warm_base
 
 STEPS = ("ingest", "teacher", "cache", "distill", "evaluate", "register")
 
@@ -86,6 +89,8 @@ class Pipeline:
         self.storage = Storage(storage_root(config), config.storage.endpoint_override)
         self.ray_address, self.quiet, self.terminal = ray_address, quiet, terminal
         self.train_teachers = train_teachers  # False: a teacher must already be trained
+        # teacher.refresh: always keys this run's teachers and students by when it started
+        self.salt = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") if config.teacher.refresh == "always" else None
         self.log = StepLog(terminal.step if terminal is not None else None)
         self._stack = ExitStack()
         self._series: ray.ObjectRef | None = None
@@ -112,7 +117,7 @@ class Pipeline:
 
     @property
     def run_id(self) -> str:
-        return self.config.run_id(self.dataset.fingerprint)
+        return self.config.run_id(self.dataset.fingerprint, self.salt)
 
     @property
     def run_dir(self) -> str:
@@ -132,14 +137,17 @@ class Pipeline:
         return self._dataset
 
     def teacher(self, horizon: int, *, callbacks: Sequence[loops.Callback] = ()) -> Teacher:
-        teacher = find_teacher(self.config, self.storage, self.dataset, horizon)
+        teacher = find_teacher(self.config, self.storage, self.dataset, horizon, self.salt)
         if teacher is None and not self.train_teachers:
             raise StepError(f"no trained {self.config.teacher.name} teacher for {self.dataset.name} at horizon "
                             f"{horizon} under {self.storage.uri('teachers')}: run `timedistill teacher` with "
                             "the same config first")
         if teacher is None:
-            teacher = train_teacher(self.config, self.storage, self.dataset, horizon, series=self.series(),
-                                    listener=self.terminal, callbacks=callbacks)
+            warm = self.config.teacher.refresh == "warm"
+            teacher = train_teacher(
+                self.config, self.storage, self.dataset, horizon, series=self.series(), salt=self.salt,
+                base=teacher_warm_base(self.config, self.storage, self.dataset, horizon) if warm else None,
+                listener=self.terminal, callbacks=callbacks)
         self.teachers.append(teacher)
         return teacher
 
@@ -157,8 +165,11 @@ class Pipeline:
                  callbacks: Sequence[loops.Callback] = ()) -> StudentsRun:
         students = find_students(self.storage, self.run_dir, teacher.horizon)
         if students is None:
-            students = train_students(self.config, self.storage, self.dataset, teacher, cache, self.run_dir,
-                                      series=self.series(), listener=self.terminal, callbacks=callbacks)
+            warm = self.config.distill.warm_start
+            students = train_students(
+                self.config, self.storage, self.dataset, teacher, cache, self.run_dir, series=self.series(),
+                base=students_warm_base(self.config, self.storage, self.dataset, teacher.horizon) if warm else None,
+                listener=self.terminal, callbacks=callbacks)
         self.students_runs.append(students)
         return students
 

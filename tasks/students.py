@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +22,9 @@ from torch import nn
 from conf import Config, DistillConfig
 from models import TimeDistillLoss, reduce_feature_width
 from store.records import Cache, Dataset, ModelSpec, StudentsRun, Teacher
+from store.registry import RegistryError, read_version
 from store.storage import SUCCESS, Storage
-from store.weights import state_bytes
+from store.weights import read_state, state_bytes
 from tasks import loops
 from tasks.cache import TeacherOutputs, cache_dataset, stored_feature_dim, unpack
 from tasks.errors import StepError
@@ -59,23 +61,44 @@ def find_students(storage: Storage, run_dir: str, horizon: int) -> StudentsRun |
                                  cached=True)
 
 
+def student_spec(config: Config, dataset: Dataset, horizon: int) -> ModelSpec:
+    return ModelSpec.resolve("student", config.student.name, lookback=config.data.lookback, horizon=horizon,
+                             n_vars=len(dataset.variables), preset=config.student.preset or config.data.name,
+                             params=config.student.params)
+
+
+def warm_base(config: Config, storage: Storage, dataset: Dataset, horizon: int) -> StudentsRun | None:
+    """The run a warm start begins from (distill.warm_start): the one behind the model's
+    registered LATEST version, when its student has this run's architecture, window and variables."""
+    try:
+        entry = read_version(storage, config.model_name(horizon))
+    except RegistryError:
+        return None
+    found = find_students(storage, f"runs/{entry.config.dataset}/{entry.config.run_id}", horizon)
+    spec = student_spec(config, dataset, horizon).to_json()
+    if found is None or found.spec("student").to_json() != spec or found.variables != dataset.variables:
+        return None
+    return found
+
+
 def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: Teacher, cache: Cache | None,
-                   run_dir: str, *, series: ray.ObjectRef, listener: Listener | None = None,
-                   callbacks: Sequence[loops.Callback] = ()) -> StudentsRun:
+                   run_dir: str, *, series: ray.ObjectRef, base: StudentsRun | None = None,
+                   listener: Listener | None = None, callbacks: Sequence[loops.Callback] = ()) -> StudentsRun:
     """Distill the student (and train the baseline) for the teacher's horizon, and store them
-    (find_students first: this always trains)."""
+    (find_students first: this always trains): from scratch, or for distill.warm_epochs from the
+    weights of `base`."""
     distill, horizon = config.distill, teacher.horizon
     if distill.use_cache and cache is None:
         raise StepError("distill.use_cache is set but no teacher cache was given")
-    spec = ModelSpec.resolve("student", config.student.name, lookback=config.data.lookback, horizon=horizon,
-                             n_vars=len(dataset.variables), preset=config.student.preset or config.data.name,
-                             params=config.student.params)
+    spec = student_spec(config, dataset, horizon)
+    epochs = distill.warm_epochs if base else distill.epochs
+    init = {role: read_state(storage, base.weights_path(role)) for role in base.models} if base else {}
     # Ray: read the cache before the workers take their CPUs; the workers then only split the
     # materialized blocks (read tasks competing with training workers for CPUs can wait forever)
     datasets = {"teacher": cache_dataset(storage, cache, "train").materialize()} if distill.use_cache else None
-    with relay(listener, stage="distill", horizon=horizon, epochs=distill.epochs) as progress:
-        job = StudentsJob(model=spec, settings=distill, series=series, splits=dataset.splits,
-                          mixed_precision=config.ray.mixed_precision, callbacks=(*progress, *callbacks),
+    with relay(listener, stage="distill", horizon=horizon, epochs=epochs) as progress:
+        job = StudentsJob(model=spec, settings=distill, epochs=epochs, series=series, splits=dataset.splits,
+                          mixed_precision=config.ray.mixed_precision, init=init, callbacks=(*progress, *callbacks),
                           teacher=teacher, storage=storage,
                           teacher_feature_dim=cache.feature_dim if cache else stored_feature_dim(teacher, config))
         result = run_training(job, config, storage,
@@ -88,7 +111,9 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
         cache_dir=cache.directory if cache else None, use_cache=distill.use_cache,
         teacher_forward_batches=report.teacher_forward_batches, device=report.device,
         resumed_from=report.resumed_from, worker_nodes=report.worker_nodes, peak_memory_mb=report.peak_memory_mb,
-        distill=distill.model_dump(mode="json"), models=report.models, ray_run=result.ray_run, directory=directory)
+        distill=distill.model_dump(mode="json"), models=report.models, ray_run=result.ray_run,
+        variables=dataset.variables, created=datetime.now(UTC).isoformat(timespec="microseconds"),
+        warm_from=base.directory if base else None, directory=directory)
     with storage.publish_dir(directory) as staging:
         for role in students.models:
             storage.write_bytes(f"{staging}/{role}.pt", state_bytes(result.weights[role]))  # the forecaster alone

@@ -5,7 +5,9 @@ resumes instead of starting over.
 A finished teacher lives at teachers/<dataset>/<key>/ (teacher.pt: the best weights, a plain
 state dict; teacher.json: the Teacher record; _SUCCESS last). The key hashes the data
 fingerprint, the window and the teacher section, so a teacher is reused exactly when it would be
-trained the same way.
+trained the same way. `teacher.refresh` bends that rule for recurring retrains: `always` trains
+anew on every run (a salt of the run joins the key), `warm` starts a teacher for new data from
+the latest one of the same architecture, window and variables (`warm_base`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import ray
@@ -21,7 +24,7 @@ import torch
 from conf import Config, TeacherConfig, stable_hash
 from store.records import TEACHER_WEIGHTS, Dataset, ModelSpec, Teacher
 from store.storage import SUCCESS, Storage
-from store.weights import state_bytes
+from store.weights import read_state, state_bytes
 from tasks import loops
 from tasks.events import Listener
 from tasks.progress import relay
@@ -30,15 +33,18 @@ from tasks.training import Batch, Plan, TrainingJob, Worker, run_training
 TEACHER_META = "teacher.json"
 
 
-def teacher_key(config: Config, dataset: Dataset, horizon: int) -> str:
-    return stable_hash({
+def teacher_key(config: Config, dataset: Dataset, horizon: int, salt: str | None = None) -> str:
+    payload = {
         "data": dataset.fingerprint,
         "lookback": config.data.lookback,
         "horizon": horizon,
         "teacher": config.teacher.key_payload(),
         "preset": teacher_preset(config),
         "format": 1,
-    })[:16]
+    }
+    if salt is not None:  # teacher.refresh: always
+        payload["salt"] = salt
+    return stable_hash(payload)[:16]
 
 
 def teacher_preset(config: Config) -> str:
@@ -49,25 +55,50 @@ def teacher_dir(dataset: Dataset, key: str) -> str:
     return f"teachers/{dataset.name}/{key}"
 
 
-def find_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: int) -> Teacher | None:
-    key = teacher_key(config, dataset, horizon)
-    directory = teacher_dir(dataset, key)
+def find_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: int,
+                 salt: str | None = None) -> Teacher | None:
+    key = teacher_key(config, dataset, horizon, salt)
+    return read_teacher(storage, teacher_dir(dataset, key), key)
+
+
+def read_teacher(storage: Storage, directory: str, key: str) -> Teacher | None:
     if not storage.complete(directory):
         return None
     return Teacher.from_json(storage.read_json(f"{directory}/{TEACHER_META}"), directory=directory, key=key,
                              cached=True)
 
 
-def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: int, *, series: ray.ObjectRef,
-                  listener: Listener | None = None, callbacks: Sequence[loops.Callback] = ()) -> Teacher:
-    """Train the teacher of one horizon and store it (find_teacher first: this always trains)."""
-    key = teacher_key(config, dataset, horizon)
-    spec = ModelSpec.resolve("teacher", config.teacher.name, lookback=config.data.lookback, horizon=horizon,
+def teacher_spec(config: Config, dataset: Dataset, horizon: int) -> ModelSpec:
+    return ModelSpec.resolve("teacher", config.teacher.name, lookback=config.data.lookback, horizon=horizon,
                              n_vars=len(dataset.variables), preset=teacher_preset(config),
                              params=config.teacher.params)
-    with relay(listener, stage="teacher", horizon=horizon, epochs=config.teacher.epochs) as progress:
-        job = TeacherJob(model=spec, settings=config.teacher, series=series, splits=dataset.splits,
-                         mixed_precision=config.ray.mixed_precision, callbacks=(*progress, *callbacks))
+
+
+def warm_base(config: Config, storage: Storage, dataset: Dataset, horizon: int) -> Teacher | None:
+    """The teacher a warm start begins from: the newest one of the same architecture, window and
+    variables trained on other data (an earlier version of the series), if any."""
+    spec = teacher_spec(config, dataset, horizon).to_json()
+    found = []
+    for key in storage.listdir(f"teachers/{dataset.name}"):
+        teacher = read_teacher(storage, f"teachers/{dataset.name}/{key}", key)
+        if (teacher is not None and teacher.data_fingerprint != dataset.fingerprint
+                and teacher.spec.to_json() == spec and teacher.variables == dataset.variables):
+            found.append(teacher)
+    return max(found, key=lambda teacher: teacher.created or "", default=None)
+
+
+def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: int, *, series: ray.ObjectRef,
+                  salt: str | None = None, base: Teacher | None = None, listener: Listener | None = None,
+                  callbacks: Sequence[loops.Callback] = ()) -> Teacher:
+    """Train the teacher of one horizon and store it (find_teacher first: this always trains):
+    from scratch, or for teacher.warm_epochs from `base`'s weights."""
+    key = teacher_key(config, dataset, horizon, salt)
+    spec = teacher_spec(config, dataset, horizon)
+    epochs = config.teacher.warm_epochs if base else config.teacher.epochs
+    init = {"teacher": read_state(storage, base.weights_path)} if base else {}
+    with relay(listener, stage="teacher", horizon=horizon, epochs=epochs) as progress:
+        job = TeacherJob(model=spec, settings=config.teacher, epochs=epochs, series=series, splits=dataset.splits,
+                         mixed_precision=config.ray.mixed_precision, init=init, callbacks=(*progress, *callbacks))
         result = run_training(job, config, storage, f"teacher-{dataset.name}-h{horizon}-{key}")
     weights = state_bytes(result.weights["teacher"])
     report = result.report
@@ -77,7 +108,8 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
         lookback=spec.lookback, horizon=horizon, n_vars=spec.n_vars, feature_dim=report.feature_dim,
         device=report.device, resumed_from=report.resumed_from, worker_nodes=report.worker_nodes,
         peak_memory_mb=report.peak_memory_mb, sha256=hashlib.sha256(weights).hexdigest(), ray_run=result.ray_run,
-        directory=directory, key=key)
+        variables=dataset.variables, created=datetime.now(UTC).isoformat(timespec="microseconds"),
+        warm_from=base.directory if base else None, directory=directory, key=key)
     with storage.publish_dir(directory) as staging:
         storage.write_bytes(f"{staging}/{TEACHER_WEIGHTS}", weights)
         storage.write_json(f"{staging}/{TEACHER_META}", teacher.to_json())

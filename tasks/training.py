@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -70,10 +70,12 @@ class TrainingJob:
     """What every run needs on its workers; a subclass says what to train."""
 
     model: ModelSpec  # the architecture every trainee has
-    settings: TeacherConfig | DistillConfig  # epochs, batch size, seed, lr, patience
+    settings: TeacherConfig | DistillConfig  # batch size, seed, lr, patience
+    epochs: int  # at most: early stopping may end sooner
     series: ray.ObjectRef  # the standardized series [T, C], put once by the driver
     splits: dict[str, Span]
     mixed_precision: bool
+    init: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # trainee -> weights to start from
     callbacks: tuple[loops.Callback, ...] = ()  # progress to the terminal, faults in tests
 
     def setup(self, worker: Worker) -> Plan:
@@ -102,12 +104,15 @@ class TrainingResult:
 def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
     """Runs on every Ray Train worker."""
     job = loop_config["job"]
-    # 1. set up: this worker, then what the job trains
+    # 1. set up: this worker, what the job trains, and the weights a warm start begins from
     worker = Worker.start(job)
     plan = job.setup(worker)
+    for trainee in plan.trainees:
+        if trainee.name in job.init:
+            trainee.model.load_state_dict(job.init[trainee.name])
     # 2. train, from the run's last checkpoint if there is one
     _, resumed_from = loops.train(
-        plan.trainees, epochs=job.settings.epochs, batch_size=job.settings.batch_size,
+        plan.trainees, epochs=job.epochs, batch_size=job.settings.batch_size,
         train_windows=plan.train_windows, make_batch=plan.make_batch, val_batcher=worker.batcher,
         val_starts=worker.starts["val"], device=worker.device, mixed_precision=job.mixed_precision,
         callbacks=job.callbacks)

@@ -1,0 +1,75 @@
+"""Drift: how a registered model does on the windows whose truth arrived after the data it was
+trained on, against how it did when it was registered.
+
+Both numbers are MSEs in the model's own standardized space (its scaler), over every element of
+every window, so their ratio says how much worse (or better) the model has become; above
+`monitor.threshold` that is drift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conf import Config
+from store.forecaster import ForecastModel
+from store.record import Record
+from store.records import Dataset
+from store.registry import RegistryError, read_version
+from store.storage import Storage
+from tasks.evaluate import score_windows
+
+
+class DriftReport(Record):
+    """One registered model's drift check (`timedistill monitor --json` prints one per model)."""
+
+    model: str
+    version: str | None
+    windows: int  # windows whose truth arrived after the data the model was trained on
+    mse_recent: float | None
+    mse_at_registration: float | None
+    ratio: float | None  # mse_recent / mse_at_registration
+    drift: bool | None  # None: no verdict, the reason says why
+    reason: str
+    retrain: str | None = None  # what a drift started (--trigger)
+
+    def describe(self) -> str:
+        verdict = {True: "drift", False: "no drift", None: "no verdict"}[self.drift]
+        return f"{self.model} {self.version or '-'}: {verdict}, {self.reason}"
+
+
+def check_drift(config: Config, storage: Storage, dataset: Dataset, horizon: int) -> DriftReport:
+    """Score the LATEST version of the config's model for `horizon` on the newest data."""
+    name = config.model_name(horizon)
+
+    def no_verdict(reason: str, version: str | None = None, windows: int = 0) -> DriftReport:
+        return DriftReport(model=name, version=version, windows=windows, mse_recent=None, mse_at_registration=None,
+                           ratio=None, drift=None, reason=reason)
+
+    try:
+        entry = read_version(storage, name)
+    except RegistryError as exc:
+        return no_verdict(str(exc))
+    registered = entry.config
+    if registered.variables != dataset.variables:
+        return no_verdict(f"it forecasts {registered.variables}, the data has {dataset.variables}", entry.version)
+    trained_on = f"datasets/{registered.dataset}/{registered.data_fingerprint}"
+    if not storage.exists(f"{trained_on}/manifest.json"):
+        return no_verdict(f"the data it was trained on ({storage.uri(trained_on)}) is gone", entry.version)
+    trained_until = np.datetime64(Dataset.from_json(storage.read_json(f"{trained_on}/manifest.json"),
+                                                    directory=trained_on).end)
+    timestamps = dataset.timestamps(storage)
+    lookback, horizon = registered.lookback, registered.horizon
+    starts = np.arange(max(len(timestamps) - lookback - horizon + 1, 0))
+    starts = starts[timestamps[starts + lookback] > trained_until]  # the whole forecast is new truth
+    if len(starts) < config.monitor.min_windows:
+        return no_verdict(f"{len(starts)} window(s) with truth after {trained_until}, fewer than "
+                          f"monitor.min_windows ({config.monitor.min_windows})", entry.version, len(starts))
+    model = ForecastModel.from_registry(storage, name, entry.version)
+    recent = score_windows(model, dataset.values(storage), starts, entry.scaler)
+    at_registration = entry.metrics.student.test_mse
+    ratio = recent / at_registration
+    drift = ratio > config.monitor.threshold
+    reason = (f"recent MSE {recent:.4f} is {ratio:.2f}x the {at_registration:.4f} at registration, "
+              f"{'above' if drift else 'within'} monitor.threshold {config.monitor.threshold}")
+    return DriftReport(model=name, version=entry.version, windows=len(starts), mse_recent=recent,
+                       mse_at_registration=at_registration, ratio=ratio, drift=drift, reason=reason)
