@@ -102,6 +102,10 @@ def print_ingest(dataset: Dataset, cfg: Config, storage: Storage) -> None:
     for split, (start, end) in dataset.splits.items():
         table.add_row(split, f"[{start}, {end})", *[str(counts[h][split]) for h in cfg.data.horizons])
     out.print(table)
+    if dataset.previous is not None:
+        history = f"history changed at {dataset.first_changed}" if dataset.history_changed else "history unchanged"
+        out.print(f"  since the version ingested before ({dataset.previous}): {dataset.appended_rows} rows appended, "
+                  f"{history}")
     missing = dataset.missing
     if missing.gaps or missing.values_filled or missing.duplicates_dropped:
         out.print(f"  filled ({missing.policy}): {missing.gaps} gaps ({missing.rows_inserted} rows "

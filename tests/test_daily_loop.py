@@ -91,6 +91,8 @@ def test_the_daily_loop(loop):
     assert decision["windows"]["count"] == 48 - 12 + 1 and decision["windows"]["start"] < decision["windows"]["end"]
     (teacher,) = summary["teachers"]
     assert teacher["warm_from"] == first.teachers[0].directory and teacher["epochs"] == 2  # teacher.warm_epochs
+    students = storage.read_json(f"runs/daily/{summary['run_id']}/h12/students.json")
+    assert students["warm_from"] == first.students[0].directory  # the run behind v1
 
     # a worse challenger on the same data: refused, with both numbers
     worse = retrain(config=config, overrides=["distill.warm_start=false", "distill.lr=1e-9", "distill.epochs=1"])

@@ -88,3 +88,22 @@ def _config_file(tmp_path, path, root):
                                            "split": "rolling", "val_size": 8, "test_size": 8},
                                   "storage": {"root": str(root)}}))
     return config
+
+
+def test_refresh_always_makes_every_run_a_new_one(tmp_path):
+    """teacher.refresh: always salts the teacher key and the run id with when the run started."""
+    from tasks.steps import Pipeline
+    from tasks.teacher import teacher_key
+
+    path, root = write_csv(tmp_path, toy(60)), tmp_path / "art"
+    config = config_for(path, root, *ROLLING, "teacher.refresh=always")
+    first, second = Pipeline(config), Pipeline(config)
+    for pipe in (first, second):
+        pipe.ingest()
+    assert first.salt and second.salt and first.salt != second.salt
+    assert first.run_id != second.run_id
+    assert teacher_key(config, first.dataset, 2, first.salt) != teacher_key(config, first.dataset, 2, second.salt)
+    usual = Pipeline(config_for(path, root, *ROLLING))
+    usual.ingest()
+    assert usual.salt is None and usual.run_id == config_for(path, root, *ROLLING).run_id(usual.dataset.fingerprint)
+

@@ -64,10 +64,11 @@ def test_prefect_yaml_deployments_resolve(monkeypatch):
     monkeypatch.chdir(ROOT)
     spec = yaml.safe_load((INFRA / "prefect.yaml").read_text())
     names = [d["name"] for d in spec["deployments"]]
-    assert names == ["retrain-etth1", "retrain-ettm1", "retrain-weather", "retrain-exchange", "retrain-illness"]
+    assert names == ["retrain-etth1", "retrain-ettm1", "retrain-weather", "retrain-exchange", "retrain-illness",
+                     "monitor-etth1"]
     for item in spec["deployments"]:
         loaded = load_flow_from_entrypoint(item["entrypoint"])
-        assert loaded.name == "timedistill-retrain"
+        assert loaded.name == f"timedistill-{item['name'].split('-')[0]}"
         load_config(ROOT / item["parameters"]["config"])  # every config validates
         assert set(item["parameters"]) <= set(loaded.parameters.properties)
         assert all(schedule["cron"].count(" ") == 4 for schedule in item["schedules"])
