@@ -37,7 +37,8 @@ def cpu_ticks() -> tuple[int, int]:
 def retrain(root: Path) -> dict:
     before, began = cpu_ticks(), time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "retrain", "conf/smoke.yaml", "--set", f"storage.root={root}", "--json"],
+        [sys.executable, "-m", "timedistill.flows.cli", "retrain", "conf/smoke.yaml", "--set", f"storage.root={root}",
+         "--json"],
         cwd=PROJECT, capture_output=True, text=True, check=False)
     seconds, after = time.perf_counter() - began, cpu_ticks()
     if done.returncode != 0:

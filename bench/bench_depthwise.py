@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from bench.report import markdown_table, write_section
-from models import build_model
-from models.moderntcn import LargeKernelConv
+from timedistill.models import build_model
+from timedistill.models.moderntcn import LargeKernelConv
 
 LOOKBACK, HORIZON, BATCH, THREADS = 720, 96, 32, 2
 PRESETS = [("etth1", 7), ("ettm1", 7), ("weather", 21)]

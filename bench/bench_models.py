@@ -28,7 +28,7 @@ import time
 import torch
 
 from bench.report import markdown_table, write_section
-from models import MODELS, STUDENTS, build_model
+from timedistill.models import MODELS, STUDENTS, build_model
 
 LOOKBACK, HORIZON, BATCH, THREADS = 720, 96, 32, 2
 SHAPES = [("ETTh1", 7, "etth1"), ("Electricity", 321, "electricity")]

@@ -38,7 +38,7 @@ WARM = ["teacher.refresh=warm", "distill.warm_start=true"]
 def retrain(csv: Path, root: Path, overrides: list[str]) -> tuple[float, dict]:
     sets = [f"data.path={csv}", f"storage.root={root}", *ROLLING, *overrides]
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "etth1", "--json",
+    done = subprocess.run([sys.executable, "-m", "timedistill.flows.cli", "retrain", "etth1", "--json",
                            *[arg for item in sets for arg in ("--set", item)]],
                           cwd=PROJECT, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - began

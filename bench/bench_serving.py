@@ -38,7 +38,7 @@ import orjson
 import torch
 
 from bench.report import markdown_table, write_section
-from conf import ServeConfig, load_config
+from timedistill.conf import ServeConfig, load_config
 
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "serving"
 MODEL = "bench-96"
@@ -55,10 +55,10 @@ def free_port() -> int:
 def make_registry(root: Path = ROOT) -> None:
     """A registry with one student of the benchmark's shape (random weights: the cost is the same;
     the metrics are placeholders, nothing was evaluated)."""
-    from store.records import ModelScore, ModelSpec, RegisteredModel, ResultRow
-    from store.scaler import NamedScaler
-    from store.storage import Storage
-    from store.weights import state_bytes
+    from timedistill.store.records import ModelScore, ModelSpec, RegisteredModel, ResultRow
+    from timedistill.store.scaler import NamedScaler
+    from timedistill.store.storage import Storage
+    from timedistill.store.weights import state_bytes
 
     shutil.rmtree(root, ignore_errors=True)
     storage = Storage(str(root))

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from bench.report import markdown_table, write_section
-from conf import load_config
-from store.records import ResultRow
-from tasks.runtime import ray_session
-from tasks.steps import Pipeline
-from tasks.windows import window_counts
+from timedistill.conf import load_config
+from timedistill.store.records import ResultRow
+from timedistill.tasks.runtime import ray_session
+from timedistill.tasks.steps import Pipeline
+from timedistill.tasks.windows import window_counts
 
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "training"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ETTh1.csv"

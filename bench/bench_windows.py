@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.report import markdown_table, write_section
-from tasks.windows import WindowBatcher, batch_ranges, split_rows, window_starts
+from timedistill.tasks.windows import WindowBatcher, batch_ranges, split_rows, window_starts
 
 BATCH = 32
 

@@ -89,9 +89,9 @@ def save_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 def run_row(
     dataset: str, teacher: str, student: str, horizon: int, variant: str, args: argparse.Namespace, extra: list[str]
 ) -> dict[str, Any]:
-    from conf import load_config
-    from flows.progress import StepProgress
-    from flows.retrain import progress, retrain
+    from timedistill.conf import load_config
+    from timedistill.flows.progress import StepProgress
+    from timedistill.flows.retrain import progress, retrain
 
     alpha, beta = RELEASED.get((dataset, teacher), (1, 1))
     overrides = [

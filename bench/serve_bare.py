@@ -10,10 +10,10 @@ import os
 
 import numpy as np
 
-from conf import ServeConfig
-from serving.api import RegistryView, create_api
-from store.forecaster import ForecastModel
-from store.storage import Storage
+from timedistill.conf import ServeConfig
+from timedistill.serving.api import RegistryView, create_api
+from timedistill.store.forecaster import ForecastModel
+from timedistill.store.storage import Storage
 
 
 class InProcess:

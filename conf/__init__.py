@@ -1,6 +1,6 @@
 """Configuration: the YAML files of this folder and the schema that validates them."""
 
-from conf.schema import (
+from timedistill.conf.schema import (
     Config,
     ConfigError,
     DataConfig,

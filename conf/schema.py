@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PLAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DURATION = re.compile(r"^(\d+)(w|d|h|min|s)$")  # a span of time: 14d, 36h, 90min
+DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "min": "minutes", "s": "seconds"}
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent
 
 
@@ -254,6 +256,15 @@ class Config(Section):
         if salt is not None:
             payload["salt"] = salt
         return stable_hash(payload)[:12]
+
+
+def duration(text: str) -> timedelta:
+    """'14d', '36h', '90min', '30s', '2w' as a timedelta (the form steps are written in)."""
+    match = DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 14d, 36h, 90min")
+    number, unit = match.groups()
+    return int(number) * timedelta(**{DURATION_UNITS[unit]: 1})
 
 
 def stable_hash(payload: Any) -> str:

@@ -12,20 +12,21 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from conf import Config, ConfigError, load_config, storage_root
-from flows.progress import StepProgress
-from store.storage import Storage
-from tasks.errors import DataError, StepError
+from timedistill.conf import Config, ConfigError, load_config, storage_root
+from timedistill.flows.progress import StepProgress
+from timedistill.store.errors import InputError, RegistryError
+from timedistill.store.storage import Storage
+from timedistill.tasks.errors import DataError, StepError
 
 if TYPE_CHECKING:  # torch and Ray load only when a command runs: `--help` stays fast
-    from store.records import Dataset, ResultRow, RunSummary, Teacher
+    from timedistill.store.records import Dataset, ResultRow, RunSummary, Teacher
 
 app = typer.Typer(
     help="TimeDistill: distill big forecasters into a small MLP, on Ray and Prefect.",
@@ -41,7 +42,7 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotte
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object as the last stdout line")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 
-USER_ERRORS = (ConfigError, DataError, StepError)
+USER_ERRORS = (ConfigError, DataError, StepError, RegistryError, InputError)
 
 
 @app.callback()
@@ -75,8 +76,8 @@ def open_storage(config: Config) -> Storage:
 @app.command()
 def ingest(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Validate a CSV/Parquet series and store it as Arrow/Parquet with its splits and scaler."""
-    from tasks.ingest import ingest as ingest_step
-    from tasks.ingest import ingest_summary
+    from timedistill.tasks.ingest import ingest as ingest_step
+    from timedistill.tasks.ingest import ingest_summary
 
     def body() -> None:
         cfg = load_config(config, set_ or [])
@@ -91,7 +92,7 @@ def ingest(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, deb
 
 
 def print_ingest(dataset: Dataset, cfg: Config, storage: Storage) -> None:
-    from tasks.windows import window_counts
+    from timedistill.tasks.windows import window_counts
 
     state = "reused (already ingested)" if dataset.cached else "ingested"
     out.print(f"[bold]{dataset.name}[/] {state}: {dataset.rows} rows x {len(dataset.variables)} variables, "
@@ -122,7 +123,7 @@ def run_pipeline(config: str, overrides: list[str], ray_address: str | None, deb
     """The retrain flow's body without Prefect (the step commands need no Prefect server), up to
     its stopping point, with progress on the terminal."""
     load_config(config, overrides)  # fail fast on a bad config
-    from flows.retrain import progress, retrain
+    from timedistill.flows.retrain import progress, retrain
 
     with StepProgress() as terminal, progress(terminal, quiet=not debug):
         return retrain.fn(config=config, overrides=overrides, ray_address=ray_address, **stop)
@@ -187,8 +188,8 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         load_config(config, set_ or [])  # fail fast on a bad config, before any server starts
         with prefect_server_warming():
-            from flows.retrain import progress
-            from flows.retrain import retrain as retrain_flow
+            from timedistill.flows.retrain import progress
+            from timedistill.flows.retrain import retrain as retrain_flow
         with StepProgress() as terminal, progress(terminal, quiet=not debug):
             summary = retrain_flow(config=config, overrides=list(set_ or []), ray_address=ray_address)
         if as_json:
@@ -241,12 +242,12 @@ def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron sch
     def body() -> None:
         cfg = load_config(config, set_ or [])
         if monitor:
-            from flows.monitor import monitor_deployment
+            from timedistill.flows.monitor import monitor_deployment
 
             runnable = monitor_deployment(config, cron, overrides=list(set_ or []), name=name, trigger=trigger,
                                           ray_address=ray_address)
         else:
-            from flows.retrain import deployment
+            from timedistill.flows.retrain import deployment
 
             runnable = deployment(config, cron, overrides=list(set_ or []), name=name, ray_address=ray_address)
         what = "drift monitor" if monitor else "retrain flow"
@@ -273,8 +274,8 @@ def monitor_command(config: ConfigArg, set_: SetOpt = None,
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         load_config(config, set_ or [])
         with prefect_server_warming():
-            from flows.monitor import monitor
-            from flows.retrain import progress
+            from timedistill.flows.monitor import monitor
+            from timedistill.flows.retrain import progress
         with StepProgress() as terminal, progress(terminal, quiet=not debug):
             reports = monitor(config=config, overrides=list(set_ or []), trigger=trigger, ray_address=ray_address)
         if as_json:
@@ -297,6 +298,170 @@ def monitor_command(config: ConfigArg, set_: SetOpt = None,
     run_command(debug, body)
 
 
+@app.command()
+def predict(config: ConfigArg, model: Annotated[str, typer.Option("--model", help="a registered model, e.g. etth1-96")],
+            input_: Annotated[str, typer.Option("--input", help="the series: CSV or Parquet, a path or a URI, read "
+                                                "with the config's data settings")],
+            version: Annotated[str | None, typer.Option(help="default: LATEST")] = None,
+            output: Annotated[str | None, typer.Option(help="Parquet file to write (default: "
+                                                       "predictions/<model>-<version>.parquet)")] = None,
+            origins: Annotated[str, typer.Option(help="last, all, or FROM:TO (timestamps of the last history "
+                                                 "row): several origins are a backtest")] = "last",
+            layout: Annotated[str, typer.Option(help="wide (a column per variable) or long (a row per "
+                                                "variable)")] = "wide",
+            set_: SetOpt = None, as_json: JsonOpt = False, ray_address: RayAddressOpt = None,
+            debug: DebugOpt = False) -> None:
+    """Forecast offline from a file with a registered student: from its last window, or from every
+    origin of a range with MSE and MAE where the truth is known; writes Parquet."""
+    from pathlib import Path
+
+    def body() -> None:
+        if layout not in ("wide", "long"):
+            raise ConfigError(f"--layout {layout!r}: expected wide or long")
+        cfg = load_config(config, set_ or [])
+        from timedistill.store.storage import make_filesystem
+        from timedistill.tasks.predict import predict as predict_step
+        from timedistill.tasks.runtime import ray_session
+
+        target = output or f"predictions/{model}-{version or 'latest'}.parquet"
+        folder, name = (target.rsplit("/", 1) if "/" in target else (".", target))
+        if "://" not in target:
+            folder = str(Path(folder).expanduser().resolve())
+        make_filesystem(folder, cfg.storage.endpoint_override)  # a bad URI fails before any work
+        several = origins != "last"  # one forecast needs no cluster
+        with ray_session(cfg, ray_address, quiet=not debug) if several else nullcontext():
+            summary = predict_step(cfg, open_storage(cfg), model, version, input_,
+                                   Storage(folder, cfg.storage.endpoint_override), name, origins, layout)
+        if as_json:
+            emit_json(summary.to_json())
+        else:
+            out.print(summary.describe())
+
+    run_command(debug, body)
+
+
+models_app = typer.Typer(help="The model registry: list, show, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="storage root (default: the config's "
+                                                "storage.root, ./artifacts)")]
+ModelArg = Annotated[str, typer.Argument(help="a registered model, e.g. etth1-96")]
+
+
+def registry_storage(config: str | None, overrides: list[str] | None, root: str | None) -> Storage:
+    cfg = load_config(config, [*(overrides or []), *([f"storage.root={root}"] if root else [])])
+    return open_storage(cfg)
+
+
+@models_app.command("list")
+def models_list(config: Annotated[str | None, typer.Argument(help="config whose storage root to read")] = None,
+                set_: SetOpt = None, storage: StorageOpt = None, as_json: JsonOpt = False,
+                debug: DebugOpt = False) -> None:
+    """Every registered model: its LATEST version, window, variables and scores."""
+    from timedistill.store.registry import list_models, read_version, versions
+
+    def body() -> None:
+        store = registry_storage(config, set_, storage)
+        entries = [read_version(store, name) for name in list_models(store)]
+        if as_json:
+            emit_json({"models": [model_record(store, entry, versions(store, entry.model)) for entry in entries]})
+            return
+        table = Table("model", "latest", "versions", "lookback", "horizon", "variables", "student MSE")
+        for entry in entries:
+            table.add_row(entry.model, entry.version, str(len(versions(store, entry.model))),
+                          str(entry.config.lookback), str(entry.config.horizon), str(len(entry.config.variables)),
+                          f"{entry.metrics.student.test_mse:.4f}")
+        out.print(table)
+        if not entries:
+            err.print(f"no registered models under {store.uri('registry')}")
+
+    run_command(debug, body)
+
+
+@models_app.command("show")
+def models_show(name: ModelArg, version: Annotated[str | None, typer.Option(help="default: LATEST")] = None,
+                config: Annotated[str | None, typer.Option(help="config whose storage root to read")] = None,
+                set_: SetOpt = None, storage: StorageOpt = None, as_json: JsonOpt = False,
+                debug: DebugOpt = False) -> None:
+    """One registered version: what it forecasts, from what, and how it scored."""
+    from timedistill.store.registry import read_version, versions
+
+    def body() -> None:
+        store = registry_storage(config, set_, storage)
+        entry = read_version(store, name, version)
+        record = model_record(store, entry, versions(store, name))
+        if as_json:
+            emit_json(record)
+            return
+        held = entry.config
+        out.print(f"[bold]{entry.model_id}[/] (LATEST of {record['versions']}): {held.student} student of a "
+                  f"{held.teacher} teacher, {held.dataset} data {held.data_fingerprint}, run {held.run_id}")
+        out.print(f"  lookback {held.lookback}, horizon {held.horizon}, step {held.step}, variables "
+                  f"{', '.join(held.variables)}; registered {held.created}")
+        print_results([entry.metrics])
+
+    run_command(debug, body)
+
+
+def model_record(store: Storage, entry: Any, versions: list[str]) -> dict[str, Any]:
+    """A line of `models list --json`, and `models show --json`."""
+    held = entry.config
+    return {"name": entry.model, "version": entry.version, "versions": versions, "lookback": held.lookback,
+            "horizon": held.horizon, "step": held.step, "variables": held.variables, "student": held.student,
+            "teacher": held.teacher, "dataset": held.dataset, "data_fingerprint": held.data_fingerprint,
+            "run_id": held.run_id, "created": held.created, "path": store.uri(entry.folder),
+            "metrics": {role: score.to_json() for role, score in entry.metrics.headline().items()}}
+
+
+@models_app.command("rollback")
+def models_rollback(name: ModelArg, to: Annotated[str, typer.Option("--to", help="the version to serve, e.g. v2")],
+                    config: Annotated[str | None, typer.Option(help="config whose storage root to use")] = None,
+                    set_: SetOpt = None, storage: StorageOpt = None, as_json: JsonOpt = False,
+                    debug: DebugOpt = False) -> None:
+    """Point a model's LATEST at an earlier version; a running server switches within
+    serve.reload_interval_s (or at once on POST /v1/reload)."""
+    from timedistill.tasks.registry import rollback
+
+    def body() -> None:
+        store = registry_storage(config, set_, storage)
+        before = rollback(store, name, to)
+        if as_json:
+            emit_json({"name": name, "version": to, "previous": before})
+        else:
+            out.print(f"{name}: LATEST is {to} (was {before})")
+
+    run_command(debug, body)
+
+
+@app.command("export")
+def export_command(model: Annotated[str, typer.Argument(help="a registered model, e.g. etth1-96")],
+                   fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript")],
+                   output: Annotated[str, typer.Option(help="folder (or URI) to write the file and its card to")],
+                   version: Annotated[str | None, typer.Option(help="default: LATEST")] = None,
+                   config: Annotated[str | None, typer.Option(help="config whose storage root to read")] = None,
+                   set_: SetOpt = None, storage: StorageOpt = None, as_json: JsonOpt = False,
+                   debug: DebugOpt = False) -> None:
+    """Write a registered student as one self-contained file (data units in and out: the scaler
+    is folded in) with a JSON card beside it."""
+
+    def body() -> None:
+        if fmt not in ("onnx", "torchscript"):
+            raise ConfigError(f"--format {fmt!r}: expected onnx or torchscript")
+        from timedistill.tasks.export import export
+
+        store = registry_storage(config, set_, storage)
+        target = Storage(output, store.endpoint_override)
+        try:
+            card = export(store, model, version, fmt, target)
+        except ModuleNotFoundError as exc:  # the export extra is optional
+            raise StepError(f"--format onnx needs {exc.name}: pip install 'timedistill[export]'") from None
+        if as_json:
+            emit_json(card.to_json() | {"path": target.uri(card.file), "card": target.uri(card.card_file)})
+        else:
+            out.print(f"{card.describe()}\n  {target.uri(card.file)}, card {target.uri(card.card_file)}")
+
+    run_command(debug, body)
+
+
 @app.command("serve")
 def serve_command(config: Annotated[str | None, typer.Argument(help="config (default: built-in defaults)")] = None,
                   set_: SetOpt = None, ray_address: RayAddressOpt = None, debug: DebugOpt = False) -> None:
@@ -312,9 +477,9 @@ def serve_command(config: Annotated[str | None, typer.Argument(help="config (def
 
         from ray import serve
 
-        from serving.app import APP_NAME, build_app
-        from store.registry import list_models
-        from tasks.runtime import ray_session
+        from timedistill.serving.app import APP_NAME, build_app
+        from timedistill.store.registry import list_models
+        from timedistill.tasks.runtime import ray_session
 
         stop = threading.Event()
         with ray_session(cfg, ray_address, quiet=not debug):
@@ -340,8 +505,8 @@ def use_ray_environment(cfg: Config, address: str | None) -> None:
     Serve at import, so before the first `ray.serve` import). A running cluster keeps its own."""
     import ray
 
-    from serving.ingress import ray_environment
-    from tasks.runtime import ray_address
+    from timedistill.serving.ingress import ray_environment
+    from timedistill.tasks.runtime import ray_address
 
     wanted = ray_environment(cfg.serve)
     if not wanted:

@@ -13,11 +13,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.exceptions import ObjectNotFound
 
-from conf import Config, load_config, storage_root
-from flows.retrain import artifact_key, retrain
-from store.storage import Storage
-from tasks.ingest import ingest
-from tasks.monitor import DriftReport, check_drift
+from timedistill.conf import Config, load_config, storage_root
+from timedistill.flows.retrain import artifact_key, retrain
+from timedistill.store.storage import Storage
+from timedistill.tasks.ingest import ingest
+from timedistill.tasks.monitor import DriftReport, check_drift
 
 
 @flow(name="timedistill-monitor", log_prints=True)

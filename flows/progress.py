@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tasks.events import BatchStarted, Event
+from timedistill.tasks.events import BatchStarted, Event
 
 
 class StepProgress:

@@ -29,9 +29,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
-from conf import load_config
-from store.records import Evaluation, RunSummary
-from tasks.steps import Pipeline, StepResult, Terminal
+from timedistill.conf import load_config
+from timedistill.store.records import Evaluation, RunSummary
+from timedistill.tasks.steps import Pipeline, StepResult, Terminal
 
 TRANSIENT = (OSError, ConnectionError, TimeoutError)
 Stop = Literal["teacher", "evaluate", "register"]

@@ -19,6 +19,7 @@ import hmac
 import io
 import os
 import time
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -26,13 +27,23 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
-from conf import ServeConfig
-from serving.schema import BatchForecastRequest, ForecastRequest, ModelInfo, ModelList
-from store.records import RegistryEntry
-from store.registry import InvalidModelName, RegistryError, latest, list_models, read_version, versions
-from store.storage import Storage
+from timedistill.conf import ServeConfig
+from timedistill.conf.schema import duration
+from timedistill.serving.schema import (
+    BatchForecastRequest,
+    BatchForecastResponse,
+    ForecastRequest,
+    ForecastResponse,
+    ModelInfo,
+    ModelList,
+)
+from timedistill.store.predictor import forecast_times
+from timedistill.store.records import RegistryEntry
+from timedistill.store.registry import InvalidModelName, RegistryError, latest, list_models, read_version, versions
+from timedistill.store.storage import Storage
 
 NPY = "application/x-npy"
 Body = TypeVar("Body", bound=BaseModel)
@@ -136,11 +147,13 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
     token = settings.auth_token or os.environ.get(TOKEN_ENV) or None
     app = FastAPI(title="timedistill", version="1", summary="Forecasts from distilled MLP students")
 
-    def authorize(request: Request) -> None:
+    bearer = HTTPBearer(auto_error=False, description="serve.auth_token (or $TIMEDISTILL_SERVE_TOKEN), when set")
+
+    def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if token is None:
             return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(RequestValidationError)
@@ -162,18 +175,36 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         except RegistryError as exc:
             raise HTTPException(404, str(exc)) from None
 
-    def check_shape(histories: np.ndarray, entry: RegistryEntry) -> None:
+    def last_rows(histories: np.ndarray, entry: RegistryEntry) -> np.ndarray:
+        """The last `lookback` rows of each history [..., rows, C], checked."""
         config = entry.config
         rows, columns = histories.shape[-2], histories.shape[-1]
         lookback, n_vars = config.lookback, len(config.variables)
-        if rows != lookback:
-            raise HTTPException(422, f"history has {rows} rows; model {entry.model} needs {lookback} "
+        if rows < lookback:
+            raise HTTPException(422, f"history has {rows} rows; model {entry.model} needs at least {lookback} "
                                      "(its lookback), oldest first")
         if columns != n_vars:
             raise HTTPException(422, f"history rows have {columns} values; model {entry.model} needs "
                                      f"{n_vars}: {config.variables}")
-        if not np.isfinite(histories).all():
+        used = histories[..., rows - lookback :, :]
+        if not np.isfinite(used).all():
             raise HTTPException(422, "history contains NaN or infinite values")
+        return used
+
+    def dates(entry: RegistryEntry, rows: int, timestamps: list[datetime] | None,
+              start: datetime | None) -> list[datetime] | None:
+        """The forecast's timestamps, when the request dated its history."""
+        if timestamps is None and start is None:
+            return None
+        if timestamps is not None and len(timestamps) != rows:
+            raise HTTPException(422, f"timestamps has {len(timestamps)} entries for {rows} history rows")
+        try:
+            step = duration(entry.config.step)
+        except ValueError:
+            raise HTTPException(422, f"model {entry.model} has no regular step ({entry.config.step!r}) to date "
+                                     "its forecast with") from None
+        last = timestamps[-1] if timestamps is not None else start + (rows - 1) * step
+        return forecast_times(last, step, entry.config.horizon)
 
     def to_array(rows: list[Any], what: str) -> np.ndarray:
         try:
@@ -194,33 +225,52 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         registry.refresh()
         return {"models": {m.name: m.version for m in registry.models()}}
 
-    @app.post("/v1/forecast", dependencies=[Depends(authorize)], openapi_extra=json_body(ForecastRequest))
+    def answer(entry: RegistryEntry, **fields: Any) -> Response:
+        return json_response({"model": entry.model, "version": entry.version, "horizon": entry.config.horizon,
+                              "variables": entry.config.variables, **fields})
+
+    @app.post("/v1/forecast", dependencies=[Depends(authorize)], openapi_extra=json_body(ForecastRequest),
+              responses={200: {"model": ForecastResponse}})
     async def forecast(raw: Request) -> Response:
         request = await parse_json(raw, ForecastRequest)
         entry = entry_for(request.model, request.version)
         history = to_array(request.history, "history")
         if history.ndim != 2:
             raise HTTPException(422, "history must be a list of rows")
-        check_shape(history, entry)
-        result = await backend.forecast(entry.model_id, history[None], batched=False)
-        return json_response({"model": entry.model, "version": entry.version, "horizon": entry.config.horizon,
-                              "forecast": result[0]})
+        times = dates(entry, len(history), request.timestamps, request.start)
+        result = await backend.forecast(entry.model_id, last_rows(history, entry)[None], batched=False)
+        return answer(entry, forecast=result[0], **({"timestamps": times} if times is not None else {}))
 
-    @app.post("/v1/forecast/batch", dependencies=[Depends(authorize)], openapi_extra=json_body(BatchForecastRequest))
+    @app.post("/v1/forecast/batch", dependencies=[Depends(authorize)], openapi_extra=json_body(BatchForecastRequest),
+              responses={200: {"model": BatchForecastResponse}})
     async def forecast_batch(raw: Request) -> Response:
         request = await parse_json(raw, BatchForecastRequest)
         entry = entry_for(request.model, request.version)
-        histories = to_array(request.histories, "histories")
-        if histories.ndim != 3 or len(histories) == 0:
+        if not request.histories:
             raise HTTPException(422, "histories must be a non-empty list of histories (lists of rows)")
-        check_shape(histories, entry)
-        result = await backend.forecast(entry.model_id, histories, batched=True)
-        return json_response({"model": entry.model, "version": entry.version, "horizon": entry.config.horizon,
-                              "forecasts": result})
+        lookback = entry.config.lookback
+        histories = to_array([history[-lookback:] for history in request.histories], "histories")
+        if histories.ndim != 3:
+            raise HTTPException(422, "histories must be a non-empty list of histories (lists of rows)")
+        lengths = [len(history) for history in request.histories]
+        if min(lengths) < lookback:
+            raise HTTPException(422, f"a history has {min(lengths)} rows; model {entry.model} needs at least "
+                                     f"{lookback} (its lookback), oldest first")
+        for given in (request.timestamps, request.starts):
+            if given is not None and len(given) != len(lengths):
+                raise HTTPException(422, f"{len(given)} timestamps or starts for {len(lengths)} histories")
+        times = None
+        if request.timestamps is not None or request.starts is not None:
+            times = [dates(entry, rows, request.timestamps[i] if request.timestamps else None,
+                           request.starts[i] if request.starts else None) for i, rows in enumerate(lengths)]
+        result = await backend.forecast(entry.model_id, last_rows(histories, entry), batched=True)
+        return answer(entry, forecasts=result, **({"timestamps": times} if times is not None else {}))
 
     @app.post("/v1/forecast/npy", dependencies=[Depends(authorize)],
               openapi_extra={"requestBody": {"content": {NPY: {"schema": {"type": "string", "format": "binary"}}},
-                                             "required": True}})
+                                             "required": True}},
+              responses={200: {"content": {NPY: {"schema": {"type": "string", "format": "binary"}}},
+                               "description": "the forecasts as .npy: [S, C] or [N, S, C] float32"}})
     async def forecast_npy(request: Request, model: str = Query(...), version: str | None = Query(None)) -> Response:
         entry = entry_for(model, version)
         try:
@@ -232,14 +282,14 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
                                      f"{list(histories.shape)}")
         single = histories.ndim == 2
         histories = histories[None] if single else histories
-        histories = histories.astype(np.float64, copy=False)
-        check_shape(histories, entry)
+        histories = last_rows(histories.astype(np.float64, copy=False), entry)
         result = await backend.forecast(entry.model_id, histories, batched=not single)
         buffer = io.BytesIO()
         np.save(buffer, (result[0] if single else result).astype(np.float32), allow_pickle=False)
         return Response(buffer.getvalue(), media_type=NPY,
                         headers={"x-model": entry.model, "x-model-version": entry.version,
-                                 "x-horizon": str(entry.config.horizon)})
+                                 "x-horizon": str(entry.config.horizon),
+                                 "x-variables": ",".join(entry.config.variables)})
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -24,10 +24,10 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
-from conf import Config, ServeConfig, load_config, storage_root
-from serving.api import RegistryView, create_api
-from store.forecaster import ForecastModel
-from store.storage import Storage
+from timedistill.conf import Config, ServeConfig, load_config, storage_root
+from timedistill.serving.api import RegistryView, create_api
+from timedistill.store.forecaster import ForecastModel
+from timedistill.store.storage import Storage
 
 APP_NAME = "timedistill"
 

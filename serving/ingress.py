@@ -4,7 +4,7 @@ this module must not import it)."""
 
 from __future__ import annotations
 
-from conf import ServeConfig
+from timedistill.conf import ServeConfig
 
 
 def ray_environment(settings: ServeConfig) -> dict[str, str]:

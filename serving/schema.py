@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict, Field
 
 Row = list[float]
+TIMESTAMPS = "the time of each history row (ISO 8601): the response then dates the forecast"
+START = "the time of the first history row; with the model's step it dates the forecast"
 
 
 class Strict(BaseModel):
@@ -13,28 +17,38 @@ class Strict(BaseModel):
 
 class ForecastRequest(Strict):
     model: str = Field(description="registered model name, e.g. etth1-96")
-    history: list[Row] = Field(description="the last `lookback` rows, each with one value per variable")
+    history: list[Row] = Field(description="at least `lookback` rows, oldest first, one value per variable; "
+                                           "the last `lookback` are used")
     version: str | None = Field(None, description="a registered version (v1, v2, ...); default LATEST")
+    timestamps: list[datetime] | None = Field(None, description=TIMESTAMPS)
+    start: datetime | None = Field(None, description=START)
 
 
 class BatchForecastRequest(Strict):
     model: str
     histories: list[list[Row]] = Field(description="several histories of the same model")
     version: str | None = None
+    timestamps: list[list[datetime]] | None = Field(None, description="per history: " + TIMESTAMPS)
+    starts: list[datetime] | None = Field(None, description="per history: " + START)
 
 
 class ForecastResponse(BaseModel):
     model: str
     version: str
     horizon: int
+    variables: list[str] = Field(description="the name of each column of the forecast")
     forecast: list[Row] = Field(description="`horizon` rows in the units of the history")
+    timestamps: list[datetime] | None = Field(None, description="the time of each forecast row, when the "
+                                                                "request dated its history")
 
 
 class BatchForecastResponse(BaseModel):
     model: str
     version: str
     horizon: int
+    variables: list[str]
     forecasts: list[list[Row]]
+    timestamps: list[list[datetime]] | None = None
 
 
 class ModelInfo(BaseModel):

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from store.registry import read_version
-from store.scaler import Scaler
-from store.storage import Storage
+from timedistill.store.registry import read_version
+from timedistill.store.scaler import Scaler
+from timedistill.store.storage import Storage
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ import numpy as np
 from pydantic import Field
 from torch import nn
 
-import models
-from conf import ConfigError
-from store.record import Record
-from store.scaler import NamedScaler, Scaler
-from store.storage import Storage
-from store.weights import load_forecaster
+from timedistill import models
+from timedistill.conf import ConfigError
+from timedistill.store.record import Record
+from timedistill.store.scaler import NamedScaler, Scaler
+from timedistill.store.storage import Storage
+from timedistill.store.weights import load_forecaster
 
 Role = Literal["student", "baseline"]
 ROLES: tuple[Role, ...] = ("student", "baseline")
@@ -358,13 +358,14 @@ class RegisteredModel(Record):
     horizon: int
     variables: list[str]
     target: str
-    step: str
+    step: str  # the series' time step: 1h, 10min, 1d
     dataset: str
     data_fingerprint: str
     run_id: str
     teacher: str | None
     created: str
     timedistill_config: dict[str, Any]  # the whole config of the run that trained it
+    timestamp: str | None = None  # the data's timestamp column (not recorded before 2026-12)
 
     @property
     def spec(self) -> ModelSpec:

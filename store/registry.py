@@ -15,21 +15,14 @@ from __future__ import annotations
 
 import re
 
-from conf.schema import PLAIN_NAME
-from store.records import RegisteredModel, RegistryEntry, ResultRow
-from store.scaler import NamedScaler
-from store.storage import SUCCESS, Storage
+from timedistill.conf.schema import PLAIN_NAME
+from timedistill.store.errors import InvalidModelName, RegistryError
+from timedistill.store.records import RegisteredModel, RegistryEntry, ResultRow
+from timedistill.store.scaler import NamedScaler
+from timedistill.store.storage import SUCCESS, Storage
 
 LATEST = "LATEST"
 VERSION = re.compile(r"^v(\d+)$")
-
-
-class RegistryError(LookupError):
-    """A model or version that is not in the registry."""
-
-
-class InvalidModelName(RegistryError):
-    """A name that cannot be a registry entry (it would escape the registry as a path)."""
 
 
 def check_name(name: str) -> str:

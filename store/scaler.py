@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.record import Record
+from timedistill.store.record import Record
 
 
 class Scaler(Record):

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from store.storage import Storage
+from timedistill.store.storage import Storage
 
 if TYPE_CHECKING:
-    from store.records import ModelSpec
+    from timedistill.store.records import ModelSpec
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> bytes:

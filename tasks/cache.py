@@ -23,12 +23,12 @@ import ray
 import ray.data
 import torch
 
-from conf import Config, stable_hash
-from models import reduce_feature_width
-from store.records import Cache, Dataset, Teacher
-from store.storage import SUCCESS, Storage
-from tasks.runtime import worker_resources
-from tasks.windows import SPLITS, WindowBatcher, window_index
+from timedistill.conf import Config, stable_hash
+from timedistill.models import reduce_feature_width
+from timedistill.store.records import Cache, Dataset, Teacher
+from timedistill.store.storage import SUCCESS, Storage
+from timedistill.tasks.runtime import worker_resources
+from timedistill.tasks.windows import SPLITS, WindowBatcher, window_index
 
 CACHE_META = "cache.json"
 INFERENCE_BATCH = 256

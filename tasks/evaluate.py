@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.forecaster import ForecastModel
-from store.records import Dataset, Evaluation, ResultRow, StudentsRun, Teacher, WindowRange
-from store.scaler import Scaler
-from store.storage import Storage
-from tasks.report import forecast_figure, report_markdown
-from tasks.windows import WindowBatcher
+from timedistill.store.forecaster import ForecastModel
+from timedistill.store.records import Dataset, Evaluation, ResultRow, StudentsRun, Teacher, WindowRange
+from timedistill.store.scaler import Scaler
+from timedistill.store.storage import Storage
+from timedistill.tasks.report import forecast_figure, report_markdown
+from timedistill.tasks.windows import WindowBatcher
 
 
 def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teachers: list[Teacher],

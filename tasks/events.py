@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from store.record import Record
+from timedistill.store.record import Record
 
 
 class BatchStarted(Record):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tasks.loops import Callback
+from timedistill.tasks.loops import Callback
 
 
 class CrashOnce(Callback):

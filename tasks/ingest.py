@@ -16,13 +16,13 @@ import numpy as np
 import polars as pl
 import pyarrow.fs as pafs
 
-from conf import Config, DataConfig, stable_hash
-from conf.schema import DURATION
-from store.records import SERIES, Dataset, Lineage, Missing
-from store.scaler import Scaler
-from store.storage import Storage, make_filesystem
-from tasks.errors import DataError
-from tasks.windows import RollingSizes, Span, split_rows, window_counts
+from timedistill.conf import Config, DataConfig, stable_hash
+from timedistill.conf.schema import duration
+from timedistill.store.records import SERIES, Dataset, Lineage, Missing
+from timedistill.store.scaler import Scaler
+from timedistill.store.storage import Storage, make_filesystem
+from timedistill.tasks.errors import DataError
+from timedistill.tasks.windows import RollingSizes, Span, split_rows, window_counts
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"  # datasets/<name>/LATEST: the fingerprint ingested last, what new data is compared with
@@ -85,8 +85,7 @@ def steps(size: int | str, step: timedelta, key: str, source: str) -> int:
     """A size as a count of steps: an integer is one already; a duration must be whole steps."""
     if isinstance(size, int):
         return size
-    number, unit = DURATION.match(size).groups()
-    span = int(number) * timedelta(**{DURATION_UNITS[unit]: 1})
+    span = duration(size)
     if span % step:
         raise DataError(f"{source}: data.{key} {size!r} is not a whole number of steps of {_format_step(step)}")
     return span // step
@@ -197,7 +196,7 @@ def parse_series(content: bytes, data: DataConfig) -> tuple[pl.DataFrame, Missin
     if frame.height == 0:
         raise DataError(f"{source}: no data rows")
     if data.format == "long":
-        from tasks.long_format import pivot_long  # it parses with this module's helpers
+        from timedistill.tasks.long_format import pivot_long  # it parses with this module's helpers
 
         frame = pivot_long(frame, data, source, where)  # data.max_rows counts rows of the pivoted series
 
@@ -367,7 +366,6 @@ def _fill_values(frame: pl.DataFrame, data: DataConfig, source: str, where) -> t
 
 
 NEW, PRESENT = "__new", "__present"  # columns of the comparison with the previous version
-DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "min": "minutes", "s": "seconds"}
 
 
 def _format_step(step: timedelta) -> str:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from conf import DataConfig
-from tasks.errors import DataError
-from tasks.ingest import parse_numbers, parse_timestamps
+from timedistill.conf import DataConfig
+from timedistill.tasks.errors import DataError
+from timedistill.tasks.ingest import parse_numbers, parse_timestamps
 
 # Working names of the raw columns; the timestamp keeps data.timestamp, which no id may take.
 ROW, ID, VALUE = "row", "id", "value"

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tasks.windows import WindowBatcher
+from timedistill.tasks.windows import WindowBatcher
 
 STATE_FILE = "state.pt"
 LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from conf import Config
-from store.forecaster import ForecastModel
-from store.record import Record
-from store.records import Dataset
-from store.registry import RegistryError, read_version
-from store.storage import Storage
-from tasks.evaluate import score_windows
+from timedistill.conf import Config
+from timedistill.store.forecaster import ForecastModel
+from timedistill.store.record import Record
+from timedistill.store.records import Dataset
+from timedistill.store.registry import RegistryError, read_version
+from timedistill.store.storage import Storage
+from timedistill.tasks.evaluate import score_windows
 
 
 class DriftReport(Record):

@@ -14,8 +14,8 @@ import ray
 from ray.util.queue import Empty, Full, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from tasks.events import BatchStarted, EpochFinished, Event, Listener
-from tasks.loops import Callback
+from timedistill.tasks.events import BatchStarted, EpochFinished, Event, Listener
+from timedistill.tasks.loops import Callback
 
 PROGRESS_UPDATES_PER_EPOCH = 20
 

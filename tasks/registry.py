@@ -11,14 +11,14 @@ import math
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from conf import Config
-from store.forecaster import ForecastModel
-from store.records import ChampionDecision, Dataset, RegisteredModel, Registration, ResultRow, StudentsRun
-from store.registry import LATEST, VERSION, check_name, latest, read_version
-from store.scaler import NamedScaler
-from store.storage import SUCCESS, Storage
-from tasks.evaluate import score_windows, window_range
-from tasks.windows import window_starts
+from timedistill.conf import Config
+from timedistill.store.forecaster import ForecastModel
+from timedistill.store.records import ChampionDecision, Dataset, RegisteredModel, Registration, ResultRow, StudentsRun
+from timedistill.store.registry import LATEST, VERSION, check_name, latest, read_version
+from timedistill.store.scaler import NamedScaler
+from timedistill.store.storage import SUCCESS, Storage
+from timedistill.tasks.evaluate import score_windows, window_range
+from timedistill.tasks.windows import window_starts
 
 
 class Verdict(NamedTuple):
@@ -98,6 +98,7 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
     registered = RegisteredModel(
         model=model, version=version, student=student.name, hparams=student.hparams, lookback=students.lookback,
         horizon=students.horizon, variables=dataset.variables, target=dataset.target, step=dataset.step,
+        timestamp=dataset.timestamp,
         dataset=dataset.name, data_fingerprint=dataset.fingerprint, run_id=run_id, teacher=students.teacher_name,
         created=datetime.now(UTC).isoformat(timespec="seconds"), timedistill_config=config.model_dump(mode="json"))
     scaler = NamedScaler(variables=dataset.variables, mean=dataset.scaler.mean, std=dataset.scaler.std)
@@ -109,3 +110,12 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
         storage.write_bytes(f"{staging}/{SUCCESS}", b"")
     storage.write_bytes(f"registry/{model}/{LATEST}", f"{version}\n".encode())  # atomic, and only now
     return decided(True, version, verdict)
+
+
+def rollback(storage: Storage, model: str, version: str) -> str:
+    """Point the model's LATEST at an earlier complete version (a running server picks it up as
+    it picks up a new one); returns the version it replaced."""
+    read_version(storage, model, version)  # complete and registered, or RegistryError
+    before = latest(storage, model)
+    storage.write_bytes(f"registry/{model}/{LATEST}", f"{version}\n".encode())
+    return before or "-"

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure  # no pyplot: no display and no global state needed
 
-from store.records import Dataset, ResultRow, StudentsRun, Teacher
-from store.storage import Storage
-from tasks.windows import WindowBatcher, window_starts
+from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher
+from timedistill.store.storage import Storage
+from timedistill.tasks.windows import WindowBatcher, window_starts
 
 LABELS = {"teacher": "teacher", "student": "distilled student", "baseline": "MLP baseline"}
 COLORS = {"teacher": "tab:orange", "student": "tab:blue", "baseline": "tab:green"}

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 
 import ray
 
-from conf import Config
-from tasks.errors import StepError
+from timedistill.conf import Config
+from timedistill.tasks.errors import StepError
 
 log = logging.getLogger("timedistill")
 

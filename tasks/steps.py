@@ -11,8 +11,8 @@ from typing import Protocol
 
 import ray
 
-from conf import Config, storage_root
-from store.records import (
+from timedistill.conf import Config, storage_root
+from timedistill.store.records import (
     Cache,
     Dataset,
     Evaluation,
@@ -23,19 +23,19 @@ from store.records import (
     StudentsRun,
     Teacher,
 )
-from store.storage import Storage
-from tasks import loops
-from tasks.cache import build_cache, find_cache
-from tasks.errors import StepError
-from tasks.evaluate import evaluate
-from tasks.events import Event
-from tasks.ingest import ingest
-from tasks.registry import register
-from tasks.runtime import ray_session
-from tasks.students import find_students, train_students
-from tasks.students import warm_base as students_warm_base
-from tasks.teacher import find_teacher, train_teacher
-from tasks.teacher import warm_base as teacher_warm_base
+from timedistill.store.storage import Storage
+from timedistill.tasks import loops
+from timedistill.tasks.cache import build_cache, find_cache
+from timedistill.tasks.errors import StepError
+from timedistill.tasks.evaluate import evaluate
+from timedistill.tasks.events import Event
+from timedistill.tasks.ingest import ingest
+from timedistill.tasks.registry import register
+from timedistill.tasks.runtime import ray_session
+from timedistill.tasks.students import find_students, train_students
+from timedistill.tasks.students import warm_base as students_warm_base
+from timedistill.tasks.teacher import find_teacher, train_teacher
+from timedistill.tasks.teacher import warm_base as teacher_warm_base
 
 STEPS = ("ingest", "teacher", "cache", "distill", "evaluate", "register")
 

@@ -19,18 +19,18 @@ import ray.train
 import torch
 from torch import nn
 
-from conf import Config, DistillConfig
-from models import TimeDistillLoss, reduce_feature_width
-from store.records import Cache, Dataset, ModelSpec, StudentsRun, Teacher
-from store.registry import RegistryError, read_version
-from store.storage import SUCCESS, Storage
-from store.weights import read_state, state_bytes
-from tasks import loops
-from tasks.cache import TeacherOutputs, cache_dataset, stored_feature_dim, unpack
-from tasks.errors import StepError
-from tasks.events import Listener
-from tasks.progress import relay
-from tasks.training import Batch, Plan, TrainingJob, Worker, run_training
+from timedistill.conf import Config, DistillConfig
+from timedistill.models import TimeDistillLoss, reduce_feature_width
+from timedistill.store.records import Cache, Dataset, ModelSpec, StudentsRun, Teacher
+from timedistill.store.registry import RegistryError, read_version
+from timedistill.store.storage import SUCCESS, Storage
+from timedistill.store.weights import read_state, state_bytes
+from timedistill.tasks import loops
+from timedistill.tasks.cache import TeacherOutputs, cache_dataset, stored_feature_dim, unpack
+from timedistill.tasks.errors import StepError
+from timedistill.tasks.events import Listener
+from timedistill.tasks.progress import relay
+from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training
 
 STUDENTS_META = "students.json"
 

@@ -21,14 +21,14 @@ import numpy as np
 import ray
 import torch
 
-from conf import Config, TeacherConfig, stable_hash
-from store.records import TEACHER_WEIGHTS, Dataset, ModelSpec, Teacher
-from store.storage import SUCCESS, Storage
-from store.weights import read_state, state_bytes
-from tasks import loops
-from tasks.events import Listener
-from tasks.progress import relay
-from tasks.training import Batch, Plan, TrainingJob, Worker, run_training
+from timedistill.conf import Config, TeacherConfig, stable_hash
+from timedistill.store.records import TEACHER_WEIGHTS, Dataset, ModelSpec, Teacher
+from timedistill.store.storage import SUCCESS, Storage
+from timedistill.store.weights import read_state, state_bytes
+from timedistill.tasks import loops
+from timedistill.tasks.events import Listener
+from timedistill.tasks.progress import relay
+from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training
 
 TEACHER_META = "teacher.json"
 

@@ -20,13 +20,13 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from conf import Config, DistillConfig, TeacherConfig
-from store.record import Record
-from store.records import ModelSpec, TrainedModel
-from store.storage import Storage
-from tasks import loops
-from tasks.runtime import worker_resources
-from tasks.windows import Span, WindowBatcher, window_starts
+from timedistill.conf import Config, DistillConfig, TeacherConfig
+from timedistill.store.record import Record
+from timedistill.store.records import ModelSpec, TrainedModel
+from timedistill.store.storage import Storage
+from timedistill.tasks import loops
+from timedistill.tasks.runtime import worker_resources
+from timedistill.tasks.windows import Span, WindowBatcher, window_starts
 
 Batch = dict[str, torch.Tensor]
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tasks.errors import DataError
+from timedistill.tasks.errors import DataError
 
 SPLITS = ("train", "val", "test")
 ETT_MONTH_DAYS = 30

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:  # Ray and torch load when a fixture first needs them
-    from conf import Config
-    from store.records import Cache, ResultRow, RunSummary, StudentsRun, Teacher
-    from tasks.steps import Pipeline
+    from timedistill.conf import Config
+    from timedistill.store.records import Cache, ResultRow, RunSummary, StudentsRun, Teacher
+    from timedistill.tasks.steps import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -25,7 +25,7 @@ def ray_local():
     """One local Ray (2 CPUs, like CI) shared by every test that needs it."""
     import ray
 
-    from tasks.runtime import quiet_ray_data, start_local_ray
+    from timedistill.tasks.runtime import quiet_ray_data, start_local_ray
 
     if not ray.is_initialized():
         start_local_ray(num_cpus=2)
@@ -39,7 +39,7 @@ def prefect_harness():
     """One temporary Prefect server (sqlite) for the session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    import flows  # noqa: F401  (sets the startup timeout before Prefect reads its settings)
+    import timedistill.flows  # noqa: F401  (sets the startup timeout before Prefect reads its settings)
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
@@ -66,7 +66,7 @@ def smoke_overrides(root: Path, csv: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def smoke_run(ray_local, prefect_harness, session_root, smoke_csv):
     """The retrain flow, run once for real on the smoke config; returns its summary."""
-    from flows.retrain import retrain
+    from timedistill.flows.retrain import retrain
 
     return retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv))
 
@@ -87,9 +87,9 @@ class SmokeArtifacts:
 @pytest.fixture(scope="session")
 def smoke_pipeline(smoke_run, session_root, smoke_csv):
     """The smoke run's artifacts as objects (every lookup hits what the flow stored)."""
-    from conf import load_config
-    from store.records import ResultRow
-    from tasks.steps import Pipeline
+    from timedistill.conf import load_config
+    from timedistill.store.records import ResultRow
+    from timedistill.tasks.steps import Pipeline
 
     config = load_config("smoke", smoke_overrides(session_root, smoke_csv))
     with Pipeline(config) as pipe:

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from store.storage import Storage
+from timedistill.store.storage import Storage
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent

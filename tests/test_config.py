@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from conf import Config, ConfigError, load_config
+from timedistill.conf import Config, ConfigError, load_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED = ["etth1", "ettm1", "weather", "exchange", "illness", "smoke"]

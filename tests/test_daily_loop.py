@@ -13,10 +13,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.retrain import retrain
-from store.registry import latest
-from store.storage import Storage
+from timedistill.flows.cli import app
+from timedistill.flows.retrain import retrain
+from timedistill.store.registry import latest
+from timedistill.store.storage import Storage
 
 START = np.datetime64("2024-01-01T00:00")
 V1_ROWS, SAME_ROWS, CHANGED_ROWS = 600, 48, 600

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.distill import (
+from timedistill.models.distill import (
     PART_NAMES,
     TimeDistillLoss,
     multiscale_mse,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.retrain import artifact_key, deployment, retrain
-from tasks import steps
-from tasks.errors import DataError
-from tasks.steps import STEPS
 from tests.conftest import smoke_overrides
+from timedistill.flows.retrain import artifact_key, deployment, retrain
+from timedistill.tasks import steps
+from timedistill.tasks.errors import DataError
+from timedistill.tasks.steps import STEPS
 
 
 def test_the_smoke_flow_runs_end_to_end(smoke_run, session_root):

@@ -8,11 +8,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from store.storage import Storage
-from tasks.errors import DataError
-from tasks.ingest import ingest
 from tests.test_ingest import config_for, hourly, write_csv
+from timedistill.flows.cli import app
+from timedistill.store.storage import Storage
+from timedistill.tasks.errors import DataError
+from timedistill.tasks.ingest import ingest
 
 ROLLING = ["data.split=rolling", "data.val_size=8", "data.test_size=8"]
 
@@ -92,8 +92,8 @@ def _config_file(tmp_path, path, root):
 
 def test_refresh_always_makes_every_run_a_new_one(tmp_path):
     """teacher.refresh: always salts the teacher key and the run id with when the run started."""
-    from tasks.steps import Pipeline
-    from tasks.teacher import teacher_key
+    from timedistill.tasks.steps import Pipeline
+    from timedistill.tasks.teacher import teacher_key
 
     path, root = write_csv(tmp_path, toy(60)), tmp_path / "art"
     config = config_for(path, root, *ROLLING, "teacher.refresh=always")

@@ -8,8 +8,8 @@ import tomllib
 import pytest
 import yaml
 
-from conf import load_config
 from tests.conftest import ROOT
+from timedistill.conf import load_config
 
 INFRA = ROOT / "infra"
 YAMLS = sorted(INFRA.rglob("*.yaml"))
@@ -47,8 +47,8 @@ def test_rayservice_serves_what_serve_yaml_serves():
 
 
 def test_rayservice_pods_run_the_high_throughput_mode_of_serve_ingress_haproxy():
-    from conf import ServeConfig
-    from serving.ingress import ray_environment
+    from timedistill.conf import ServeConfig
+    from timedistill.serving.ingress import ray_environment
 
     cluster = yaml.safe_load((INFRA / "kuberay" / "rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
@@ -91,6 +91,6 @@ def test_dockerfile_is_pinned_and_installs_every_package():
     base = re.search(r"^FROM\s+(\S+)", dockerfile, re.M).group(1)
     assert re.search(r":\d+\.\d+\.\d+-py311-cu\d+$", base), base
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    for package in project["tool"]["setuptools"]["packages"]["find"]["include"]:
-        assert f"COPY --chown=ray:users {package.rstrip('*')} " in dockerfile, package
+    for folder in project["tool"]["setuptools"]["package-dir"].values():
+        assert f"COPY --chown=ray:users {folder} " in dockerfile, folder
     assert "ray[train,serve,data]==2.60.0" in dockerfile and "torch==2.13.0" in dockerfile

@@ -8,12 +8,12 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from conf import load_config
-from flows.cli import app
-from store.records import SERIES
-from store.storage import Storage
-from tasks.errors import DataError
-from tasks.ingest import ingest
+from timedistill.conf import load_config
+from timedistill.flows.cli import app
+from timedistill.store.records import SERIES
+from timedistill.store.storage import Storage
+from timedistill.tasks.errors import DataError
+from timedistill.tasks.ingest import ingest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")

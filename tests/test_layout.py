@@ -1,4 +1,5 @@
-"""The floors of the code base and the direction of their imports (README, "Layout"):
+"""The floors of the code base (installed as timedistill.flows, timedistill.tasks, ...) and the
+direction of their imports (README, "Layout"):
 
     flows -> tasks -> store -> models        serving -> store -> models        conf below all
 
@@ -30,10 +31,10 @@ def imported_floors(path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
-        found |= {name.split(".")[0] for name in names} & set(FLOORS)
+        found |= {name.split(".")[1] for name in names if name.startswith("timedistill.")} & set(FLOORS)
     return found
 
 
@@ -46,5 +47,6 @@ def test_imports_point_one_way(floor):
 
 def test_the_check_sees_lazy_imports(tmp_path):
     source = tmp_path / "example.py"
-    source.write_text("def f():\n    from tasks.steps import Pipeline\n    import flows.cli\n")
-    assert imported_floors(source) == {"tasks", "flows"}
+    source.write_text("def f():\n    from timedistill.tasks.steps import Pipeline\n    import timedistill.flows.cli\n"
+                      "    from timedistill import models\n")
+    assert imported_floors(source) == {"tasks", "flows", "models"}

@@ -7,11 +7,11 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from conf import load_config
-from flows.cli import app
-from store.storage import Storage
-from tasks.errors import DataError
-from tasks.ingest import ingest
+from timedistill.conf import load_config
+from timedistill.flows.cli import app
+from timedistill.store.storage import Storage
+from timedistill.tasks.errors import DataError
+from timedistill.tasks.ingest import ingest
 
 HOURS = 60  # enough for a lookback 4 + horizon 2 window in each of the 0.7 / 0.1 / 0.2 splits
 IDS = ("OT", "a", "b")

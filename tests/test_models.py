@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import MODELS, STUDENTS, TEACHERS, Forecast, build_config, build_model, hyperparameters
-from models.layers import (
+from timedistill.models import MODELS, STUDENTS, TEACHERS, Forecast, build_config, build_model, hyperparameters
+from timedistill.models.layers import (
     MovingAverage,
     RevIN,
     SeriesDecomposition,
@@ -21,7 +21,7 @@ from models.layers import (
     num_patches,
     patchify,
 )
-from models.moderntcn import ModernTCN
+from timedistill.models.moderntcn import ModernTCN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -389,7 +389,7 @@ def test_moderntcn_structural_reparam_keeps_outputs():
 
 def test_models_imports_no_pipeline_packages():
     code = (
-        "import sys, models, models.distill; "
+        "import sys, timedistill.models, timedistill.models.distill; "
         "print(','.join(m for m in ('ray', 'prefect', 'polars', 'pyarrow') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from store.records import Cache, Dataset, RegistryEntry, ResultRow, StudentsRun, Teacher
-from store.registry import list_models, read_version
-from store.storage import Storage
 from tests.conftest import ROOT
+from timedistill.store.records import Cache, Dataset, RegistryEntry, ResultRow, StudentsRun, Teacher
+from timedistill.store.registry import list_models, read_version
+from timedistill.store.storage import Storage
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy"
 
@@ -111,7 +111,7 @@ def test_the_files_of_a_run_keep_every_field(smoke_pipeline):
 def test_the_commands_json_keeps_every_field(smoke_pipeline, session_root, smoke_csv):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from timedistill.flows.cli import app
 
     same_fields(smoke_pipeline.summary.to_json(), json.loads((LEGACY / "cli" / "retrain.json").read_text()))
     runner = CliRunner()
@@ -126,9 +126,9 @@ def test_the_commands_json_keeps_every_field(smoke_pipeline, session_root, smoke
 def test_the_keys_of_legacy_artifacts_do_not_move(tmp_path):
     """The smoke config of 6fd532a keys its dataset, teacher and run as then: new config fields
     at their defaults must not make an upgrade retrain everything."""
-    from conf import load_config
-    from tasks.ingest import ingest
-    from tasks.teacher import teacher_key
+    from timedistill.conf import load_config
+    from timedistill.tasks.ingest import ingest
+    from timedistill.tasks.teacher import teacher_key
 
     config = load_config("smoke", [f"storage.root={tmp_path}"])
     dataset = ingest(config, Storage(str(tmp_path)))

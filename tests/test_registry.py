@@ -8,12 +8,12 @@ import re
 import pytest
 import torch
 
-from conf import ConfigError, load_config
-from store.registry import RegistryError, check_name, latest, list_models, read_version, versions
-from store.storage import Storage
-from store.weights import state_bytes
-from tasks.registry import gate, register
-from tasks.windows import window_starts
+from timedistill.conf import ConfigError, load_config
+from timedistill.store.registry import RegistryError, check_name, latest, list_models, read_version, versions
+from timedistill.store.storage import Storage
+from timedistill.store.weights import state_bytes
+from timedistill.tasks.registry import gate, register
+from timedistill.tasks.windows import window_starts
 
 
 @pytest.fixture

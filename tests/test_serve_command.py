@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from bench.bench_serving import MODEL, free_port, make_registry, start, stop, wait_healthy
-from store.forecaster import ForecastModel
-from store.storage import Storage
+from timedistill.store.forecaster import ForecastModel
+from timedistill.store.storage import Storage
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent

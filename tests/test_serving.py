@@ -12,11 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
-from conf import load_config
-from store.forecaster import ForecastModel
-from store.registry import latest
-from tasks.registry import register
 from tests.conftest import smoke_overrides
+from timedistill.conf import load_config
+from timedistill.store.forecaster import ForecastModel
+from timedistill.store.registry import latest
+from timedistill.tasks.registry import register
 
 TOKEN = "test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -32,7 +32,7 @@ def free_port() -> int:
 def served(smoke_pipeline, session_root, smoke_csv):
     from ray import serve
 
-    from serving.app import APP_NAME, build_app
+    from timedistill.serving.app import APP_NAME, build_app
 
     port = free_port()
     config = load_config("smoke", [*smoke_overrides(session_root, smoke_csv), f"serve.port={port}",
@@ -202,3 +202,52 @@ def test_a_model_that_fails_to_load_fails_only_its_own_requests(served, history)
         outcomes = list(threads.map(status, ["smoke-24", "broken-24"] * 12))
     assert {code for model, code in outcomes if model == "smoke-24"} == {200}, outcomes
     assert {code for model, code in outcomes if model == "broken-24"} == {500}, outcomes
+
+
+def test_the_python_client_against_the_server(served, history):
+    """timedistill.Client: longer histories, dated forecasts, named variables, .npy batches,
+    the server's message on a 4xx; the API declares its responses and its bearer scheme."""
+    from datetime import datetime, timedelta
+
+    from timedistill import Client
+    from timedistill.client import RequestError
+
+    longer = np.concatenate([history[:24], history])  # 120 rows: the last 96 are used
+    stamps = [datetime(2020, 1, 1) + timedelta(hours=h) for h in range(len(longer))]
+    with Client(str(served["client"].base_url), token=TOKEN, npy_min_batch=2) as client:
+        assert "smoke-24" in {m.name for m in client.models()}
+        dated = client.forecast("smoke-24", longer, timestamps=stamps)
+        plain = client.forecast("smoke-24", history, version=dated.version)
+        assert np.allclose(dated.values, plain.values, rtol=1e-6) and plain.timestamps is None
+        assert dated.timestamps[0] == stamps[-1] + timedelta(hours=1) and len(dated.timestamps) == 24
+        assert dated.variables[-1] == "OT" and dated.to_polars().columns[0] == "timestamp"
+        started = client.forecast("smoke-24", history, start=stamps[0], version=dated.version)
+        assert started.timestamps[0] == stamps[0] + timedelta(hours=96)
+        batch = client.forecast_batch("smoke-24", [history, history * 1.01], version=dated.version)  # as .npy
+        assert batch.shape == (2, 24, 7) and np.allclose(batch[0], plain.values, rtol=1e-3, atol=1e-3)
+        with pytest.raises(RequestError, match="not registered") as raised:
+            client.forecast("nope-1", history)
+        assert raised.value.status == 404
+    spec = served["client"].get("/openapi.json").json()
+    assert any(scheme["type"] == "http" and scheme["scheme"] == "bearer"
+               for scheme in spec["components"]["securitySchemes"].values())
+    answer = spec["paths"]["/v1/forecast"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["$ref"].endswith("/ForecastResponse")
+
+
+def test_a_rollback_is_picked_up_like_a_new_version(served, history):
+    from timedistill.tasks.registry import rollback
+
+    client, run = served["client"], served["run"]
+    storage = run.pipe.storage
+    config = load_config("smoke", ["registry.gate=always"])
+    newer = register(config, storage, run.pipe.dataset, run.students, run.row, run_id="rollback-test")
+    older = rollback(storage, "smoke-24", "v1")
+    assert older == newer.version
+    def served_version() -> str:
+        return client.post("/v1/forecast", json={"model": "smoke-24", "history": history.tolist()}).json()["version"]
+
+    deadline = time.time() + 30
+    while time.time() < deadline and served_version() != "v1":
+        time.sleep(0.5)
+    assert served_version() == "v1"

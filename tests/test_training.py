@@ -12,15 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import models
-from conf import load_config
-from flows.cli import app
-from tasks.cache import cache_table, read_cache_split, unpack
-from tasks.faults import CrashOnce
-from tasks.steps import Pipeline
-from tasks.students import DistillStep
-from tasks.teacher import teacher_key
-from tasks.windows import WindowBatcher, window_counts, window_starts
+from timedistill import models
+from timedistill.conf import load_config
+from timedistill.flows.cli import app
+from timedistill.tasks.cache import cache_table, read_cache_split, unpack
+from timedistill.tasks.faults import CrashOnce
+from timedistill.tasks.steps import Pipeline
+from timedistill.tasks.students import DistillStep
+from timedistill.tasks.teacher import teacher_key
+from timedistill.tasks.windows import WindowBatcher, window_counts, window_starts
 
 runner = CliRunner()
 

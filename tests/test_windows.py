@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store.scaler import Scaler
-from tasks.errors import DataError
-from tasks.windows import (
+from timedistill.store.scaler import Scaler
+from timedistill.tasks.errors import DataError
+from timedistill.tasks.windows import (
     WindowBatcher,
     WindowDataset,
     batch_ranges,

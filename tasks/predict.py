@@ -1,0 +1,192 @@
+"""Offline forecasts from a registered student (`timedistill predict`): read and validate a series
+as ingestion does, forecast from its last window or from every origin of a range (a backtest),
+and write the forecasts, dated and named, to Parquet.
+
+An origin is the time of the last history row a forecast starts from. Many origins are spread
+over the Ray cluster with Ray Data's `map_batches`, each actor holding the model once; where the
+truth of a forecast is in the file, it is scored (MSE and MAE in the model's standardized space,
+the scale of its registered test scores).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import ray
+import ray.data
+
+from timedistill.conf import Config
+from timedistill.store.errors import InputError
+from timedistill.store.predictor import STEP_COLUMN, Predictor
+from timedistill.store.record import Record
+from timedistill.store.storage import Storage
+from timedistill.tasks.ingest import parse_series, read_source
+from timedistill.tasks.windows import WindowBatcher
+
+ORIGIN = "origin"
+BATCH = 256  # origins per forecast call
+SCORES = ["mse", "mae", "squares", "absolutes", "count"]  # per origin, where its truth is known
+Layout = Literal["wide", "long"]
+
+
+class Predictions(Record):
+    """What `timedistill predict` wrote."""
+
+    model: str
+    version: str
+    origins: int
+    rows: int
+    output: str
+    layout: str
+    scored: int  # origins whose whole forecast has its truth in the input
+    mse: float | None  # over every scored element (the model's standardized space)
+    mae: float | None
+    scores_output: str | None  # per-origin MSE and MAE
+
+    def describe(self) -> str:
+        scores = f"; MSE {self.mse:.4f}, MAE {self.mae:.4f} over {self.scored} origin(s) with truth" if self.scored \
+            else ""
+        return f"{self.model} {self.version}: {self.origins} origin(s), {self.rows} rows in {self.output}{scores}"
+
+
+def origin_rows(spec: str, timestamps: pl.Series, lookback: int) -> np.ndarray:
+    """`last`, `all` or `FROM:TO` (timestamps, either side may be empty) as the indices of the
+    rows right after each origin (a history is the `lookback` rows before that index)."""
+    ends = np.arange(lookback, len(timestamps) + 1)  # every position a full history ends before
+    if spec == "last":
+        return ends[-1:]
+    if spec == "all":
+        return ends
+    bounds = split_range(spec)
+    origin_times = timestamps.gather(ends - 1)  # the last history row of each
+    keep = np.ones(len(ends), bool)
+    for bound, side in zip(bounds, ("from", "to"), strict=True):
+        if bound is not None:
+            bound = bound.cast(timestamps.dtype)
+            keep &= (origin_times >= bound if side == "from" else origin_times <= bound).to_numpy()
+    if not keep.any():
+        raise InputError(f"--origins {spec!r}: no origin with a full history of {lookback} rows in that range "
+                         f"({timestamps[lookback - 1]} to {timestamps[-1]})")
+    return ends[keep]
+
+
+def split_range(spec: str) -> tuple[pl.Series | None, pl.Series | None]:
+    """FROM:TO where either side may be empty and times hold colons themselves
+    (2018-01-01 06:00:2018-02-01): the split at a colon whose both sides parse."""
+    for index in [i for i, char in enumerate(spec) if char == ":"]:
+        sides = spec[:index].strip(), spec[index + 1 :].strip()
+        try:
+            parsed = [pl.Series([side]).str.to_datetime() if side else None for side in sides]
+        except pl.exceptions.PolarsError:
+            continue
+        return parsed[0], parsed[1]
+    raise InputError(f"--origins {spec!r}: expected last, all, or FROM:TO with timestamps, e.g. "
+                     "2018-01-01:2018-02-01")
+
+
+def predict(config: Config, storage: Storage, name: str, version: str | None, source: str, output: Storage,
+            output_name: str, origins: str = "last", layout: Layout = "wide") -> Predictions:
+    """Forecast from every chosen origin of `source` and write the forecasts (and the scores, when
+    there is truth) as Parquet under `output`."""
+    predictor = Predictor.load(storage, name, version)
+    data = config.data.model_copy(update={"path": source})
+    frame, _, _ = parse_series(read_source(source, config.storage.endpoint_override), data)
+    missing = [variable for variable in predictor.variables if variable not in frame.columns]
+    if missing:
+        raise InputError(f"{source}: no variable {missing[0]!r}; model {predictor.name} forecasts "
+                         f"{predictor.variables} (variables: {frame.columns[1:]})")
+    timestamps = frame[data.timestamp]
+    values = frame.select(predictor.variables).to_numpy().astype(np.float64)  # [T, C]
+    ends = origin_rows(origins, timestamps, predictor.lookback)
+    if len(ends) == 1:  # one forecast: no cluster needed
+        rows = forecast_origins(predictor, values, timestamps, ends)
+    else:
+        rows = spread(storage, predictor, values, timestamps, ends)
+    scores = (rows.filter(pl.col("count").is_not_null()).group_by(ORIGIN, maintain_order=True)
+              .agg(pl.col(SCORES).first()).sort(ORIGIN))
+    forecasts = rows.drop(SCORES).sort(ORIGIN, STEP_COLUMN)
+    if layout == "long":
+        forecasts = forecasts.unpivot(index=[ORIGIN, data.timestamp, STEP_COLUMN], on=predictor.variables,
+                                      variable_name=data.id_column, value_name=data.value_column)
+    output.write_parquet(output_name, forecasts.to_arrow())
+    scores_name = None
+    if scores.height:
+        scores_name = output_name.removesuffix(".parquet") + ".scores.parquet"
+        output.write_parquet(scores_name, scores.select(ORIGIN, "mse", "mae").to_arrow())
+    count = int(scores["count"].sum()) if scores.height else 0
+    return Predictions(
+        model=predictor.name, version=predictor.version, origins=len(ends), rows=forecasts.height,
+        output=output.uri(output_name), layout=layout, scored=scores.height,
+        mse=float(scores["squares"].sum()) / count if count else None,
+        mae=float(scores["absolutes"].sum()) / count if count else None,
+        scores_output=output.uri(scores_name) if scores_name else None)
+
+
+def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Series,
+                     ends: np.ndarray) -> pl.DataFrame:
+    """A forecast row per origin and step; each origin's rows carry its scores (null where its
+    truth is past the end of the series)."""
+    lookback, horizon = predictor.lookback, predictor.horizon
+    padded = np.concatenate([values, np.full((horizon, values.shape[1]), np.nan)])  # truth past the end: unknown
+    batcher = WindowBatcher(padded, lookback, horizon)
+    std = np.asarray(predictor.entry.scaler.std)
+    frames = []
+    for begin in range(0, len(ends), BATCH):
+        chunk = ends[begin : begin + BATCH]
+        x, truth = batcher(chunk - lookback)
+        history = x.numpy()
+        if not np.isfinite(history).all():
+            raise InputError("a history holds missing or infinite values")
+        forecast = predictor.forecaster.forecast(history)  # [B, S, C]
+        error = (forecast - truth.numpy()) / std  # [B, S, C]; NaN where the truth is past the end
+        known = np.isfinite(error).all(axis=(1, 2))  # [B]
+        elements = horizon * values.shape[1]
+        squares = np.where(known, np.square(error).sum(axis=(1, 2)), np.nan)
+        absolutes = np.where(known, np.abs(error).sum(axis=(1, 2)), np.nan)
+        origins = timestamps.gather(chunk - 1)  # [B]
+        steps = np.arange(1, horizon + 1)
+        frame = pl.DataFrame({
+            ORIGIN: origins.gather(np.repeat(np.arange(len(chunk)), horizon)),  # [B*S]
+            STEP_COLUMN: np.tile(steps, len(chunk)),
+            **{name: forecast[:, :, c].reshape(-1) for c, name in enumerate(predictor.variables)},  # [B, S] -> [B*S]
+            "mse": np.repeat(squares / elements, horizon), "mae": np.repeat(absolutes / elements, horizon),
+            "squares": np.repeat(squares, horizon), "absolutes": np.repeat(absolutes, horizon),
+            "count": np.repeat(np.where(known, elements, 0), horizon),
+        })
+        step = predictor.step
+        stamp = (pl.col(ORIGIN) + pl.duration(microseconds=pl.col(STEP_COLUMN) * (step // timedelta(microseconds=1)))
+                 if step else pl.lit(None, dtype=timestamps.dtype))
+        frames.append(frame.with_columns(stamp.alias(timestamps.name), pl.col("count").replace(0, None))
+                      .fill_nan(None).select(ORIGIN, timestamps.name, STEP_COLUMN, *predictor.variables, *SCORES))
+    return pl.concat(frames)
+
+
+class OriginForecaster:
+    """A Ray Data actor: the model loaded once, the series from the object store."""
+
+    def __init__(self, storage: Storage, name: str, version: str, values: np.ndarray,
+                 timestamps: pl.Series) -> None:
+        self.predictor = Predictor.load(storage, name, version)
+        self.values, self.timestamps = values, timestamps
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return forecast_origins(self.predictor, self.values, self.timestamps, batch["end"].to_numpy()).to_arrow()
+
+
+def spread(storage: Storage, predictor: Predictor, values: np.ndarray, timestamps: pl.Series,
+           ends: np.ndarray) -> pl.DataFrame:
+    """Ray: the origins in batches over a pool of actors, as many as the cluster has CPUs."""
+    actors = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    tables = (
+        ray.data.from_arrow(pa.table({"end": ends}))
+        .map_batches(OriginForecaster, batch_size=BATCH, batch_format="pyarrow",
+                     fn_constructor_kwargs={"storage": storage, "name": predictor.name, "version": predictor.version,
+                                            "values": values, "timestamps": timestamps},
+                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1)
+        .to_arrow_refs()
+    )
+    return pl.concat([pl.from_arrow(table) for table in ray.get(tables)])

@@ -1,0 +1,93 @@
+"""Forecasts out of the registry without a server: timedistill.load_model(...).predict(frame) and
+`timedistill predict` (one origin in process, a backtest over Ray Data), on the smoke run."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+import timedistill
+from tests.conftest import smoke_overrides
+from timedistill.flows.cli import app
+from timedistill.store.errors import InputError
+from timedistill.store.forecaster import ForecastModel
+from timedistill.tasks.windows import window_starts
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_pipeline, session_root, smoke_csv):
+    frame = pl.read_csv(smoke_csv, try_parse_dates=True)
+    return {"run": smoke_pipeline, "root": session_root, "csv": smoke_csv, "frame": frame,
+            "sets": [arg for item in smoke_overrides(session_root, smoke_csv) for arg in ("--set", item)]}
+
+
+def test_load_model_predicts_a_dated_named_frame(smoke):
+    model = timedistill.load_model("smoke-24", version="v1", storage=smoke["root"])
+    history = smoke["frame"].head(300)
+    forecast = model.predict(history)
+    assert forecast.columns == ["date", *model.variables] and forecast.height == 24
+    assert forecast["date"][0] == history["date"][-1] + timedelta(hours=1)
+    expected = ForecastModel.from_registry(smoke["run"].pipe.storage, "smoke-24", "v1").forecast(
+        history.select(model.variables).to_numpy()[None, -96:])[0]
+    assert np.allclose(forecast.select(model.variables).to_numpy(), expected, rtol=1e-6, atol=1e-6)
+    as_pandas = model.predict(history.to_pandas().set_index("date"))  # a DatetimeIndex dates it too
+    assert list(as_pandas.columns) == ["date", *model.variables]
+    assert np.allclose(as_pandas[model.variables].to_numpy(), expected, rtol=1e-6, atol=1e-6)
+    from_array = model.predict(history.select(model.variables).to_numpy())  # no dates: steps 1..24
+    assert from_array["step"].to_list() == list(range(1, 25))
+    with pytest.raises(InputError, match="needs at least 96"):
+        model.predict(history.head(50))
+    with pytest.raises(InputError, match="no column 'OT'"):
+        model.predict(history.drop("OT"))
+
+
+def test_predict_from_the_last_window(smoke, tmp_path):
+    output = tmp_path / "out" / "last.parquet"
+    result = runner.invoke(app, ["predict", "smoke", "--model", "smoke-24", "--version", "v1", "--input",
+                                 str(smoke["csv"]), "--output", str(output), "--json", *smoke["sets"]])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["origins"], summary["rows"], summary["scored"], summary["mse"]) == (1, 24, 0, None)
+    written = pl.read_parquet(output)
+    assert written.columns[:3] == ["origin", "date", "step"] and written["origin"][0] == smoke["frame"]["date"][-1]
+    long = runner.invoke(app, ["predict", "smoke", "--model", "smoke-24", "--input", str(smoke["csv"]),
+                               "--output", str(tmp_path / "long.parquet"), "--layout", "long", *smoke["sets"]])
+    assert long.exit_code == 0, long.output
+    assert pl.read_parquet(tmp_path / "long.parquet").shape == (24 * 7, 5)  # origin, date, step, id, value
+
+
+def test_a_backtest_over_the_test_windows_reproduces_the_registered_test_mse(smoke, tmp_path, ray_local):
+    """Every origin of the test split, spread over Ray Data: the overall MSE is the student's
+    registered test MSE, computed again through the predict path."""
+    dataset = smoke["run"].pipe.dataset
+    starts = window_starts(dataset.splits["test"], 96, 24)
+    dates = smoke["frame"]["date"]
+    first, last = dates[int(starts[0]) + 95], dates[int(starts[-1]) + 95]  # the last history row of each
+    output = tmp_path / "backtest.parquet"
+    result = runner.invoke(app, ["predict", "smoke", "--model", "smoke-24", "--version", "v1", "--input",
+                                 str(smoke["csv"]), "--output", str(output), "--origins", f"{first}:{last}",
+                                 "--json", *smoke["sets"]])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["origins"] == summary["scored"] == len(starts)
+    registered = smoke["run"].row.student.test_mse
+    assert summary["mse"] == pytest.approx(registered, rel=1e-4)
+    scores = pl.read_parquet(summary["scores_output"])
+    assert scores.height == len(starts) and scores["mse"].mean() == pytest.approx(registered, rel=1e-4)
+    assert pl.read_parquet(output).height == len(starts) * 24
+
+
+def test_bad_predict_input_is_one_line(smoke, tmp_path):
+    cases = {"--origins": ["--origins", "yesterday"], "model": ["--model", "nope-1"]}
+    for case, extra in cases.items():
+        args = ["predict", "smoke", "--model", "smoke-24", "--input", str(smoke["csv"]), *smoke["sets"], *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (case, result.output)
+        assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
