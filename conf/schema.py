@@ -97,6 +97,17 @@ class DataConfig(Section):
         return value.strip() if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _columns(self) -> DataConfig:
+        names = self.columns or []
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"data.columns names {repeated} more than once")
+        if self.timestamp in (*names, self.target):
+            raise ValueError(f"data.timestamp {self.timestamp!r} is also named as a variable (data.columns or "
+                             "data.target)")
+        return self
+
+    @model_validator(mode="after")
     def _rolling_sizes(self) -> DataConfig:
         if self.split == "rolling" and (self.val_size is None or self.test_size is None):
             raise ValueError("split 'rolling' needs data.val_size and data.test_size (steps, or a duration: 14d)")
@@ -219,6 +230,7 @@ class ServeConfig(Section):
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_models_per_replica: int = Field(8, ge=1)
     max_body_bytes: int = Field(16 * 2**20, gt=0)
+    request_timeout_s: float = Field(30.0, gt=0)  # a request (a slow or stalled body included) ends by then
     reload_interval_s: float = Field(5.0, gt=0)  # how often replicas look for new LATEST versions
     access_log: bool = True  # a log line per request in each replica's Ray Serve log
     auth_token: str | None = None  # bearer token; also read from $TIMEDISTILL_SERVE_TOKEN

@@ -477,7 +477,7 @@ def serve_command(config: Annotated[str | None, typer.Argument(help="config (def
 
         from ray import serve
 
-        from timedistill.serving.app import APP_NAME, build_app
+        from timedistill.serving.app import APP_NAME, build_app, http_options
         from timedistill.store.registry import list_models
         from timedistill.tasks.runtime import ray_session
 
@@ -486,7 +486,7 @@ def serve_command(config: Annotated[str | None, typer.Argument(help="config (def
             # after Ray starts: ray.init installs a SIGTERM handler of its own that aborts the process
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, lambda *_: stop.set())
-            serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+            serve.start(http_options=http_options(cfg.serve))
             try:
                 serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
                 names = list_models(storage)

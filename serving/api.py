@@ -40,14 +40,17 @@ from timedistill.serving.schema import (
     ModelInfo,
     ModelList,
 )
+from timedistill.store.errors import InvalidModelName, ModelUnavailable, RegistryError
+from timedistill.store.forecaster import ForecastModel
 from timedistill.store.predictor import forecast_times
 from timedistill.store.records import RegistryEntry
-from timedistill.store.registry import InvalidModelName, RegistryError, latest, list_models, read_version, versions
+from timedistill.store.registry import VERSION, latest, list_models, read_version, versions
 from timedistill.store.storage import Storage
 
 NPY = "application/x-npy"
 Body = TypeVar("Body", bound=BaseModel)
 TOKEN_ENV = "TIMEDISTILL_SERVE_TOKEN"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class Backend(Protocol):
@@ -57,45 +60,99 @@ class Backend(Protocol):
 
 
 class RegistryView:
-    """Registry lookups for the API. LATEST is re-read at most every `ttl` seconds (this is how
-    replicas pick up newly registered versions); a version's metadata never changes once
-    complete, so it is cached for good."""
+    """Registry lookups for the API, verified: a version is served only once its files parse and
+    its weights load and answer a probe. A LATEST that fails falls back to the newest version
+    before it that passes, and the failure (with its reason) is reported by /v1/models and
+    /readyz. LATEST is re-read at most every `ttl` seconds (this is how replicas pick up newly
+    registered versions and rollbacks); a version never changes once complete, so its verdict is
+    kept for good."""
 
     def __init__(self, storage: Storage, ttl: float) -> None:
         self.storage, self.ttl = storage, ttl
-        self._latest: dict[str, tuple[str, float]] = {}
-        self._entries: dict[tuple[str, str], RegistryEntry] = {}
+        self._latest: dict[str, tuple[str, float]] = {}  # model -> (the version served, until when)
+        self._verdicts: dict[tuple[str, str], RegistryEntry | str] = {}  # the entry, or why it fails
 
     def refresh(self) -> None:
         self._latest.clear()
 
     def resolve(self, name: str, version: str | None) -> RegistryEntry:
-        """The registry entry (config, scaler, metrics) of name@version, LATEST by default."""
-        if version is None:
-            cached = self._latest.get(name)
-            if cached is None or cached[1] < time.monotonic():
-                found = latest(self.storage, name)  # validates the name first
-                if found is None:
-                    raise RegistryError(f"model {name!r} is not registered")
-                cached = (found, time.monotonic() + self.ttl)
-                self._latest[name] = cached
-            version = cached[0]
-        key = (name, version)
-        if key not in self._entries:
-            self._entries[key] = read_version(self.storage, name, version)
-        return self._entries[key]
+        """The verified entry (config, scaler, metrics) of name@version; LATEST by default, or the
+        newest good version before a LATEST that fails."""
+        if version is not None:
+            return self._verified(name, version)
+        cached = self._latest.get(name)
+        if cached is None or cached[1] < time.monotonic():
+            cached = (self._servable(name).version, time.monotonic() + self.ttl)
+            self._latest[name] = cached
+        return self._verified(name, cached[0])
 
-    def models(self) -> list[ModelInfo]:
-        infos = []
+    def broken(self, name: str) -> dict[str, str]:
+        """The versions of a model that failed verification, and why."""
+        return {version: verdict for (model, version), verdict in self._verdicts.items()
+                if model == name and isinstance(verdict, str)}
+
+    def _servable(self, name: str) -> RegistryEntry:
+        pointer = latest(self.storage, name)  # validates the name first
+        if pointer is None:
+            raise RegistryError(f"model {name!r} is not registered")
+        complete = versions(self.storage, name)
+        if pointer not in complete:
+            self._verdicts[(name, pointer)] = f"LATEST points at {pointer!r}, which is not a complete version"
+        number = VERSION.match(pointer)
+        limit = int(number.group(1)) if number else None  # a rollback's LATEST: nothing newer is served
+        for candidate in sorted((v for v in complete if limit is None or int(v[1:]) <= limit),
+                                key=lambda v: -int(v[1:])):
+            try:
+                return self._verified(name, candidate)
+            except ModelUnavailable:
+                continue
+        reasons = "; ".join(f"{v}: {why}" for v, why in self.broken(name).items())
+        raise ModelUnavailable(f"model {name!r} has no version that loads ({reasons})")
+
+    def _verified(self, name: str, version: str) -> RegistryEntry:
+        if (name, version) not in self._verdicts:
+            self._verdicts[(name, version)] = self._verify(name, version)
+        verdict = self._verdicts[(name, version)]
+        if isinstance(verdict, str):
+            raise ModelUnavailable(f"version {version} of model {name!r} is broken: {verdict}")
+        return verdict
+
+    def _verify(self, name: str, version: str) -> RegistryEntry | str:
+        """The entry, or why it cannot be served (an unregistered version raises RegistryError)."""
+        try:
+            entry = read_version(self.storage, name, version)
+        except RegistryError:
+            raise
+        except Exception as exc:  # a truncated or unreadable file of a complete version
+            return f"its files do not read: {describe(exc)}"
+        try:
+            ForecastModel.with_scaler(entry.load(self.storage), entry.scaler, entry.config.lookback,
+                                      entry.config.horizon).probe()
+        except Exception as exc:
+            return f"it does not load and answer: {describe(exc)}"
+        return entry
+
+    def models(self) -> ModelList:
+        infos, unavailable = [], {}
         for name in list_models(self.storage):
-            entry = self.resolve(name, None)
+            try:
+                entry = self.resolve(name, None)
+            except RegistryError as exc:  # one model's broken entry never hides the others
+                unavailable[name] = str(exc)
+                continue
             config = entry.config
             infos.append(ModelInfo(
                 name=name, version=entry.version, versions=versions(self.storage, name),
                 lookback=config.lookback, horizon=config.horizon, variables=config.variables,
-                teacher=config.teacher,
+                teacher=config.teacher, broken=self.broken(name),
                 metrics={role: headline.to_json() for role, headline in entry.metrics.headline().items()}))
-        return infos
+        return ModelList(models=infos, unavailable=unavailable)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class BodyLimit:
@@ -172,6 +229,8 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
             return registry.resolve(model, version)
         except InvalidModelName as exc:
             raise HTTPException(400, str(exc)) from None
+        except ModelUnavailable as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         except RegistryError as exc:
             raise HTTPException(404, str(exc)) from None
 
@@ -187,9 +246,24 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
             raise HTTPException(422, f"history rows have {columns} values; model {entry.model} needs "
                                      f"{n_vars}: {config.variables}")
         used = histories[..., rows - lookback :, :]
-        if not np.isfinite(used).all():
-            raise HTTPException(422, "history contains NaN or infinite values")
+        bad = ~np.isfinite(used)
+        if not bad.any():  # standardized, a value must fit the model's float32
+            bad = np.abs((used - np.asarray(entry.scaler.mean)) / np.asarray(entry.scaler.std)) > FLOAT32_MAX
+        if bad.any():
+            *history, row, column = (int(i) for i in np.argwhere(bad)[0])
+            where = f"history {history[0]}, " if history else ""
+            raise HTTPException(422, f"{where}row {rows - lookback + row}, column {column} "
+                                     f"({config.variables[column]}): {used[tuple(np.argwhere(bad)[0])]!r} is not "
+                                     "a finite number the model can take (NaN, infinite, or too large for float32 "
+                                     "once standardized)")
         return used
+
+    async def forecast_of(entry: RegistryEntry, histories: np.ndarray, *, batched: bool) -> np.ndarray:
+        result = await backend.forecast(entry.model_id, histories, batched=batched)
+        if not np.isfinite(result).all():
+            raise HTTPException(422, f"model {entry.model_id} forecast non-finite values for this history: its "
+                                     "values are far outside the range it was trained on")
+        return result
 
     def dates(entry: RegistryEntry, rows: int, timestamps: list[datetime] | None,
               start: datetime | None) -> list[datetime] | None:
@@ -216,14 +290,25 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready when every registered model has a version that loads and answers; lists the
+        versions held out and why."""
+        listing = registry.models()
+        broken = {m.name: m.broken for m in listing.models if m.broken}
+        ready = not listing.unavailable
+        return JSONResponse({"status": "ready" if ready else "degraded", "models": len(listing.models),
+                             "unavailable": listing.unavailable, "broken": broken}, status_code=200 if ready else 503)
+
     @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(authorize)])
     async def models() -> ModelList:
-        return ModelList(models=registry.models())
+        return registry.models()
 
     @app.post("/v1/reload", dependencies=[Depends(authorize)])
     async def reload() -> dict[str, Any]:
         registry.refresh()
-        return {"models": {m.name: m.version for m in registry.models()}}
+        listing = registry.models()
+        return {"models": {m.name: m.version for m in listing.models}, "unavailable": listing.unavailable}
 
     def answer(entry: RegistryEntry, **fields: Any) -> Response:
         return json_response({"model": entry.model, "version": entry.version, "horizon": entry.config.horizon,
@@ -238,7 +323,7 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         if history.ndim != 2:
             raise HTTPException(422, "history must be a list of rows")
         times = dates(entry, len(history), request.timestamps, request.start)
-        result = await backend.forecast(entry.model_id, last_rows(history, entry)[None], batched=False)
+        result = await forecast_of(entry, last_rows(history, entry)[None], batched=False)
         return answer(entry, forecast=result[0], **({"timestamps": times} if times is not None else {}))
 
     @app.post("/v1/forecast/batch", dependencies=[Depends(authorize)], openapi_extra=json_body(BatchForecastRequest),
@@ -263,7 +348,7 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         if request.timestamps is not None or request.starts is not None:
             times = [dates(entry, rows, request.timestamps[i] if request.timestamps else None,
                            request.starts[i] if request.starts else None) for i, rows in enumerate(lengths)]
-        result = await backend.forecast(entry.model_id, last_rows(histories, entry), batched=True)
+        result = await forecast_of(entry, last_rows(histories, entry), batched=True)
         return answer(entry, forecasts=result, **({"timestamps": times} if times is not None else {}))
 
     @app.post("/v1/forecast/npy", dependencies=[Depends(authorize)],
@@ -273,17 +358,11 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
                                "description": "the forecasts as .npy: [S, C] or [N, S, C] float32"}})
     async def forecast_npy(request: Request, model: str = Query(...), version: str | None = Query(None)) -> Response:
         entry = entry_for(model, version)
-        try:
-            histories = np.load(io.BytesIO(await request.body()), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise HTTPException(400, f"body is not a NumPy .npy array: {exc}") from None
-        if histories.dtype.kind not in "fiu" or histories.ndim not in (2, 3) or histories.size == 0:
-            raise HTTPException(422, f"expected a numeric [L, C] or [N, L, C] array, got {histories.dtype} "
-                                     f"{list(histories.shape)}")
+        histories = read_npy(await request.body())
         single = histories.ndim == 2
         histories = histories[None] if single else histories
         histories = last_rows(histories.astype(np.float64, copy=False), entry)
-        result = await backend.forecast(entry.model_id, histories, batched=not single)
+        result = await forecast_of(entry, histories, batched=not single)
         buffer = io.BytesIO()
         np.save(buffer, (result[0] if single else result).astype(np.float32), allow_pickle=False)
         return Response(buffer.getvalue(), media_type=NPY,
@@ -293,6 +372,31 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+def read_npy(body: bytes) -> np.ndarray:
+    """A `.npy` body as an array, checked before anything is allocated: the format (no `.npz`, no
+    pickles), the header (a numeric dtype, [L, C] or [N, L, C]) and that the body holds exactly
+    the bytes the header declares."""
+    if body[:2] == b"PK":
+        raise HTTPException(400, "body is a .npz archive; send one .npy array")
+    if body[:6] != b"\x93NUMPY":
+        raise HTTPException(400, "body is not a NumPy .npy array (no .npy magic string)")
+    stream = io.BytesIO(body)
+    try:
+        major, _ = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError) as exc:
+        raise HTTPException(400, f"body is not a NumPy .npy array: {exc}") from None
+    if dtype.hasobject or dtype.kind not in "fiu" or len(shape) not in (2, 3) or 0 in shape:
+        raise HTTPException(422, f"expected a numeric [L, C] or [N, L, C] array, got {dtype} {list(shape)}")
+    declared, held = int(np.prod(shape)) * dtype.itemsize, len(body) - stream.tell()
+    if declared != held:
+        raise HTTPException(400, f"the .npy header declares {list(shape)} {dtype} ({declared} bytes) but the body "
+                                 f"holds {held} bytes of data")
+    return np.frombuffer(body, dtype=dtype, count=int(np.prod(shape)), offset=stream.tell()).reshape(
+        shape, order="F" if fortran else "C")
 
 
 async def parse_json(request: Request, schema: type[Body]) -> Body:

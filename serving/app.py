@@ -94,6 +94,11 @@ class ForecastAPI:
         return [o if isinstance(o := outcomes[m], BaseException) else o[row] for m, row in slots]
 
 
+def http_options(settings: ServeConfig) -> dict[str, Any]:
+    """What `serve.start` takes: where to listen, and how long a request may take."""
+    return {"host": settings.host, "port": settings.port, "request_timeout_s": settings.request_timeout_s}
+
+
 def deployment_options(settings: ServeConfig) -> dict[str, Any]:
     return {
         "ray_actor_options": {"num_cpus": settings.num_cpus},

@@ -60,7 +60,9 @@ class ModelInfo(BaseModel):
     variables: list[str]
     teacher: str | None = None
     metrics: dict[str, dict[str, float | int | None]]
+    broken: dict[str, str] = Field({}, description="versions held out of serving, and why")
 
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    unavailable: dict[str, str] = Field({}, description="registered models with no version that loads, and why")

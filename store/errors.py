@@ -9,5 +9,9 @@ class InvalidModelName(RegistryError):
     """A name that cannot be a registry entry (it would escape the registry as a path)."""
 
 
+class ModelUnavailable(RegistryError):
+    """A registered model none of whose versions loads and answers (each one's reason is kept)."""
+
+
 class InputError(ValueError):
     """A history a model cannot forecast from; the message says what is wrong."""

@@ -33,6 +33,13 @@ class ForecastModel:
         return cls(model=model, mean=np.asarray(scaler.mean, dtype=np.float64),
                    std=np.asarray(scaler.std, dtype=np.float64), lookback=lookback, horizon=horizon)
 
+    def probe(self) -> None:
+        """Answer once, from a history at the scaler's mean: raises when the model cannot."""
+        forecast = self.forecast(np.broadcast_to(self.mean, (1, self.lookback, len(self.mean))).copy())
+        if forecast.shape[1:] != (self.horizon, len(self.mean)) or not np.isfinite(forecast).all():
+            raise ValueError(f"its forecast of a plain history is {'not finite' if forecast.size else 'empty'} "
+                             f"(shape {list(forecast.shape)})")
+
     @torch.inference_mode()
     def forecast(self, histories: np.ndarray) -> np.ndarray:
         """[N, L, C] in data units -> [N, S, C] in data units."""

@@ -7,6 +7,7 @@ error names the file, and the column, row or timestamp at fault.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 from datetime import UTC, datetime, timedelta
@@ -223,11 +224,19 @@ def _read_frame(content: bytes, source: str) -> tuple[pl.DataFrame, int]:
     try:
         if content[:4] == b"PAR1":
             return pl.read_parquet(io.BytesIO(content)), 0
+        header = next(csv.reader(io.StringIO(content.decode("utf-8", "replace").split("\n", 1)[0])), [])
+        names = [name.strip().lstrip("\ufeff") for name in header]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # Polars would rename the second one silently (HUFL_duplicated_0)
+            raise DataError(f"{source}: the header names column(s) {repeated} more than once")
         frame = pl.read_csv(io.BytesIO(content), infer_schema=False, encoding="utf8-lossy")
     except pl.exceptions.PolarsError as exc:
         raise DataError(f"{source}: cannot parse as CSV or Parquet: {exc}") from None
-    renamed = {name: name.strip().lstrip("\ufeff") for name in frame.columns}
-    return frame.rename(renamed), 2  # data row 0 is on line 2 of a CSV file
+    frame = frame.rename(dict(zip(frame.columns, names, strict=True)))
+    blank = frame.select(pl.all_horizontal(pl.all().is_null() | (pl.all().str.strip_chars() == ""))).to_series()
+    filled = np.flatnonzero(~blank.to_numpy())
+    frame = frame.head(int(filled[-1]) + 1 if len(filled) else 0)  # blank lines at the end are not rows
+    return frame, 2  # data row 0 is on line 2 of a CSV file
 
 
 def row_namer(row_offset: int):
@@ -274,6 +283,8 @@ def parse_numbers(frame: pl.DataFrame, data: DataConfig, source: str, where) -> 
         column = frame[name]
         if column.dtype.is_numeric():
             values = column.cast(pl.Float64)
+        elif column.dtype != pl.String:
+            raise DataError(f"{source}: column {name!r} holds {column.dtype} values, not numbers")
         else:
             text = column.cast(pl.String).str.strip_chars()
             values = text.cast(pl.Float64, strict=False)
@@ -285,6 +296,11 @@ def parse_numbers(frame: pl.DataFrame, data: DataConfig, source: str, where) -> 
         if infinite.any():
             index = int(infinite.arg_true()[0])
             raise DataError(f"{source}: column {name!r}, {where(index)}: infinite value")
+        too_large = values.abs() > FLOAT32_MAX  # the series is stored as float32
+        if too_large.any():
+            index = int(too_large.arg_true()[0])
+            raise DataError(f"{source}: column {name!r}, {where(index)}: {values[index]!r} does not fit float32, "
+                            "the stored type")
         parsed.append(values.fill_nan(None).alias(name))  # NaN and empty cells: both "missing"
     return parsed
 
@@ -366,6 +382,7 @@ def _fill_values(frame: pl.DataFrame, data: DataConfig, source: str, where) -> t
 
 
 NEW, PRESENT = "__new", "__present"  # columns of the comparison with the previous version
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _format_step(step: timedelta) -> str:

@@ -17,6 +17,7 @@ from timedistill.store.records import ChampionDecision, Dataset, RegisteredModel
 from timedistill.store.registry import LATEST, VERSION, check_name, latest, read_version
 from timedistill.store.scaler import NamedScaler
 from timedistill.store.storage import SUCCESS, Storage
+from timedistill.tasks.errors import StepError
 from timedistill.tasks.evaluate import score_windows, window_range
 from timedistill.tasks.windows import window_starts
 
@@ -108,6 +109,12 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
         storage.write_json(f"{staging}/scaler.json", scaler.to_json())
         storage.write_json(f"{staging}/metrics.json", row.to_json())
         storage.write_bytes(f"{staging}/{SUCCESS}", b"")
+    try:  # what a server will do with it: read it back, load it, ask it once
+        ForecastModel.from_registry(storage, model, version).probe()
+    except Exception as exc:
+        storage.delete(folder)
+        raise StepError(f"registration of {model} {version} refused: it does not load back from "
+                        f"{storage.uri(folder)} ({type(exc).__name__}: {exc})") from None
     storage.write_bytes(f"registry/{model}/{LATEST}", f"{version}\n".encode())  # atomic, and only now
     return decided(True, version, verdict)
 

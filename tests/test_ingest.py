@@ -1,6 +1,7 @@
 """Ingestion: real files from ../shared/data, and every kind of bad input on tiny files."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,11 @@ BAD_INPUTS = {
     "gap": ("date,a,OT\n" + "\n".join(hourly(40)[:10] + hourly(40)[12:]) + "\n", r"1 gap\(s\).*2 missing steps"),
     "missing value": (toy_text().replace(",10,21", ",,21"), "1 missing value.*column 'a', line 12"),
     "irregular step": (toy_text().replace("2020-01-01 05:00:00", "2020-01-01 05:30:00"), "irregular time index"),
+    # values that pass the finiteness check but overflow the stored float32
+    "1e308": (toy_text().replace(",10,21", ",1e308,21"), "column 'a', line 12: 1e\\+308 does not fit float32"),
+    "3.5e38": (toy_text().replace(",10,21", ",10,3.5e38"), "column 'OT', line 12: 3.5e\\+38 does not fit float32"),
+    "repeated header": (toy_text().replace("date,a,OT", "date,a,a,OT").replace("\n2020", ",1\n2020"),
+                        r"the header names column\(s\) \['a'\] more than once"),
 }
 
 
@@ -185,3 +191,30 @@ def test_parquet_output_is_complete_or_absent(tmp_path):
     folder = tmp_path / "art" / dataset.directory
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", SERIES]
     assert not list((folder.parent).glob("*.tmp-*"))
+
+
+def test_blank_lines_at_the_end_are_not_rows(tmp_path):
+    path = write_csv(tmp_path, toy_text() + "\n   \n,,\n\n")
+    dataset = ingest(config_for(path, tmp_path / "art"), Storage(str(tmp_path / "art")))
+    assert dataset.rows == 40
+
+
+def test_a_parquet_column_of_lists_is_a_one_line_error(tmp_path):
+    frame = pl.DataFrame({"date": pl.datetime_range(pl.datetime(2021, 1, 1), pl.datetime(2021, 1, 2, 15), "1h",
+                                                    eager=True)})
+    frame = frame.with_columns(a=pl.int_range(0, frame.height).map_elements(lambda i: [i, i], return_dtype=pl.List(
+        pl.Int64)), OT=pl.int_range(0, frame.height) * 0.5)
+    frame.write_parquet(tmp_path / "lists.parquet")
+    with pytest.raises(DataError, match=r"column 'a' holds List\(Int64\) values, not numbers"):
+        ingest(config_for(tmp_path / "lists.parquet", tmp_path / "art"), Storage(str(tmp_path / "art")))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.columns=[HUFL,HUFL]", r"data.columns names \['HUFL'\] more than once"),
+    ("data.target=date", "data.timestamp 'date' is also named as a variable"),
+])
+def test_config_mistakes_that_used_to_be_tracebacks(override, message):
+    result = runner.invoke(app, ["ingest", "smoke", "--set", override])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert re.search(message, result.stderr.replace("\n", "")), result.stderr
+

@@ -12,6 +12,7 @@ from timedistill.conf import ConfigError, load_config
 from timedistill.store.registry import RegistryError, check_name, latest, list_models, read_version, versions
 from timedistill.store.storage import Storage
 from timedistill.store.weights import state_bytes
+from timedistill.tasks.errors import StepError
 from timedistill.tasks.registry import gate, register
 from timedistill.tasks.windows import window_starts
 
@@ -123,3 +124,15 @@ def test_names_that_are_not_plain_are_rejected(name, tmp_path):
         check_name(name)
     with pytest.raises(RegistryError):
         read_version(Storage(str(tmp_path)), name)
+
+
+def test_a_version_that_does_not_load_back_is_never_published(fresh):
+    run, storage, name = fresh
+    config = settings(name, "registry.gate=always")
+    assert register(config, storage, run.pipe.dataset, run.students, run.row, run_id="good").version == "v1"
+    storage.write_bytes(f"t-scratch/{name}/student.pt", b"not a state dict")
+    broken = run.students.model_copy(update={"directory": f"t-scratch/{name}"})
+    with pytest.raises(StepError, match=f"registration of {name} v2 refused: it does not load back"):
+        register(config, storage, run.pipe.dataset, broken, run.row, run_id="broken")
+    assert latest(storage, name) == "v1" and versions(storage, name) == ["v1"]
+    assert not storage.exists(f"registry/{name}/v2")

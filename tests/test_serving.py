@@ -32,12 +32,13 @@ def free_port() -> int:
 def served(smoke_pipeline, session_root, smoke_csv):
     from ray import serve
 
-    from timedistill.serving.app import APP_NAME, build_app
+    from timedistill.serving.app import APP_NAME, build_app, http_options
 
     port = free_port()
     config = load_config("smoke", [*smoke_overrides(session_root, smoke_csv), f"serve.port={port}",
-                                   f"serve.auth_token={TOKEN}", "serve.reload_interval_s=0.5"])
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+                                   f"serve.auth_token={TOKEN}", "serve.reload_interval_s=0.5",
+                                   "serve.request_timeout_s=3"])
+    serve.start(http_options=http_options(config.serve))
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60)
     yield {"client": client, "config": config, "run": smoke_pipeline, "port": port}
@@ -104,8 +105,17 @@ def test_batch_and_binary_forms(served, history):
 
 def bad_requests(history):
     rows = history.tolist()
-    npy = io.BytesIO()
+    npy, npz, objects = io.BytesIO(), io.BytesIO(), io.BytesIO()
     np.save(npy, np.array(["a", "b"]))
+    np.savez(npz, history=history)
+    np.save(objects, np.array([[object()] * 7] * 96), allow_pickle=True)
+    huge = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float64))
+    huge["shape"] = (10**6, 10**6, 7)  # 56 TB declared, 16 bytes sent: must fail before allocating
+    lying = io.BytesIO()
+    np.lib.format.write_array_header_1_0(lying, huge)
+    lying.write(b"\0" * 16)
+    overflow = [list(row) for row in rows]
+    overflow[5][2] = 1e308  # finite, but not once standardized into float32
     return {
         "malformed JSON": ("post", "/v1/forecast", {"content": b'{"model": "smoke-24", "history": [[1,'}, 422),
         "too few rows": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": rows[:50]}}, 422),
@@ -127,6 +137,12 @@ def bad_requests(history):
         "extra field": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": rows, "x": 1}}, 422),
         "empty batch": ("post", "/v1/forecast/batch", {"json": {"model": "smoke-24", "histories": []}}, 422),
         "oversized body": ("post", "/v1/forecast", {"content": b" " * (16 * 2**20 + 1)}, 413),
+        "1e308 in a history": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": overflow}}, 422),
+        ".npz body": ("post", "/v1/forecast/npy", {"params": {"model": "smoke-24"}, "content": npz.getvalue()}, 400),
+        "lying .npy header": ("post", "/v1/forecast/npy", {"params": {"model": "smoke-24"},
+                                                            "content": lying.getvalue()}, 400),
+        "pickled objects": ("post", "/v1/forecast/npy", {"params": {"model": "smoke-24"},
+                                                          "content": objects.getvalue()}, 422),
     }
 
 
@@ -201,7 +217,7 @@ def test_a_model_that_fails_to_load_fails_only_its_own_requests(served, history)
     with ThreadPoolExecutor(8) as threads:
         outcomes = list(threads.map(status, ["smoke-24", "broken-24"] * 12))
     assert {code for model, code in outcomes if model == "smoke-24"} == {200}, outcomes
-    assert {code for model, code in outcomes if model == "broken-24"} == {500}, outcomes
+    assert {code for model, code in outcomes if model == "broken-24"} == {503}, outcomes  # held out, and why
 
 
 def test_the_python_client_against_the_server(served, history):
@@ -251,3 +267,54 @@ def test_a_rollback_is_picked_up_like_a_new_version(served, history):
     while time.time() < deadline and served_version() != "v1":
         time.sleep(0.5)
     assert served_version() == "v1"
+
+def copy_version(storage, source: str, target: str, broken: dict[str, bytes] | None = None) -> None:
+    for name in storage.listdir(source):
+        data = (broken or {}).get(name, storage.read_bytes(f"{source}/{name}"))
+        storage.write_bytes(f"{target}/{name}", data)
+
+
+def test_a_broken_registry_entry_never_takes_serving_down(served, history):
+    """A LATEST that does not load falls back to the newest version that does; a model with no
+    good version is unavailable (503) and reported, and every other model keeps serving."""
+    client, storage = served["client"], served["run"].pipe.storage
+    good = f"registry/smoke-24/{latest(storage, 'smoke-24')}"
+    weights = storage.read_bytes(f"{good}/student.pt")
+    copy_version(storage, good, "registry/fallback-24/v1")
+    copy_version(storage, good, "registry/fallback-24/v2", {"student.pt": weights[: len(weights) // 2]})
+    storage.write_bytes("registry/fallback-24/LATEST", b"v2\n")
+    storage.write_bytes("registry/dangling-24/LATEST", b"v5\n")  # no such version
+    config = storage.read_bytes(f"{good}/config.json")
+    copy_version(storage, good, "registry/badconfig-24/v1", {"config.json": config[: len(config) // 2]})
+    storage.write_bytes("registry/badconfig-24/LATEST", b"v1\n")
+
+    fallback = client.post("/v1/forecast", json={"model": "fallback-24", "history": history.tolist()})
+    assert fallback.status_code == 200 and fallback.json()["version"] == "v1", fallback.text
+    listing = client.get("/v1/models")
+    assert listing.status_code == 200
+    body = listing.json()
+    models = {m["name"]: m for m in body["models"]}
+    assert models["fallback-24"]["version"] == "v1" and "does not load" in models["fallback-24"]["broken"]["v2"]
+    assert "smoke-24" in models and {"dangling-24", "badconfig-24"} <= set(body["unavailable"])
+    assert "v5" in body["unavailable"]["dangling-24"] and "do not read" in body["unavailable"]["badconfig-24"]
+    for name in ("dangling-24", "badconfig-24"):
+        refused = client.post("/v1/forecast", json={"model": name, "history": history.tolist()})
+        assert refused.status_code == 503 and refused.json()["detail"], refused.text
+    assert client.post("/v1/forecast", json={"model": "smoke-24", "history": history.tolist()}).status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and set(ready.json()["unavailable"]) >= {"dangling-24", "badconfig-24"}
+    assert "v2" in ready.json()["broken"]["fallback-24"]
+    assert client.post("/v1/reload").status_code == 200
+
+
+def test_a_stalled_body_times_out(served):
+    """A request whose body never finishes is answered or dropped within serve.request_timeout_s."""
+    port = served["port"]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(b"POST /v1/forecast HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                           b"authorization: Bearer " + TOKEN.encode() + b"\r\ncontent-length: 100000\r\n\r\n{\"model")
+        began = time.monotonic()
+        answer = connection.recv(4096)  # a status line, or b"" when the server closes
+        waited = time.monotonic() - began
+    assert waited < 3 + 10, (waited, answer[:100])
+
