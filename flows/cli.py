@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from typing import TYPE_CHECKING, Annotated, Any
@@ -29,25 +30,43 @@ if TYPE_CHECKING:  # torch and Ray load only when a command runs: `--help` stays
     from timedistill.store.records import Dataset, ResultRow, RunSummary, Teacher
 
 app = typer.Typer(
-    help="TimeDistill: distill big forecasters into a small MLP, on Ray and Prefect.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstrings reflow instead of breaking where the source does
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console()
 err = Console(stderr=True)
 
 ConfigArg = Annotated[str, typer.Argument(help="config YAML path, or a shipped name: smoke, etth1, ...")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotted.key=value (YAML value)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object as the last stdout line")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="override a config field: "
+                                                  "dotted.key=value (a YAML value); repeatable")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="print one JSON object as the last stdout line")]
+DebugOpt = Annotated[bool, typer.Option("--debug", metavar="", help="show tracebacks and Ray's and Prefect's logs")]
 
 USER_ERRORS = (ConfigError, DataError, StepError, RegistryError, InputError)
 
 
-@app.callback()
-def main_callback() -> None:
-    """TimeDistill: distill big forecasters into a small MLP, on Ray and Prefect."""
+def show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"timedistill {version('timedistill')}")
+        raise typer.Exit()
+
+
+VersionOpt = Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, metavar="",
+                                          help="print the version and exit")]
+FlagOpt = {"metavar": ""}  # a flag takes no value: no <bool> in the help
+
+
+@app.callback(epilog="Examples: `timedistill retrain smoke` (a minute on a laptop), `timedistill retrain etth1 "
+                     "--set data.horizons=[96]`, `timedistill serve smoke`, `timedistill predict smoke --model "
+                     "smoke-24 --input data/ETTh1.csv`. Every command: `timedistill COMMAND -h`.")
+def main_callback(version: VersionOpt = False) -> None:
+    """TimeDistill: distill big forecasters into a small MLP student, on Ray and Prefect.
+    Configs are YAML files or shipped names (smoke, etth1, ettm1, weather, exchange, illness)."""
 
 
 def run_command(debug: bool, body: Callable[[], Any]) -> Any:
@@ -170,7 +189,7 @@ def distill(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
             emit_json({"results": [row.to_json() for row in summary.results], "cache": use.to_json(),
                        "run_dir": summary.run_dir})
             return
-        print_results(summary.results)
+        print_results(summary.results, summary.dataset)
         if summary.caches:
             out.print(use.describe())
 
@@ -184,6 +203,7 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
     evaluate, register. Steps whose inputs did not change are skipped."""
 
     def body() -> None:
+        began = time.perf_counter()
         if not debug:  # the flow's logs still reach Prefect's API; the terminal shows progress
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         load_config(config, set_ or [])  # fail fast on a bad config, before any server starts
@@ -192,13 +212,16 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
             from timedistill.flows.retrain import retrain as retrain_flow
         with StepProgress() as terminal, progress(terminal, quiet=not debug):
             summary = retrain_flow(config=config, overrides=list(set_ or []), ray_address=ray_address)
+            total, steps = time.perf_counter() - began, sum(step.seconds for step in summary.steps.values())
+            terminal.step("start-up", total - steps, False, "imports, Prefect's server (outside the steps)")
+            terminal.note(f"{total:.1f}s in all")
         if as_json:
             emit_json(summary.to_json())
         else:
-            print_results(summary.results)
+            print_results(summary.results, summary.dataset)
             for model in summary.models:
                 out.print(model.describe())
-            out.print(f"reports: {summary.run_dir}/report.md, forecast.png, metrics.json")
+            out.print(f"reports: {summary.run_dir}/report.md (with forecast.png, training.png), metrics.json")
 
     run_command(debug, body)
 
@@ -232,9 +255,10 @@ def prefect_server_warming() -> Iterator[None]:
 @app.command()
 def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron schedule, e.g. '0 3 * * *'")],
              set_: SetOpt = None, name: Annotated[str | None, typer.Option(help="deployment name")] = None,
-             monitor: Annotated[bool, typer.Option("--monitor", help="schedule the drift monitor instead of the "
-                                                   "retrain flow")] = False,
-             trigger: Annotated[bool, typer.Option(help="with --monitor: a drift starts the retrain flow")] = True,
+             monitor: Annotated[bool, typer.Option("--monitor", **FlagOpt, help="schedule the drift monitor instead "
+                                                   "of the retrain flow")] = False,
+             trigger: Annotated[bool, typer.Option(**FlagOpt, help="with --monitor: a drift starts the retrain "
+                                                   "flow")] = True,
              ray_address: RayAddressOpt = None, debug: DebugOpt = False) -> None:
     """Serve the retrain flow (or with --monitor the drift monitor) on a cron schedule (Prefect
     `flow.serve`); runs until Ctrl-C."""
@@ -262,8 +286,8 @@ def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron sch
 
 @app.command("monitor")
 def monitor_command(config: ConfigArg, set_: SetOpt = None,
-                    trigger: Annotated[bool, typer.Option("--trigger", help="a drift starts the retrain flow (its "
-                                                          "Prefect deployment if there is one)")] = False,
+                    trigger: Annotated[bool, typer.Option("--trigger", **FlagOpt, help="a drift starts the retrain "
+                                                          "flow (its Prefect deployment if there is one)")] = False,
                     as_json: Annotated[bool, typer.Option("--json", help="a JSON object per model on stdout")] = False,
                     ray_address: RayAddressOpt = None, debug: DebugOpt = False) -> None:
     """Ingest the newest data and check every registered model of the config for drift: its MSE
@@ -519,20 +543,33 @@ def use_ray_environment(cfg: Config, address: str | None) -> None:
     os.environ.update(wanted)
 
 
-def print_results(results: list[ResultRow]) -> None:
-    table = Table("dataset", "h", "model", "test MSE", "test MAE", "params", "latency ms", "vs MLP", "vs teacher")
-    labels = {"teacher": "teacher ({})", "student": "student ({})", "baseline": "MLP baseline"}
+def results_table(results: list[ResultRow]) -> Table:
+    """Teacher, distilled student and plain MLP per horizon, narrow enough for 80 columns; the
+    student's MSE against the others in words (better / worse)."""
+    from rich import box
+
+    from timedistill.store.records import change
+
+    first = results[0]
+    title = (f"{first.dataset}: {first.teacher.name} teacher -> {first.student.name} student, standardized test "
+             "scores (lower is better)") if results else "no results"
+    table = Table("h", "model", "MSE", "MAE", "params", "student vs MLP", "student vs teacher", box=box.SIMPLE_HEAD,
+                  pad_edge=False, title=title, title_justify="left")
+    labels = {"teacher": "teacher", "student": "student", "baseline": "MLP"}
     for row in results:
         for role, score in row.scores().items():
-            versus = teach = ""
-            if role == "student":
-                if row.student_vs_baseline_pct is not None:
-                    versus = f"{row.student_vs_baseline_pct:+.1f}%"
-                teach = f"{row.student_vs_teacher_pct:+.1f}%"
-            latency = f"{score.latency_ms:.2f}" if score.latency_ms is not None else ""
-            table.add_row(row.dataset, str(row.horizon), labels[role].format(score.name), f"{score.test_mse:.4f}",
-                          f"{score.test_mae:.4f}", f"{score.params:,}", latency, versus, teach)
-    out.print(table)
+            student = role == "student"
+            table.add_row(str(row.horizon), labels[role], f"{score.test_mse:.4f}", f"{score.test_mae:.4f}",
+                          f"{score.params:,}", change(row.student_vs_baseline_pct) if student else "",
+                          change(row.student_vs_teacher_pct) if student else "")
+    return table
+
+
+def print_results(results: list[ResultRow], config_name: str | None = None) -> None:
+    out.print(results_table(results))
+    if config_name == "smoke":
+        out.print("[yellow]smoke config:[/] tiny models, one epoch, 800 rows: these scores say nothing about "
+                  "accuracy (try `timedistill retrain etth1`)")
 
 
 def main() -> None:  # pragma: no cover - the console script calls app directly

@@ -36,6 +36,11 @@ class StepProgress:
         state = "[dim] cached[/]" if cached else f"{seconds:6.1f}s"  # both 7 wide
         self.progress.console.print(f"  [green]✓[/] {name:<10} {state}  {detail}", highlight=False)
 
+    def note(self, text: str) -> None:
+        """Something the user may want once: where a dashboard is, which run this is."""
+        if self.enabled:
+            self.progress.console.print(f"  [dim]{text}[/]", highlight=False)
+
     def __call__(self, event: Event) -> None:
         if not self.enabled:
             return

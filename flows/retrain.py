@@ -24,16 +24,19 @@ from functools import wraps
 from typing import Any, Literal, TypeVar
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.states import Completed
 from prefect.tasks import exponential_backoff
+from ray.exceptions import RayActorError
 
 from timedistill.conf import load_config
 from timedistill.store.records import Evaluation, RunSummary
+from timedistill.tasks.events import EpochFinished, Event
 from timedistill.tasks.steps import Pipeline, StepResult, Terminal
 
-TRANSIENT = (OSError, ConnectionError, TimeoutError)
+TRANSIENT = (OSError, ConnectionError, TimeoutError, RayActorError)  # I/O, a lost Ray worker or connection
 Stop = Literal["teacher", "evaluate", "register"]
 
 # The terminal of `timedistill` commands run in this process; flow parameters must stay
@@ -66,10 +69,41 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def publish_report(task: Any, task_run: Any, state: Any) -> None:
-    """Prefect hook of the evaluate step: the results table as a markdown artifact of the run."""
+    """Prefect hook of the evaluate step: the report, the results as a table, and links to the
+    plots, as artifacts of the run (what the Prefect UI shows of it)."""
     evaluation: Evaluation = state.result()
-    create_markdown_artifact(evaluation.markdown, key=artifact_key(evaluation.dataset),
-                             description=f"timedistill results, run {evaluation.run_id}")
+    key = artifact_key(evaluation.dataset)
+    create_markdown_artifact(evaluation.markdown, key=key, description=f"timedistill results, run {evaluation.run_id}")
+    create_table_artifact([{"horizon": row.horizon, "model": role, "name": score.name, "test_mse": score.test_mse,
+                            "test_mae": score.test_mae, "params": score.params}
+                           for row in evaluation.rows for role, score in row.scores().items()],
+                          key=f"{key}-table", description="test scores (standardized), per horizon and model")
+    for name in ("forecast.png", "training.png"):
+        create_link_artifact(f"{evaluation.run_dir}/{name}", link_text=name, key=f"{key}-{name.split('.')[0]}",
+                             description=f"{name} of run {evaluation.run_id}")
+
+
+class RunLog:
+    """Where a flow run shows its progress: the run's log (every run, scheduled ones too), and
+    the terminal of the command that started it, if there is one."""
+
+    def __init__(self, terminal: Terminal | None, logger: Any) -> None:
+        self.terminal, self.logger = terminal, logger
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, EpochFinished):
+            self.logger.info("%s", event.describe())
+        if self.terminal is not None:
+            self.terminal(event)
+
+    def step(self, name: str, seconds: float, cached: bool, detail: str) -> None:
+        if self.terminal is not None:
+            self.terminal.step(name, seconds, cached, detail)
+
+    def note(self, text: str) -> None:
+        self.logger.info("%s", text)
+        if self.terminal is not None:
+            self.terminal.note(text)
 
 
 def artifact_key(name: str) -> str:
@@ -85,13 +119,23 @@ def step(name: str, method: Callable[..., Result], **options: Any) -> Callable[.
     cached status recorded (Pipeline.log) and its result logged, here and nowhere else."""
     options = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
                "retry_condition_fn": retry_transient, "cache_policy": NO_CACHE} | options
-    as_task = task(name=name, **options)(method)
+
+    @wraps(method)
+    def body(*args: Any, **kwargs: Any) -> Any:
+        """The task's body: a step that found its output done ends in a state named Skipped."""
+        result = method(*args, **kwargs)
+        if result is None or result.cached:
+            return Completed(data=result, name="Skipped",
+                             message=f"reused: {result.describe()}" if result is not None else "nothing to do")
+        return result
+
+    as_task = task(name=name, **options)(body)
 
     @wraps(method)
     def run(pipe: Pipeline, *args: Any) -> Result:
         in_flow = FlowRunContext.get() is not None
         began = time.perf_counter()
-        result = as_task(pipe, *args) if in_flow else method(pipe, *args)
+        result = as_task(pipe, *args, return_state=True).result() if in_flow else method(pipe, *args)
         seconds = time.perf_counter() - began
         pipe.log.record(name, seconds, result)
         logger = get_run_logger() if in_flow else logging.getLogger("timedistill")
@@ -116,7 +160,11 @@ def retrain(config: str = "smoke", overrides: list[str] | None = None, ray_addre
     """Retrain teachers, distill students and register them, for one config. `stop_after` ends
     the run early (the step commands); `train_teachers=False` requires trained teachers."""
     settings = load_config(config, overrides or [])
-    with Pipeline(settings, ray_address=ray_address, quiet=_quiet.get(), terminal=_terminal.get(),
+    terminal, run = _terminal.get(), FlowRunContext.get()
+    if run is not None:  # a Prefect run: progress goes to its log too
+        terminal = RunLog(terminal, get_run_logger())
+        terminal.note(f"Prefect flow run '{run.flow_run.name}' of {retrain.name}")
+    with Pipeline(settings, ray_address=ray_address, quiet=_quiet.get(), terminal=terminal,
                   train_teachers=train_teachers) as pipe:
         ingest(pipe)
         teachers = [train_teacher(pipe, horizon) for horizon in settings.data.horizons]

@@ -221,8 +221,8 @@ class Teacher(TrainingRun, TrainedModel):
         return model
 
     def describe(self) -> str:
-        warm = " (warm start)" if self.warm_from else ""
-        return f"h={self.horizon} {self.name}{warm}, val MSE {self.val_mse:.4f}, test MSE {self.test_mse:.4f}"
+        warm = ", warm start" if self.warm_from else ""
+        return f"h={self.horizon} {self.name}: {training(self.history)}{warm}, val MSE {self.val_mse:.4f}"
 
 
 class Cache(Record):
@@ -291,9 +291,10 @@ class StudentsRun(TrainingRun):
         return load_forecaster(storage, self.weights_path(role), self.spec(role), device)
 
     def describe(self) -> str:
-        baseline = f", baseline {self.baseline.test_mse:.4f}" if self.baseline else ""
-        warm = " (warm start)" if self.warm_from else ""
-        return f"h={self.horizon} {self.student.name}{warm}, student test MSE {self.student.test_mse:.4f}{baseline}"
+        baseline = f", MLP {self.baseline.test_mse:.4f}" if self.baseline else ""
+        warm = ", warm start" if self.warm_from else ""
+        return (f"h={self.horizon} {self.student.name}: {training(self.student.history)}{warm}; test MSE "
+                f"{self.student.test_mse:.4f}{baseline}")
 
 
 class ResultRow(Record):
@@ -341,9 +342,23 @@ class ResultRow(Record):
                 f"student {self.student.test_mse:.4f}{baseline}")
 
 
+def training(history: list[dict[str, int | float]]) -> str:
+    """How long the epochs themselves took: the rest of a training step is Ray Train's."""
+    return f"{len(history)} epoch{'s' if len(history) != 1 else ''}, {sum(e['seconds'] for e in history):.1f}s"
+
+
 def gain(value: float, reference: float) -> float:
     """Relative MSE reduction in %: positive when `value` is better (lower) than `reference`."""
     return 100.0 * (reference - value) / reference
+
+
+def change(gain_pct: float | None) -> str:
+    """A gain in words that cannot be read backwards: '7.4% better', '5.0% worse'."""
+    if gain_pct is None:
+        return ""
+    if round(gain_pct, 1) == 0:
+        return "the same"
+    return f"{abs(gain_pct):.1f}% {'better' if gain_pct > 0 else 'worse'}"
 
 
 # ---- the registry -----------------------------------------------------------------------------
@@ -453,7 +468,7 @@ class Evaluation(Record):
     cached: bool = Field(False, exclude=True)  # evaluation always runs: it is cheap
 
     def describe(self) -> str:
-        return f"{len(self.rows)} horizon(s); report.md, forecast.png in the run folder"
+        return f"{len(self.rows)} horizon(s); report.md and its plots in the run folder"
 
 
 class StepTime(Record):

@@ -15,6 +15,7 @@ same deterministic reduction the online path applies, so both paths see the same
 from __future__ import annotations
 
 import time
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -57,8 +58,7 @@ def find_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Teac
     return Cache.from_json(storage.read_json(f"{directory}/{CACHE_META}"), directory=directory, cached=True)
 
 
-def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Teacher, *,
-                series: ray.ObjectRef) -> Cache:
+def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Teacher) -> Cache:
     """Run the teacher once over every window and store what it says (find_cache first: this
     always builds)."""
     key = cache_key(config, dataset, teacher)
@@ -68,12 +68,12 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
     resources = worker_resources(config)
     storage.delete(directory)  # an earlier attempt that did not finish
     # Ray: batch inference with a pool of actors, each holding the frozen teacher once
-    stats = (
-        ray.data.from_arrow(index)
-        .map_batches(
+    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_restarts yet
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        inference = ray.data.from_arrow(index).map_batches(
             TeacherPredictor,
-            fn_constructor_kwargs={
-                "storage": storage, "teacher": teacher, "series": series, "directory": directory,
+            fn_constructor_kwargs={  # small records only: each actor reads the series itself
+                "storage": storage, "dataset": dataset, "teacher": teacher, "directory": directory,
                 "feature_dim": stored_feature_dim(teacher, config), "use_gpu": config.ray.use_gpu,
             },
             batch_size=4 * INFERENCE_BATCH,
@@ -81,9 +81,12 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
             compute=ray.data.ActorPoolStrategy(size=config.ray.num_workers),
             num_cpus=resources["CPU"],
             num_gpus=resources.get("GPU", 0),
+            # a lost actor fails the step, which is retried whole (the cache is rebuilt from
+            # scratch): Ray Data's own actor restarts keep their arguments in the object store,
+            # which Ray reports on the terminal as an error line (ray issue 53727)
+            max_restarts=0,
         )
-        .to_arrow_refs()
-    )
+    stats = inference.to_arrow_refs()
     table = pa.concat_tables(ray.get(stats))
     rows = {split: 0 for split in SPLITS}
     for split, count in zip(table["split"].to_pylist(), table["rows"].to_pylist(), strict=True):
@@ -109,12 +112,14 @@ class TeacherPredictor:
     """A Ray Data actor: runs the frozen teacher over batches of windows and writes each batch's
     predictions and features as a Parquet part file; returns one stats row per file."""
 
-    def __init__(self, storage: Storage, teacher: Teacher, series: ray.ObjectRef, directory: str,
-                 feature_dim: int, use_gpu: bool) -> None:
+    def __init__(self, storage: Storage, dataset: Dataset, teacher: Teacher, directory: str, feature_dim: int,
+                 use_gpu: bool) -> None:
+        # the series is read here, not passed in: an actor whose constructor arguments sit in the
+        # object store cannot be restarted once they are gone, and Ray says so on the terminal
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.storage, self.directory, self.feature_dim = storage, directory, feature_dim
         self.model = teacher.load(storage, self.device)
-        self.batcher = WindowBatcher(ray.get(series), teacher.lookback, teacher.horizon)
+        self.batcher = WindowBatcher(dataset.standardized(storage), teacher.lookback, teacher.horizon)
 
     @torch.inference_mode()
     def __call__(self, batch: pa.Table) -> pa.Table:

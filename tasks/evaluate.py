@@ -10,18 +10,19 @@ from timedistill.store.forecaster import ForecastModel
 from timedistill.store.records import Dataset, Evaluation, ResultRow, StudentsRun, Teacher, WindowRange
 from timedistill.store.scaler import Scaler
 from timedistill.store.storage import Storage
-from timedistill.tasks.report import forecast_figure, report_markdown
+from timedistill.tasks.report import forecast_figure, report_markdown, training_figure
 from timedistill.tasks.windows import WindowBatcher
 
 
 def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teachers: list[Teacher],
              students: list[StudentsRun]) -> Evaluation:
-    """Compare every horizon; write report.md and forecast.png into the run folder (each
-    atomically)."""
+    """Compare every horizon; write report.md, forecast.png and training.png into the run folder
+    (each atomically)."""
     rows = [ResultRow.compare(teacher, run) for teacher, run in zip(teachers, students, strict=True)]
     markdown = report_markdown(dataset.name, run_id, rows)
     storage.write_bytes(f"{run_dir}/report.md", markdown.encode())
     storage.write_bytes(f"{run_dir}/forecast.png", forecast_figure(storage, dataset, teachers, students))
+    storage.write_bytes(f"{run_dir}/training.png", training_figure(teachers, students))
     return Evaluation(dataset=dataset.name, run_id=run_id, rows=rows, run_dir=storage.uri(run_dir), markdown=markdown)
 
 

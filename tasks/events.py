@@ -33,8 +33,8 @@ class EpochFinished(Record):
     val_mse: dict[str, float]  # trainee (teacher, student, baseline) -> val MSE
 
     def describe(self) -> str:
-        scores = "  ".join(f"{name} val_mse {value:.4f}" for name, value in self.val_mse.items())
-        return f"{self.stage} h={self.horizon} epoch {self.epoch}/{self.epochs}  {scores}  ({self.seconds:.1f}s)"
+        scores = ", ".join(f"{name} {value:.4f}" for name, value in self.val_mse.items())
+        return f"{self.stage} h={self.horizon} epoch {self.epoch}/{self.epochs}: val MSE {scores} ({self.seconds:.1f}s)"
 
 
 Event = BatchStarted | EpochFinished

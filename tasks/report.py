@@ -1,5 +1,6 @@
-"""The run's reports: report.md (teacher vs student vs MLP) and forecast.png (a few test windows
-of the target variable, in the data's own units)."""
+"""The run's reports: report.md (teacher vs student vs MLP), forecast.png (a few test windows of the
+target variable, in the data's own units, dated) and training.png (loss and validation MSE per
+epoch of each model)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from statistics import mean
 
 import numpy as np
 import torch
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure  # no pyplot: no display and no global state needed
 
-from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher
+from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher, change
 from timedistill.store.storage import Storage
 from timedistill.tasks.windows import WindowBatcher, window_starts
 
@@ -19,24 +21,22 @@ COLORS = {"teacher": "tab:orange", "student": "tab:blue", "baseline": "tab:green
 
 
 def report_markdown(dataset: str, run_id: str, rows: list[ResultRow]) -> str:
-    """The results table per horizon, then the averages over horizons."""
-    lines = [f"# {dataset}: teacher vs distilled student vs MLP baseline", "",
-             f"Run `{run_id}`. Test split, standardized space (MSE/MAE over every element of every window). "
-             "Gains are the student's MSE reduction; latency is the median forward pass on a batch of 32 "
-             f"on {rows[0].device if rows else 'the training device'}.", "",
-             "| horizon | model | MSE | MAE | params | latency ms | student gain | speed-up | param ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """The results per horizon, the averages over horizons, and the plots."""
+    lines = [f"# {dataset}: teacher vs distilled student vs plain MLP", "",
+             f"Run `{run_id}`. Scores are on the test split, in the standardized space (each variable divided by "
+             "its train-split standard deviation), over every element of every window; lower is better. The "
+             "plots below are in the data's own units.", "",
+             "| horizon | model | MSE | MAE | params | student vs MLP | student vs teacher |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         for role, score in row.scores().items():
-            gain = speed = ratio = ""
-            if role == "student":
-                versus_mlp = row.student_vs_baseline_pct if row.student_vs_baseline_pct is not None else float("nan")
-                gain = f"{versus_mlp:+.1f}% vs MLP, {row.student_vs_teacher_pct:+.1f}% vs teacher"
-                speed = f"{row.speedup:.1f}x" if row.speedup else ""
-                ratio = f"{row.param_ratio:.1f}x fewer"
-            latency = f"{score.latency_ms:.2f}" if score.latency_ms is not None else ""
+            student = role == "student"
             lines.append(f"| {row.horizon} | {LABELS[role]} ({score.name}) | {score.test_mse:.4f} | "
-                         f"{score.test_mae:.4f} | {score.params:,} | {latency} | {gain} | {speed} | {ratio} |")
+                         f"{score.test_mae:.4f} | {score.params:,} | "
+                         f"{change(row.student_vs_baseline_pct) if student else ''} | "
+                         f"{change(row.student_vs_teacher_pct) if student else ''} |")
+    lines += ["", *[f"At horizon {row.horizon} the student has {size(row.param_ratio)} parameters as the teacher."
+                    for row in rows]]
     if len(rows) > 1:
         lines += ["", "Average over horizons:", "", "| model | MSE | MAE |", "|---|---|---|"]
         for role, label in LABELS.items():
@@ -44,7 +44,39 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow]) -> str:
             if all(scores):
                 lines.append(f"| {label} | {mean(s.test_mse for s in scores):.4f} | "
                              f"{mean(s.test_mae for s in scores):.4f} |")
+    lines += ["", "Forecasts of the target on a few test windows (data units):", "", "![forecasts](forecast.png)",
+              "", "Training: each model's loss and validation MSE per epoch:", "", "![training](training.png)"]
     return "\n".join(lines) + "\n"
+
+
+def size(param_ratio: float) -> str:
+    """teacher params / student params in words, the right way round."""
+    if param_ratio >= 1:
+        return f"{param_ratio:.1f}x fewer"
+    return f"{1 / param_ratio:.1f}x more"
+
+
+def training_figure(teachers: list[Teacher], students: list[StudentsRun]) -> bytes:
+    """PNG: per horizon, the training loss and the validation MSE of each model per epoch (from
+    the histories teacher.json and students.json keep)."""
+    fig = Figure(figsize=(10, 3.2 * len(teachers)))
+    axes = fig.subplots(len(teachers), 2, squeeze=False)
+    for row, (teacher, run) in enumerate(zip(teachers, students, strict=True)):
+        histories = {"teacher": teacher.history, **{role: trained.history for role, trained in run.models.items()}}
+        for col, (key, title) in enumerate((("train_loss", "training loss"), ("val_mse", "validation MSE"))):
+            ax = axes[row][col]
+            for role, history in histories.items():
+                epochs = [entry["epoch"] for entry in history]
+                ax.plot(epochs, [entry[key] for entry in history], marker="o", ms=3, color=COLORS[role],
+                        label=LABELS[role])
+            ax.set_title(f"h={teacher.horizon}: {title}", fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
 
 
 @torch.inference_mode()
@@ -52,6 +84,7 @@ def forecast_figure(storage: Storage, dataset: Dataset, teachers: list[Teacher],
                     windows: int = 3) -> bytes:
     """PNG: history, truth and each model's forecast of the target for a few test windows."""
     series = dataset.standardized(storage)
+    times = dataset.timestamps(storage)
     target = len(dataset.variables) - 1  # the target is the last variable
     fig = Figure(figsize=(5 * windows, 3.2 * len(teachers)))
     axes = fig.subplots(len(teachers), windows, squeeze=False)
@@ -70,15 +103,17 @@ def forecast_figure(storage: Storage, dataset: Dataset, teachers: list[Teacher],
         history = min(lookback, 2 * horizon)
         for col in range(windows):
             ax = axes[row][col]
-            past = np.arange(-history, 0)
-            future = np.arange(horizon)
+            origin = int(chosen[col]) + lookback  # the row of the first forecast step
+            past, future = times[origin - history : origin], times[origin : origin + horizon]
             ax.plot(past, units(x[col])[-history:], color="0.5", lw=1, label="history")
             ax.plot(future, units(y[col]), color="black", lw=1.5, label="truth")
             for role, forecast in forecasts.items():
                 ax.plot(future, units(forecast[col]), color=COLORS[role], lw=1.2, label=LABELS[role])
-            ax.axvline(0, color="0.8", lw=0.8)
-            ax.set_title(f"{dataset.name} h={horizon}, test window from row {int(chosen[col])}", fontsize=9)
-            ax.set_ylabel(dataset.variables[target], fontsize=8)
+            ax.axvline(future[0], color="0.8", lw=0.8)
+            ax.xaxis.set_major_locator(locator := AutoDateLocator())
+            ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+            ax.set_title(f"{dataset.name} h={horizon}, forecast from {future[0].astype('datetime64[m]')}", fontsize=9)
+            ax.set_ylabel(f"{dataset.variables[target]} (data units)", fontsize=8)
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7, loc="best")
     fig.tight_layout()

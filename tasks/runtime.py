@@ -20,7 +20,7 @@ log = logging.getLogger("timedistill")
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> None:
+def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> str | None:
     """A new Ray of our own on this machine, with its dashboard on 127.0.0.1.
 
     The dashboard is not optional for Ray Train (Train V2, the default of the Ray versions
@@ -30,7 +30,10 @@ def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> None:
     The cleaner finds the API through RAY_ADDRESS or, failing that, the most recently started
     Ray on the machine, which may be another local Ray whose answer ("no such actor") makes it
     remove our placement group. So the GCS port is chosen here and RAY_ADDRESS pinned to it in
-    the environment that Ray's processes inherit (and restored in ours)."""
+    the environment that Ray's processes inherit (and restored in ours). Returns the dashboard's
+    address."""
+    if quiet:  # Ray announces that it turned token authentication on: noise to our users
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
     with socket.socket() as probe:
@@ -40,8 +43,9 @@ def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> None:
     saved = {key: os.environ.get(key) for key in pinned}
     os.environ.update(pinned)
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=not quiet)
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                           logging_level=logging.WARNING, log_to_driver=not quiet)
+        return context.dashboard_url or None
     finally:
         for key, value in saved.items():
             if value is None:
@@ -55,21 +59,22 @@ def ray_address(config: Config, override: str | None = None) -> str | None:
 
 
 @contextmanager
-def ray_session(config: Config, address: str | None = None, *, quiet: bool = True) -> Iterator[bool]:
+def ray_session(config: Config, address: str | None = None, *, quiet: bool = True) -> Iterator[str | None]:
     """Use the Ray that is already initialized, else connect to `address` / ray.address /
-    $RAY_ADDRESS, else start a local Ray. Yields whether this call started it; only a Ray this
-    call started or connected is shut down at the end. `quiet` keeps the workers' logs and Ray
-    Data's progress lines off the terminal (our own progress reports epochs and steps)."""
+    $RAY_ADDRESS, else start a local Ray. Yields the dashboard's address when this call started
+    or connected Ray (None otherwise); only a Ray this call started or connected is shut down at
+    the end. `quiet` keeps the workers' logs and Ray Data's progress lines off the terminal (our
+    own progress reports epochs and steps)."""
     if ray.is_initialized():
-        yield False
+        yield None
         return
     target = ray_address(config, address)
     if target is None:  # a new Ray of our own, never a `ray start` cluster that happens to run here
-        start_local_ray(quiet=quiet)
+        dashboard = start_local_ray(quiet=quiet)
         log.info("started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
     else:
         try:
-            ray.init(address=target, logging_level=logging.WARNING, log_to_driver=not quiet)
+            dashboard = ray.init(address=target, logging_level=logging.WARNING, log_to_driver=not quiet).dashboard_url
         except (ConnectionError, ray.exceptions.RpcError, ray.exceptions.AuthenticationError) as exc:
             hint = " (a cluster with token authentication also needs RAY_AUTH_MODE=token here, and its token in " \
                    "~/.ray/auth_token or $RAY_AUTH_TOKEN)" if "auth" in str(exc).lower() else ""
@@ -78,7 +83,7 @@ def ray_session(config: Config, address: str | None = None, *, quiet: bool = Tru
     if quiet:
         quiet_ray_data()
     try:
-        yield True
+        yield dashboard
     finally:
         ray.shutdown()
 

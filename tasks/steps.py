@@ -57,6 +57,8 @@ class Terminal(Protocol):
 
     def step(self, name: str, seconds: float, cached: bool, detail: str) -> None: ...
 
+    def note(self, text: str) -> None: ...
+
 
 class StepLog:
     """How long each step took and whether it was reused, folded over the horizons: a step
@@ -123,10 +125,16 @@ class Pipeline:
     def run_dir(self) -> str:
         return f"runs/{self.dataset.name}/{self.run_id}"
 
+    def ensure_ray(self) -> None:
+        """Ray, started (or connected) on first use and stopped with the pipeline."""
+        if not ray.is_initialized():
+            dashboard = self._stack.enter_context(ray_session(self.config, self.ray_address, quiet=self.quiet))
+            if dashboard and self.terminal is not None:
+                self.terminal.note(f"Ray dashboard: http://{dashboard}")
+
     def series(self) -> ray.ObjectRef:
         """Ray: the standardized series, put in the object store once per pipeline."""
-        if not ray.is_initialized():
-            self._stack.enter_context(ray_session(self.config, self.ray_address, quiet=self.quiet))
+        self.ensure_ray()
         if self._series is None:
             self._series = ray.put(self.dataset.standardized(self.storage))
         return self._series
@@ -157,7 +165,8 @@ class Pipeline:
             return None
         cache = find_cache(self.config, self.storage, self.dataset, teacher)
         if cache is None:
-            cache = build_cache(self.config, self.storage, self.dataset, teacher, series=self.series())
+            self.ensure_ray()
+            cache = build_cache(self.config, self.storage, self.dataset, teacher)
         self.caches.append(cache)
         return cache
 

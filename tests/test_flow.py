@@ -36,11 +36,31 @@ def test_the_results_table_is_a_prefect_artifact(smoke_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    key = artifact_key("smoke")
     with get_client(sync_client=True) as client:
-        key = ArtifactFilterKey(any_=[artifact_key("smoke")])
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
-    assert found and found[0].type == "markdown"
-    assert "distilled student" in found[0].data
+        found = {artifact.key: artifact for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key, f"{key}-table", f"{key}-forecast", f"{key}-training"])))}
+    assert found[key].type == "markdown" and "distilled student" in found[key].data
+    assert "![forecasts](forecast.png)" in found[key].data
+    assert found[f"{key}-table"].type == "table" and "test_mse" in found[f"{key}-table"].data
+    assert found[f"{key}-forecast"].type == "markdown" and "forecast.png" in found[f"{key}-forecast"].data  # a link
+    assert "training.png" in found[f"{key}-training"].data
+
+
+def test_epochs_are_in_the_run_log_and_reused_steps_are_skipped(smoke_run, session_root, smoke_csv):
+    """What the Prefect UI shows of a run without a terminal: each epoch in the flow run's log,
+    and the steps that found their output done in a state named Skipped."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterTextSearch
+
+    state = retrain(config="smoke", overrides=smoke_overrides(session_root, smoke_csv), return_state=True)
+    this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        steps = {run.name.rsplit("-", 1)[0]: run.state.name for run in client.read_task_runs(flow_run_filter=this_run)}
+        logs = client.read_logs(log_filter=LogFilter(text=LogFilterTextSearch(query="teacher h=24 epoch 1/1")),
+                                limit=10)
+    assert steps["teacher"] == "Skipped" and steps["distill"] == "Skipped" and steps["evaluate"] == "Completed"
+    assert any("teacher h=24 epoch 1/1" in log.message for log in logs)  # the session's first, training run
 
 
 def test_a_second_run_skips_what_is_done(smoke_run, session_root, smoke_csv):
