@@ -180,9 +180,11 @@ class DistillConfig(Section):
 
 class RayConfig(Section):
     address: str | None = None  # None: $RAY_ADDRESS if set, else a local Ray started on demand
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    # None picks for you (tasks/runtime.py, `Workers`): a local Ray gets one worker with every CPU
+    # (one per GPU when it has GPUs), a cluster one worker with one CPU unless the config says more
+    num_workers: int | None = Field(None, ge=1)
+    use_gpu: bool | None = None  # None: the GPUs of a local Ray, none on a cluster
+    cpus_per_worker: float | None = Field(None, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
     mixed_precision: bool = False  # bfloat16 autocast on GPU workers
     max_failures: int = Field(2, ge=0)  # worker failures a training run survives

@@ -76,7 +76,7 @@ class Headline(Record):
     test_mse: float
     test_mae: float
     params: int
-    latency_ms: float | None  # median forward pass of a batch of 32 on the training device
+    latency_ms: float | None  # median forward pass of a batch (ResultRow says which batch and threads)
 
 
 class ModelScore(Headline):
@@ -101,7 +101,7 @@ class TrainedModel(Record):
     epochs: int  # epochs run (early stopping may end before the configured number)
     test_mse: float
     test_mae: float
-    latency_ms: float | None
+    latency_ms: float | None  # None since 2026-12: the evaluate step times each model (ResultRow)
     history: list[dict[str, int | float]]  # per epoch: train loss (and its parts), val MSE/MAE, lr, seconds
 
     def score(self) -> ModelScore:
@@ -297,6 +297,16 @@ class StudentsRun(TrainingRun):
                 f"{self.student.test_mse:.4f}{baseline}")
 
 
+class Latency(Record):
+    """Each model's forward pass timed the same way: once training is done, nothing else running
+    in the process, the median of repeated calls on one batch, at a stated thread count."""
+
+    ms: dict[str, float]  # role -> median milliseconds
+    batch: int
+    threads: int
+    device: str
+
+
 class ResultRow(Record):
     """Teacher vs distilled student vs plain MLP at one horizon, on the test split."""
 
@@ -310,18 +320,27 @@ class ResultRow(Record):
     param_ratio: float  # teacher params / student params
     speedup: float | None  # teacher latency / student latency
     device: str
+    latency_batch: int | None = None  # what the latencies are: a forward pass of this many windows,
+    latency_threads: int | None = None  # with this many torch threads (None in rows written before)
 
     @classmethod
-    def compare(cls, teacher: Teacher, students: StudentsRun) -> ResultRow:
+    def compare(cls, teacher: Teacher, students: StudentsRun, latency: Latency | None = None) -> ResultRow:
+        """The comparison of one horizon; `latency` replaces the models' own latency fields."""
         scores = {role: trained.score() for role, trained in students.models.items()}
-        student, baseline, teach = scores["student"], scores.get("baseline"), teacher.score()
+        if latency is not None:
+            scores = {role: score.model_copy(update={"latency_ms": latency.ms[role]}) for role, score in scores.items()}
+        teach = teacher.score()
+        if latency is not None:
+            teach = teach.model_copy(update={"latency_ms": latency.ms["teacher"]})
+        student, baseline = scores["student"], scores.get("baseline")
         return cls(
             dataset=students.dataset, horizon=students.horizon, teacher=teach, student=student, baseline=baseline,
             student_vs_teacher_pct=gain(student.test_mse, teach.test_mse),
             student_vs_baseline_pct=gain(student.test_mse, baseline.test_mse) if baseline else None,
             param_ratio=teach.params / student.params,
             speedup=teach.latency_ms / student.latency_ms if teach.latency_ms and student.latency_ms else None,
-            device=students.device,
+            device=latency.device if latency else students.device,
+            latency_batch=latency.batch if latency else None, latency_threads=latency.threads if latency else None,
         )
 
     def scores(self) -> dict[str, ModelScore]:
@@ -334,6 +353,7 @@ class ResultRow(Record):
 
     def to_json(self) -> dict[str, Any]:
         unused = {"baseline", "student_vs_baseline_pct"} if self.baseline is None else set()
+        unused |= {"latency_batch", "latency_threads"} if self.latency_batch is None else set()
         return self.model_dump(mode="json", exclude=unused)
 
     def describe(self) -> str:

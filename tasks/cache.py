@@ -28,7 +28,7 @@ from timedistill.conf import Config, stable_hash
 from timedistill.models import reduce_feature_width
 from timedistill.store.records import Cache, Dataset, Teacher
 from timedistill.store.storage import SUCCESS, Storage
-from timedistill.tasks.runtime import worker_resources
+from timedistill.tasks.runtime import Workers
 from timedistill.tasks.windows import SPLITS, WindowBatcher, window_index
 
 CACHE_META = "cache.json"
@@ -65,7 +65,7 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
     directory = f"cache/{key}"
     index = window_index(dataset.splits, teacher.lookback, teacher.horizon)
     began = time.perf_counter()
-    resources = worker_resources(config)
+    workers = Workers.of(config)
     storage.delete(directory)  # an earlier attempt that did not finish
     # Ray: batch inference with a pool of actors, each holding the frozen teacher once
     with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_restarts yet
@@ -74,13 +74,14 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
             TeacherPredictor,
             fn_constructor_kwargs={  # small records only: each actor reads the series itself
                 "storage": storage, "dataset": dataset, "teacher": teacher, "directory": directory,
-                "feature_dim": stored_feature_dim(teacher, config), "use_gpu": config.ray.use_gpu,
+                "feature_dim": stored_feature_dim(teacher, config), "use_gpu": workers.gpus > 0,
+                "threads": workers.threads,
             },
             batch_size=4 * INFERENCE_BATCH,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=config.ray.num_workers),
-            num_cpus=resources["CPU"],
-            num_gpus=resources.get("GPU", 0),
+            compute=ray.data.ActorPoolStrategy(size=workers.count),
+            num_cpus=workers.cpus,
+            num_gpus=workers.gpus,
             # a lost actor fails the step, which is retried whole (the cache is rebuilt from
             # scratch): Ray Data's own actor restarts keep their arguments in the object store,
             # which Ray reports on the terminal as an error line (ray issue 53727)
@@ -113,9 +114,10 @@ class TeacherPredictor:
     predictions and features as a Parquet part file; returns one stats row per file."""
 
     def __init__(self, storage: Storage, dataset: Dataset, teacher: Teacher, directory: str, feature_dim: int,
-                 use_gpu: bool) -> None:
+                 use_gpu: bool, threads: int) -> None:
         # the series is read here, not passed in: an actor whose constructor arguments sit in the
         # object store cannot be restarted once they are gone, and Ray says so on the terminal
+        torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.storage, self.directory, self.feature_dim = storage, directory, feature_dim
         self.model = teacher.load(storage, self.device)

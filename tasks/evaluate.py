@@ -4,21 +4,27 @@ space), and the run's reports written from them."""
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import numpy as np
+import torch
 
 from timedistill.store.forecaster import ForecastModel
-from timedistill.store.records import Dataset, Evaluation, ResultRow, StudentsRun, Teacher, WindowRange
+from timedistill.store.records import Dataset, Evaluation, Latency, ResultRow, StudentsRun, Teacher, WindowRange
 from timedistill.store.scaler import Scaler
 from timedistill.store.storage import Storage
 from timedistill.tasks.report import forecast_figure, report_markdown, training_figure
-from timedistill.tasks.windows import WindowBatcher
+from timedistill.tasks.windows import WindowBatcher, window_starts
 
 
 def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teachers: list[Teacher],
              students: list[StudentsRun]) -> Evaluation:
     """Compare every horizon; write report.md, forecast.png and training.png into the run folder
     (each atomically)."""
-    rows = [ResultRow.compare(teacher, run) for teacher, run in zip(teachers, students, strict=True)]
+    series = dataset.standardized(storage)
+    rows = [ResultRow.compare(teacher, run, time_models(storage, dataset, series, teacher, run))
+            for teacher, run in zip(teachers, students, strict=True)]
     markdown = report_markdown(dataset.name, run_id, rows)
     storage.write_bytes(f"{run_dir}/report.md", markdown.encode())
     storage.write_bytes(f"{run_dir}/forecast.png", forecast_figure(storage, dataset, teachers, students))
@@ -46,3 +52,36 @@ def window_range(timestamps: np.ndarray, starts: np.ndarray, lookback: int, hori
     """The windows at `starts` and the time their forecasts cover."""
     return WindowRange(count=len(starts), start=str(timestamps[starts[0] + lookback]),
                        end=str(timestamps[starts[-1] + lookback + horizon - 1]))
+
+
+LATENCY_BATCH, LATENCY_THREADS, LATENCY_REPEATS = 32, 1, 30
+
+
+@torch.inference_mode()
+def time_models(storage: Storage, dataset: Dataset, series: np.ndarray, teacher: Teacher,
+                run: StudentsRun) -> Latency:
+    """Teacher, student and MLP each timed the same way, here in the flow's process once training
+    is done (nothing else runs in it): the median of repeated forward passes on one batch of test
+    windows, on the CPU, with a fixed number of torch threads."""
+    starts = window_starts(dataset.splits["test"], teacher.lookback, teacher.horizon)[:LATENCY_BATCH]
+    x, _ = WindowBatcher(series, teacher.lookback, teacher.horizon)(starts)  # [B, L, C]
+    models = {"teacher": teacher.load(storage), **{role: run.load(storage, role) for role in run.models}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
+        ms = {role: median_ms(model, x) for role, model in models.items()}
+    finally:
+        torch.set_num_threads(threads)
+    return Latency(ms=ms, batch=len(x), threads=LATENCY_THREADS, device="cpu")
+
+
+def median_ms(model: torch.nn.Module, x: torch.Tensor, warmup: int = 3) -> float:
+    for _ in range(warmup):  # the allocator's first calls
+        model(x)
+    times = []
+    for _ in range(LATENCY_REPEATS):
+        began = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times)
+

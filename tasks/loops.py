@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import resource
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -169,26 +168,6 @@ def evaluate(model: nn.Module, batcher: WindowBatcher, starts: np.ndarray, rank:
         sums[2] += error.numel()
     sq, ab, count = all_reduce_sum(sums, device)
     return Scores(mse=sq / max(count, 1), mae=ab / max(count, 1))
-
-
-@torch.inference_mode()
-def latency_ms(model: nn.Module, batcher: WindowBatcher, starts: np.ndarray, device: torch.device,
-               batch_size: int = 32, repeats: int = 20) -> float:
-    """Median wall time of one forward pass on a batch of 32 windows on the training device."""
-    model.eval()
-    x, _ = batcher(starts[:batch_size])
-    x = x.to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):  # warm up (allocator, cuDNN autotuning)
-        model(x)
-    times = []
-    for _ in range(repeats):
-        sync()
-        begin = time.perf_counter()
-        model(x)
-        sync()  # a CPU-GPU sync: the kernels must have finished to be counted
-        times.append((time.perf_counter() - begin) * 1000)
-    return statistics.median(times)
 
 
 # ---- the loop ---------------------------------------------------------------------------------

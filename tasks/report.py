@@ -35,8 +35,8 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow]) -> str:
                          f"{score.test_mae:.4f} | {score.params:,} | "
                          f"{change(row.student_vs_baseline_pct) if student else ''} | "
                          f"{change(row.student_vs_teacher_pct) if student else ''} |")
-    lines += ["", *[f"At horizon {row.horizon} the student has {size(row.param_ratio)} parameters as the teacher."
-                    for row in rows]]
+    lines += ["", *[f"At horizon {row.horizon} the student has {size(row.param_ratio)} parameters than the teacher"
+                    + latency_sentence(row) for row in rows]]
     if len(rows) > 1:
         lines += ["", "Average over horizons:", "", "| model | MSE | MAE |", "|---|---|---|"]
         for role, label in LABELS.items():
@@ -47,6 +47,14 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow]) -> str:
     lines += ["", "Forecasts of the target on a few test windows (data units):", "", "![forecasts](forecast.png)",
               "", "Training: each model's loss and validation MSE per epoch:", "", "![training](training.png)"]
     return "\n".join(lines) + "\n"
+
+
+def latency_sentence(row: ResultRow) -> str:
+    if row.latency_batch is None or not row.speedup:
+        return "."
+    return (f"; a forward pass of {row.latency_batch} windows ({row.latency_threads} thread, {row.device}) takes "
+            f"{row.student.latency_ms:.2f} ms against the teacher's {row.teacher.latency_ms:.2f} ms "
+            f"({row.speedup:.1f}x {'faster' if row.speedup >= 1 else 'slower'}).")
 
 
 def size(param_ratio: float) -> str:

@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import ray
 
@@ -92,19 +93,34 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
-def worker_resources(config: Config) -> dict[str, float]:
-    """Resources of one training worker; on a cluster smaller than asked for, the CPU request
-    shrinks to fit instead of waiting forever."""
-    cpus = config.ray.cpus_per_worker
-    free = cluster_cpus()
-    if cpus * config.ray.num_workers > free:
-        cpus = max(round(free / config.ray.num_workers, 2), 0.1)
-        log.info("asking %.2f CPU per worker (ray.cpus_per_worker=%s does not fit %d workers on %s CPUs)",
-                 cpus, config.ray.cpus_per_worker, config.ray.num_workers, cluster_cpus())
-    resources = {"CPU": cpus}
-    if config.ray.use_gpu:
-        resources["GPU"] = config.ray.gpus_per_worker
-    return resources
+@dataclass(frozen=True)
+class Workers:
+    """How training (and the cache's inference) runs: how many workers, and what each holds."""
+
+    count: int
+    cpus: float  # per worker
+    gpus: float  # per worker; 0 on CPUs
+    threads: int  # torch threads per worker: its CPUs
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+
+    @classmethod
+    def of(cls, config: Config) -> Workers:
+        """What the config asks for; what it leaves unset (None) sized to a local Ray (every CPU,
+        a worker per GPU) or, on a cluster, one worker with one CPU. On a cluster smaller than
+        asked for, the CPU request shrinks to fit instead of waiting forever."""
+        settings, local = config.ray, ray_address(config) is None
+        free, gpus = cluster_cpus(), float(ray.cluster_resources().get("GPU", 0))
+        use_gpu = settings.use_gpu if settings.use_gpu is not None else (local and gpus >= 1)
+        count = settings.num_workers or (max(int(gpus), 1) if local and use_gpu else 1)
+        cpus = settings.cpus_per_worker or (max(free // count, 1.0) if local else 1.0)
+        if cpus * count > free:
+            cpus = max(round(free / count, 2), 0.1)
+            log.info("asking %.2f CPU per worker (%s workers do not fit %s CPUs otherwise)", cpus, count, free)
+        return cls(count=count, cpus=cpus, gpus=settings.gpus_per_worker if use_gpu else 0.0,
+                   threads=max(int(cpus), 1))
 
 
 def quiet_ray_data() -> None:

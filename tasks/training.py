@@ -8,6 +8,7 @@ trainee's best weights on the test split, and what goes back to the driver.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from timedistill.store.record import Record
 from timedistill.store.records import ModelSpec, TrainedModel
 from timedistill.store.storage import Storage
 from timedistill.tasks import loops
-from timedistill.tasks.runtime import worker_resources
+from timedistill.tasks.runtime import Workers
 from timedistill.tasks.windows import Span, WindowBatcher, window_starts
 
 Batch = dict[str, torch.Tensor]
@@ -75,6 +76,7 @@ class TrainingJob:
     series: ray.ObjectRef  # the standardized series [T, C], put once by the driver
     splits: dict[str, Span]
     mixed_precision: bool
+    threads: int = 1  # torch threads of each worker: its CPUs (run_training sets it)
     init: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # trainee -> weights to start from
     callbacks: tuple[loops.Callback, ...] = ()  # progress to the terminal, faults in tests
 
@@ -105,6 +107,7 @@ def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
     """Runs on every Ray Train worker."""
     job = loop_config["job"]
     # 1. set up: this worker, what the job trains, and the weights a warm start begins from
+    torch.set_num_threads(job.threads)
     worker = Worker.start(job)
     plan = job.setup(worker)
     for trainee in plan.trainees:
@@ -131,22 +134,23 @@ def score_best(trainee: loops.Trainee, spec: ModelSpec, worker: Worker) -> Train
     loops.restore_best(trainee)
     scores = loops.evaluate(trainee.model, worker.batcher, worker.starts["test"], worker.rank, worker.world,
                             worker.device)
-    latency = loops.latency_ms(trainee.model, worker.batcher, worker.starts["test"], worker.device)
     return TrainedModel(
         name=spec.name, hparams=spec.hparams, params=trainee.model.num_params(), val_mse=trainee.early.best,
         best_epoch=trainee.early.best_epoch + 1, epochs=len(trainee.history), test_mse=scores.mse,
-        test_mae=scores.mae, latency_ms=latency if worker.rank == 0 else None, history=trainee.history)
+        test_mae=scores.mae, latency_ms=None, history=trainee.history)  # latency: timed by the evaluate step
 
 
 def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
                  datasets: dict[str, ray.data.Dataset] | None = None) -> TrainingResult:
-    """Ray: run `job` on `ray.num_workers` Ray Train workers. Checkpoints go to
+    """Ray: run `job` on Ray Train workers (`Workers.of(config)`). Checkpoints go to
     <storage root>/ray/<name>, so starting the same name again resumes a killed run."""
+    workers = Workers.of(config)
+    job = dataclasses.replace(job, threads=workers.threads)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": job},
-        scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
-                                     resources_per_worker=worker_resources(config)),
+        scaling_config=ScalingConfig(num_workers=workers.count, use_gpu=workers.gpus > 0,
+                                     resources_per_worker=workers.resources),
         run_config=RunConfig(
             name=name,
             storage_path=storage.path("ray"),

@@ -57,8 +57,8 @@ def test_epochs_are_in_the_run_log_and_reused_steps_are_skipped(smoke_run, sessi
     this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
         steps = {run.name.rsplit("-", 1)[0]: run.state.name for run in client.read_task_runs(flow_run_filter=this_run)}
-        logs = client.read_logs(log_filter=LogFilter(text=LogFilterTextSearch(query="teacher h=24 epoch 1/1")),
-                                limit=10)
+        phrase = LogFilterTextSearch(query='"teacher h=24 epoch 1/1"')  # quoted: the phrase, not any of its words
+        logs = client.read_logs(log_filter=LogFilter(text=phrase), limit=200)
     assert steps["teacher"] == "Skipped" and steps["distill"] == "Skipped" and steps["evaluate"] == "Completed"
     assert any("teacher h=24 epoch 1/1" in log.message for log in logs)  # the session's first, training run
 
