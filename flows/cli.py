@@ -70,7 +70,9 @@ def main_callback(version: VersionOpt = False) -> None:
 
 
 def run_command(debug: bool, body: Callable[[], Any]) -> Any:
-    """Run a command body; user errors become one line on stderr and exit code 1."""
+    """Run a command body; user errors become one line on stderr and exit code 1; on Ctrl-C
+    every step's atomic writes leave nothing half written, and Prefect's temporary server, which
+    would outlive us, is stopped."""
     try:
         return body()
     except USER_ERRORS as exc:
@@ -79,8 +81,21 @@ def run_command(debug: bool, body: Callable[[], Any]) -> Any:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err.print("interrupted")
+        stop_prefect_server()
+        err.print("interrupted: nothing is half written; the same command resumes from the steps and "
+                  "training epochs already done", highlight=False)
         raise typer.Exit(130) from None
+
+
+def stop_prefect_server() -> None:
+    """Stop the temporary Prefect server this process started, if any (it would outlive us)."""
+    if "prefect.server.api.server" not in sys.modules:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    with suppress(Exception):
+        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+            server.stop()
 
 
 def emit_json(payload: dict[str, Any]) -> None:
@@ -205,7 +220,7 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
     def body() -> None:
         began = time.perf_counter()
         if not debug:  # the flow's logs still reach Prefect's API; the terminal shows progress
-            os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+            os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         load_config(config, set_ or [])  # fail fast on a bad config, before any server starts
         with prefect_server_warming():
             from timedistill.flows.retrain import progress
@@ -295,7 +310,7 @@ def monitor_command(config: ConfigArg, set_: SetOpt = None,
 
     def body() -> None:
         if not debug:
-            os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+            os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         load_config(config, set_ or [])
         with prefect_server_warming():
             from timedistill.flows.monitor import monitor
