@@ -74,8 +74,8 @@ def training_figure(teachers: list[Teacher], students: list[StudentsRun]) -> byt
         for col, (key, title) in enumerate((("train_loss", "training loss"), ("val_mse", "validation MSE"))):
             ax = axes[row][col]
             for role, history in histories.items():
-                epochs = [entry["epoch"] for entry in history]
-                ax.plot(epochs, [entry[key] for entry in history], marker="o", ms=3, color=COLORS[role],
+                epochs = [logged["epoch"] for logged in history]
+                ax.plot(epochs, [logged[key] for logged in history], marker="o", ms=3, color=COLORS[role],
                         label=LABELS[role])
             ax.set_title(f"h={teacher.horizon}: {title}", fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
