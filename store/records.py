@@ -326,13 +326,10 @@ class ResultRow(Record):
     @classmethod
     def compare(cls, teacher: Teacher, students: StudentsRun, latency: Latency | None = None) -> ResultRow:
         """The comparison of one horizon; `latency` replaces the models' own latency fields."""
-        scores = {role: trained.score() for role, trained in students.models.items()}
+        scores = {"teacher": teacher.score(), **{role: trained.score() for role, trained in students.models.items()}}
         if latency is not None:
             scores = {role: score.model_copy(update={"latency_ms": latency.ms[role]}) for role, score in scores.items()}
-        teach = teacher.score()
-        if latency is not None:
-            teach = teach.model_copy(update={"latency_ms": latency.ms["teacher"]})
-        student, baseline = scores["student"], scores.get("baseline")
+        teach, student, baseline = scores["teacher"], scores["student"], scores.get("baseline")
         return cls(
             dataset=students.dataset, horizon=students.horizon, teacher=teach, student=student, baseline=baseline,
             student_vs_teacher_pct=gain(student.test_mse, teach.test_mse),

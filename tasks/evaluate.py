@@ -27,7 +27,7 @@ def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teac
             for teacher, run in zip(teachers, students, strict=True)]
     markdown = report_markdown(dataset.name, run_id, rows)
     storage.write_bytes(f"{run_dir}/report.md", markdown.encode())
-    storage.write_bytes(f"{run_dir}/forecast.png", forecast_figure(storage, dataset, teachers, students))
+    storage.write_bytes(f"{run_dir}/forecast.png", forecast_figure(storage, dataset, series, teachers, students))
     storage.write_bytes(f"{run_dir}/training.png", training_figure(teachers, students))
     return Evaluation(dataset=dataset.name, run_id=run_id, rows=rows, run_dir=storage.uri(run_dir), markdown=markdown)
 

@@ -88,10 +88,10 @@ def training_figure(teachers: list[Teacher], students: list[StudentsRun]) -> byt
 
 
 @torch.inference_mode()
-def forecast_figure(storage: Storage, dataset: Dataset, teachers: list[Teacher], students: list[StudentsRun],
-                    windows: int = 3) -> bytes:
-    """PNG: history, truth and each model's forecast of the target for a few test windows."""
-    series = dataset.standardized(storage)
+def forecast_figure(storage: Storage, dataset: Dataset, series: np.ndarray, teachers: list[Teacher],
+                    students: list[StudentsRun], windows: int = 3) -> bytes:
+    """PNG: history, truth and each model's forecast of the target for a few test windows
+    (`series`: the standardized series the caller already holds)."""
     times = dataset.timestamps(storage)
     target = len(dataset.variables) - 1  # the target is the last variable
     fig = Figure(figsize=(5 * windows, 3.2 * len(teachers)))
