@@ -80,10 +80,10 @@ def run_command(debug: bool, body: Callable[[], Any]) -> Any:
             raise
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         stop_prefect_server()
-        err.print("interrupted: nothing is half written; the same command resumes from the steps and "
-                  "training epochs already done", highlight=False)
+        where = getattr(exc, "resume_from", None) or "the steps already done"
+        err.print(f"interrupted; nothing half written; rerun resumes from {where}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 
@@ -91,9 +91,15 @@ def stop_prefect_server() -> None:
     """Stop the temporary Prefect server this process started, if any (it would outlive us)."""
     if "prefect.server.api.server" not in sys.modules:
         return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
     with suppress(Exception):
+        # what the run logged and emitted goes out first: sent after the server has stopped, it
+        # would be retried against nothing for a minute before the process could exit
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=5)
         for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
             server.stop()
 

@@ -30,6 +30,30 @@ from timedistill.store.forecaster import ForecastModel
 from timedistill.store.storage import Storage
 
 APP_NAME = "timedistill"
+LOOPBACK = "127.0.0.1"
+
+
+def keep_replica_grpc_on_loopback() -> None:
+    """On a node whose address is loopback (the local Ray of `timedistill serve`), bind this
+    replica's inter-deployment gRPC server to loopback too.
+
+    Ray Serve 2.60 starts that server on [::], every interface, whatever the node's address
+    (ray/serve/_private/replica.py, `_on_initialized`), and calls it through the node's address.
+    It does so after the deployment's __init__ has run, looking the helper up in its module,
+    so a replica that calls this in __init__ listens where its callers reach it and nowhere else.
+    On a cluster node (an address other than loopback) nothing changes."""
+    import ray
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    if ray.util.get_node_ip_address() != LOOPBACK or getattr(bind, "on_loopback", False):
+        return
+
+    def on_loopback(server: Any, address: str) -> int:
+        return bind(server, address.replace("[::]", LOOPBACK, 1))
+
+    on_loopback.on_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_loopback
 
 
 def model_pool(settings: ServeConfig) -> Any:
@@ -39,6 +63,7 @@ def model_pool(settings: ServeConfig) -> Any:
     @serve.deployment(name="ModelPool")
     class ModelPool:
         def __init__(self, root: str, endpoint_override: str | None) -> None:
+            keep_replica_grpc_on_loopback()
             self.storage = Storage(root, endpoint_override)
 
         @serve.multiplexed(max_num_models_per_replica=settings.max_models_per_replica)
@@ -61,6 +86,7 @@ class ForecastAPI:
 
     def __init__(self, pool: DeploymentHandle, root: str, endpoint_override: str | None,
                  settings: dict[str, Any]) -> None:
+        keep_replica_grpc_on_loopback()
         self.pool = pool
         self.settings = ServeConfig(**settings)
         self.registry = RegistryView(Storage(root, endpoint_override), ttl=self.settings.reload_interval_s)
@@ -106,6 +132,9 @@ def deployment_options(settings: ServeConfig) -> dict[str, Any]:
         "max_ongoing_requests": settings.max_ongoing_requests,
         "max_queued_requests": settings.max_queued_requests,
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=1),
+        # a stopping replica checks for requests still in flight this often (Ray's default: 2 s,
+        # paid once per deployment at every shutdown and downscale)
+        "graceful_shutdown_wait_loop_s": 0.25,
         "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
                                "target_ongoing_requests": max(settings.max_batch_size // 2, 1)},
     }

@@ -15,8 +15,10 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
     and replicas call each other over gRPC (BENCHMARKS.md, "Serving", compares both modes with a
     bare uvicorn server). Its costs: HAProxy also opens a stats page (port 8404) and a Prometheus
     endpoint (port 9101) on every interface, at fixed ports (RAY_SERVE_HAPROXY_STATS_PORT and
-    RAY_SERVE_HAPROXY_METRICS_PORT move them); it speaks plain HTTP only; a shutdown waits while
-    Ray drains the ingress replicas."""
+    RAY_SERVE_HAPROXY_METRICS_PORT move them); it speaks plain HTTP only."""
     if settings.ingress == "haproxy":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                # Ray keeps a stopping ingress replica draining for 30 s, time for a cluster's load
+                # balancers to notice; on one machine HAProxy notices at once
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
     return {}

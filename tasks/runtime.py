@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ray
+from ray._private import ray_constants
 
 from timedistill.conf import Config
 from timedistill.tasks.errors import StepError
@@ -19,10 +22,12 @@ log = logging.getLogger("timedistill")
 # Train V2's preemption watcher polls for spot-instance drains: one more process that imports
 # Ray Train on a laptop where nothing gets preempted. Clusters keep Ray's default.
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+LOOPBACK = "127.0.0.1"
+SINGLE_MACHINE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # see single_machine_node
 
 
 def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> str | None:
-    """A new Ray of our own on this machine, with its dashboard on 127.0.0.1.
+    """A new Ray of our own on this machine, every port of it on loopback (single_machine_node).
 
     The dashboard is not optional for Ray Train (Train V2, the default of the Ray versions
     pyproject.toml allows): every fit starts a PlacementGroupCleaner that asks the state API
@@ -38,14 +43,15 @@ def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> str |
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
     with socket.socket() as probe:
-        probe.bind(("", 0))
+        probe.bind((LOOPBACK, 0))
         port = probe.getsockname()[1]
-    pinned = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}
+    pinned = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{LOOPBACK}:{port}", **SINGLE_MACHINE_ENV}
     saved = {key: os.environ.get(key) for key in pinned}
     os.environ.update(pinned)
     try:
-        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                           logging_level=logging.WARNING, log_to_driver=not quiet)
+        with single_machine_node():
+            context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
+                               logging_level=logging.WARNING, log_to_driver=not quiet)
         return context.dashboard_url or None
     finally:
         for key, value in saved.items():
@@ -53,6 +59,26 @@ def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> str |
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def single_machine_node() -> Iterator[None]:
+    """Start Ray's node on 127.0.0.1, so that every port it opens listens on loopback only.
+
+    A node's listeners (GCS, raylet, workers, the dashboard agent, its metrics exporter, the
+    runtime-env agent) bind to the node's address, or to every interface when that address is
+    not loopback. On Linux, Ray replaces an asked-for 127.0.0.1 with the machine's network
+    address, unless its single-machine mode is on (the mode it runs in on macOS and Windows,
+    switched by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0). Ray reads that variable once, when it is
+    imported: Ray's own processes inherit it from the environment (SINGLE_MACHINE_ENV), and this
+    process, which imported Ray before the config said the run is local, gets the constant it
+    would have read. After the start the node's address is fixed, so the constant is restored."""
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def ray_address(config: Config, override: str | None = None) -> str | None:
@@ -83,10 +109,19 @@ def ray_session(config: Config, address: str | None = None, *, quiet: bool = Tru
         log.info("connected to the Ray cluster at %s", target)
     if quiet:
         quiet_ray_data()
+    interrupt_on_sigterm()
     try:
         yield dashboard
     finally:
         ray.shutdown()
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM what Ctrl-C is: KeyboardInterrupt, which every command turns into one line
+    and a clean stop. ray.init installs a SIGTERM handler that exits the process on the spot
+    (SystemExit), past the handling that stops Prefect's temporary server."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def cluster_cpus() -> float:

@@ -8,10 +8,13 @@ trainee's best weights on the test split, and what goes back to the driver.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import ray
@@ -26,6 +29,7 @@ from timedistill.store.record import Record
 from timedistill.store.records import ModelSpec, TrainedModel
 from timedistill.store.storage import Storage
 from timedistill.tasks import loops
+from timedistill.tasks.errors import Interrupted
 from timedistill.tasks.runtime import Workers
 from timedistill.tasks.windows import Span, WindowBatcher, window_starts
 
@@ -140,6 +144,35 @@ def score_best(trainee: loops.Trainee, spec: ModelSpec, worker: Worker) -> Train
         test_mae=scores.mae, latency_ms=None, history=trainee.history)  # latency: timed by the evaluate step
 
 
+def fit_interruptibly(trainer: TorchTrainer, checkpoints: str) -> ray.train.Result:
+    """`trainer.fit()` in a thread of its own, so that Ctrl-C and SIGTERM reach this thread.
+
+    Called in the main thread, fit() installs Ray Train's SIGINT handler, which aborts the run
+    and then exits the process (SystemExit, past every step's error handling), and leaves that
+    handler installed after fit returns. Here an interrupt raises Interrupted, naming the
+    checkpoints the same command resumes from; the Ray session around the step shuts down on
+    the way out, which stops the training workers. The thread carries the caller's context
+    (Prefect's run context among it) and is a daemon, so it never holds the process open."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(fit,), name="ray-train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        raise Interrupted(checkpoints) from None
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
                  datasets: dict[str, ray.data.Dataset] | None = None) -> TrainingResult:
     """Ray: run `job` on Ray Train workers (`Workers.of(config)`). Checkpoints go to
@@ -160,7 +193,7 @@ def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
         ),
         datasets=datasets,
     )
-    result = trainer.fit()
+    result = fit_interruptibly(trainer, storage.uri(f"ray/{name}"))
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, loops.STATE_FILE), map_location="cpu", weights_only=True)
     weights = {name: trainee["early"]["best_state"] for name, trainee in state["trainees"].items()}

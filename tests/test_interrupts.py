@@ -1,0 +1,110 @@
+"""Commands as a user runs them on one machine: a local `timedistill serve` listens on loopback
+only, and Ctrl-C or SIGTERM stops `retrain` (mid-teacher) and `serve` with one line, leaving no
+process of theirs running (Ray's, Prefect's temporary server) and no port open. Run apart from
+the other tests (`pytest -m cluster`): each command starts a Ray of its own."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from bench.bench_serving import MODEL, free_port, make_registry, wait_healthy
+from tests.conftest import ROOT
+from tests.processes import Tagged
+
+pytestmark = pytest.mark.cluster
+BIN = Path(sys.executable).parent
+# Ray Serve 2.60 binds HAProxy's stats page and Prometheus endpoint to every interface, at these
+# fixed ports, whatever the config (README: "What listens where")
+HAPROXY_FIXED_PORTS = {8404, 9101}
+
+
+def started(args: list[str], tag: Tagged, log: Path) -> subprocess.Popen:
+    env = tag.env(OMP_NUM_THREADS="1")
+    env.pop("PREFECT_API_URL", None)  # the command's own temporary Prefect server, as for a user
+    with open(log, "w") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stopped(process: subprocess.Popen, signum: int) -> int:
+    process.send_signal(signum)
+    try:
+        return process.wait(120)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["kill", "-9", f"-{process.pid}"], check=False)
+        pytest.fail("the command did not exit within 120 s of the signal")
+
+
+def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = log.read_text()
+        if text in content:
+            return content
+        if process.poll() is not None:
+            pytest.fail(f"exited ({process.returncode}) before {text!r}: {content[-3000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"no {text!r} within {timeout} s: {log.read_text()[-3000:]}")
+
+
+def assert_nothing_left(tag: Tagged, log: Path) -> None:
+    assert not tag.left_running(), f"left running: {tag.pids()}; {log.read_text()[-2000:]}"
+    assert not tag.listeners()
+
+
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+def test_a_local_serve_listens_on_loopback_only_and_stops_on_sigterm(tmp_path, ingress):
+    root = tmp_path / "artifacts"
+    make_registry(root)
+    port, tag, log = free_port(), Tagged(), tmp_path / "serve.log"
+    server = started([str(BIN / "timedistill"), "serve", "--set", f"storage.root={root}", "--set",
+                      f"serve.port={port}", "--set", f"serve.ingress={ingress}"], tag, log)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", server)
+        history = np.random.default_rng(0).normal(size=(720, 7)).tolist()
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/forecast", json={"model": MODEL, "history": history},
+                            timeout=60)
+        assert answer.status_code == 200, answer.text
+        listeners = tag.listeners()
+    finally:
+        status = stopped(server, signal.SIGTERM)
+    assert any(listener.port == port for listener in listeners), [str(item) for item in listeners]
+    assert len({listener.pid for listener in listeners}) >= 5  # Ray's GCS, raylet, agents, replicas: all found
+    exposed = [str(item) for item in listeners if not item.loopback
+               and not (ingress == "haproxy" and item.command == "haproxy" and item.port in HAPROXY_FIXED_PORTS)]
+    assert not exposed, exposed
+    assert status == 0, log.read_text()[-3000:]
+    assert_nothing_left(tag, log)
+
+
+def test_an_interrupted_retrain_stops_with_one_line_and_resumes_from_its_checkpoint(tmp_path):
+    command = [str(BIN / "timedistill"), "retrain", str(ROOT / "conf" / "smoke.yaml"), "--set",
+               f"storage.root={tmp_path / 'artifacts'}", "--set", "teacher.epochs=200", "--set",
+               "teacher.patience=1000"]
+    first, log = Tagged(), tmp_path / "first.log"
+    retrain = started(command, first, log)
+    wait_for(log, "epoch 2/200", retrain)
+    assert stopped(retrain, signal.SIGINT) == 130, log.read_text()[-3000:]
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith("interrupted; nothing half written; rerun resumes from "), log.read_text()[-3000:]
+    checkpoint = Path(last.rsplit(" ", 1)[1])
+    assert checkpoint.is_dir() and any(checkpoint.glob("checkpoint_*"))
+    assert "Traceback" not in log.read_text()
+    assert_nothing_left(first, log)
+
+    again, log = Tagged(), tmp_path / "again.log"
+    retrain = started(command, again, log)
+    text = wait_for(log, "/200: val MSE", retrain)
+    first_epoch = int(re.search(r"epoch (\d+)/200: val MSE", text).group(1))
+    assert first_epoch > 1, text[-2000:]  # resumed from the first run's checkpoint, not from scratch
+    assert stopped(retrain, signal.SIGTERM) == 130, log.read_text()[-3000:]
+    assert log.read_text().strip().splitlines()[-1].startswith("interrupted; nothing half written")
+    assert_nothing_left(again, log)
