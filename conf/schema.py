@@ -224,7 +224,9 @@ class ServeConfig(Section):
     # high-throughput mode (HAProxy, and gRPC between replicas).
     ingress: Literal["proxy", "haproxy"] = "proxy"
     num_cpus: float = Field(0.5, gt=0)  # per replica
-    min_replicas: int = Field(1, ge=1)
+    # replicas each deployment keeps at least; unset: two where the Ray cluster has the CPUs for two
+    # of each (losing one then costs only the requests in flight on it), else one
+    min_replicas: int | None = Field(None, ge=1)
     max_replicas: int = Field(2, ge=1)
     max_ongoing_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(256, ge=1)
@@ -253,7 +255,7 @@ class Config(Section):
     def _serve_limits(self) -> Config:
         if self.serve.max_batch_size > self.serve.max_ongoing_requests:
             raise ValueError("serve.max_batch_size must not exceed serve.max_ongoing_requests")
-        if self.serve.min_replicas > self.serve.max_replicas:
+        if (self.serve.min_replicas or 1) > self.serve.max_replicas:
             raise ValueError("serve.min_replicas must not exceed serve.max_replicas")
         return self
 

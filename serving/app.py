@@ -20,6 +20,7 @@ import asyncio
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
@@ -42,7 +43,6 @@ def keep_replica_grpc_on_loopback() -> None:
     It does so after the deployment's __init__ has run, looking the helper up in its module,
     so a replica that calls this in __init__ listens where its callers reach it and nowhere else.
     On a cluster node (an address other than loopback) nothing changes."""
-    import ray
     from ray.serve._private import replica
 
     bind = replica.add_port_to_grpc_server
@@ -125,6 +125,17 @@ def http_options(settings: ServeConfig) -> dict[str, Any]:
     return {"host": settings.host, "port": settings.port, "request_timeout_s": settings.request_timeout_s}
 
 
+def replicas_at_least(settings: ServeConfig) -> int:
+    """`serve.min_replicas`, else two replicas of each deployment where the Ray cluster has the
+    CPUs for them, else one. With two, losing a replica costs the requests in flight on it; with
+    one, every request waits until Ray has started its replacement (README, "What a fault costs")."""
+    if settings.min_replicas is not None:
+        return settings.min_replicas
+    cpus = ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
+    deployments = 2  # the ingress and the model pool
+    return min(2 if cpus >= 2 * deployments * settings.num_cpus else 1, settings.max_replicas)
+
+
 def deployment_options(settings: ServeConfig) -> dict[str, Any]:
     return {
         "ray_actor_options": {"num_cpus": settings.num_cpus},
@@ -135,7 +146,7 @@ def deployment_options(settings: ServeConfig) -> dict[str, Any]:
         # a stopping replica checks for requests still in flight this often (Ray's default: 2 s,
         # paid once per deployment at every shutdown and downscale)
         "graceful_shutdown_wait_loop_s": 0.25,
-        "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
+        "autoscaling_config": {"min_replicas": replicas_at_least(settings), "max_replicas": settings.max_replicas,
                                "target_ongoing_requests": max(settings.max_batch_size // 2, 1)},
     }
 

@@ -1,10 +1,13 @@
-"""Commands as a user runs them on one machine: a local `timedistill serve` listens on loopback
-only, and Ctrl-C or SIGTERM stops `retrain` (mid-teacher) and `serve` with one line, leaving no
-process of theirs running (Ray's, Prefect's temporary server) and no port open. Run apart from
-the other tests (`pytest -m cluster`): each command starts a Ray of its own."""
+"""Commands as a user runs them on one machine, and the faults of README's "What a fault costs":
+a local `timedistill serve` listens on loopback only; Ctrl-C or SIGTERM stops `retrain`
+(mid-teacher) and `serve` with one line, leaving no process of theirs running (Ray's, Prefect's
+temporary server) and no port open; a replica killed under load costs the requests in flight on
+it. Run apart from the other tests (`pytest -m cluster`): each command starts a Ray of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import signal
 import subprocess
@@ -108,3 +111,65 @@ def test_an_interrupted_retrain_stops_with_one_line_and_resumes_from_its_checkpo
     assert stopped(retrain, signal.SIGTERM) == 130, log.read_text()[-3000:]
     assert log.read_text().strip().splitlines()[-1].startswith("interrupted; nothing half written")
     assert_nothing_left(again, log)
+
+
+def replica_pids(tag: Tagged, deployment: str) -> list[int]:
+    found = []
+    for pid in tag.pids():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"ServeReplica:timedistill:{deployment}".encode() in command:
+            found.append(pid)
+    return found
+
+
+async def load_and_kill(url: str, history: list, clients: int, kill: int, seconds: float) -> tuple[float, list]:
+    """`clients` clients send forecasts for `seconds`; after 4 s, `kill` is killed. Returns the
+    kill's time and every request's (start, end, outcome), times from the start of the load."""
+    began = time.monotonic()
+    outcomes: list[tuple[float, float, int | str]] = []
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as session:
+            while time.monotonic() - began < seconds:
+                start = time.monotonic() - began
+                try:
+                    status: int | str = (await session.post("/v1/forecast", json={"model": MODEL,
+                                                                                  "history": history})).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                outcomes.append((start, time.monotonic() - began, status))
+
+    load = [asyncio.create_task(client()) for _ in range(clients)]
+    await asyncio.sleep(4)
+    killed_at = time.monotonic() - began
+    os.kill(kill, signal.SIGKILL)
+    await asyncio.gather(*load)
+    return killed_at, outcomes
+
+
+@pytest.mark.parametrize("deployment", ["ForecastAPI", "ModelPool"])
+def test_losing_a_replica_under_load_costs_only_the_requests_in_flight_on_it(tmp_path, deployment):
+    root = tmp_path / "artifacts"
+    make_registry(root)
+    port, tag, log = free_port(), Tagged(), tmp_path / "serve.log"
+    server = started([str(BIN / "timedistill"), "serve", "--set", f"storage.root={root}", "--set",
+                      f"serve.port={port}", "--set", "serve.access_log=false"], tag, log)
+    clients = 8
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", server)
+        replicas = replica_pids(tag, deployment)
+        assert len(replicas) == 2, replicas  # the default where the machine has the CPUs (2 here, as on CI)
+        history = np.random.default_rng(0).normal(size=(720, 7)).tolist()
+        killed_at, outcomes = asyncio.run(load_and_kill(f"http://127.0.0.1:{port}", history, clients,
+                                                        replicas[0], seconds=12))
+    finally:
+        stopped(server, signal.SIGTERM)
+    failed = [outcome for outcome in outcomes if outcome[2] != 200]
+    assert len(failed) <= clients, failed  # at most one request per client: those in flight
+    assert all(start < killed_at + 0.5 for start, _, _ in failed), (killed_at, failed)
+    answered = sorted(end for start, end, status in outcomes if status == 200 and end > killed_at)
+    assert answered and answered[0] - killed_at < 5, (killed_at, answered[:3])  # one replica: ~10 s
+    assert len(answered) > 10 * clients  # and it kept answering
