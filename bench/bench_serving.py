@@ -297,16 +297,16 @@ def report(results: list[dict], args: argparse.Namespace, settings: ServeConfig)
         "",
         f"Command: `python -m bench.bench_serving --seconds {args.seconds:g}"
         f"{''.join(f' --set {o}' for o in args.set)}` ({date.today()}, {platform.machine()}, "
-        f"{os.cpu_count()} cores; servers and load generator share them). Ray Serve is `timedistill serve` on a "
-        f"local Ray, started once per `serve.ingress`: ingress + model pool, {settings.num_cpus:g} CPU per "
-        f"replica, {settings.min_replicas or 'by default 2'} to {settings.max_replicas} replicas each, single histories gathered "
-        f"on the ingress (@serve.batch, up to {settings.max_batch_size}, {1000 * settings.batch_wait_timeout_s:g} "
-        "ms) into one pool call per model. `proxy` is Ray Serve's default Python HTTP proxy; `haproxy` is Ray "
-        "Serve's high-throughput mode (`RAY_SERVE_ENABLE_HA_PROXY=1`, `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`: "
-        "HAProxy in front of the ingress replicas, gRPC between replicas). Bare: one uvicorn process, the model "
-        "in the handler, measured right after Ray Serve in every row. 'generator CPU' is the load generator's "
-        "own CPU use (100% = one core) against Ray Serve / against bare; request bodies are encoded once, "
-        "before the clock starts.",
+        f"{os.cpu_count()} cores; servers and load generator share them). Ray Serve is `timedistill serve` "
+        f"on a local Ray, started once per `serve.ingress`: ingress + model pool, {settings.num_cpus:g} CPU "
+        f"per replica, {settings.min_replicas or 'by default 2'} to {settings.max_replicas} replicas each, "
+        f"single histories gathered on the ingress (@serve.batch, up to {settings.max_batch_size}, "
+        f"{1000 * settings.batch_wait_timeout_s:g} ms) into one pool call per model. `proxy` is Ray Serve's "
+        "default Python HTTP proxy; `haproxy` is Ray Serve's high-throughput mode "
+        "(`RAY_SERVE_ENABLE_HA_PROXY=1`, `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`: HAProxy in front of the ingress "
+        "replicas, gRPC between replicas). Bare: one uvicorn process, the model in the handler, measured right "
+        "after Ray Serve in every row. 'generator CPU' is the load generator's own CPU use (100% = one core) "
+        "against Ray Serve / against bare; request bodies are encoded once, before the clock starts.",
     ]
     for ingress, name in INGRESSES.items():
         rows = []

@@ -24,7 +24,7 @@ from timedistill.conf import Config, ConfigError, load_config, storage_root
 from timedistill.flows.progress import StepProgress
 from timedistill.store.errors import InputError, RegistryError
 from timedistill.store.storage import Storage
-from timedistill.tasks.errors import DataError, StepError
+from timedistill.tasks.errors import DataError, StepError, interrupt_on_sigterm
 
 if TYPE_CHECKING:  # torch and Ray load only when a command runs: `--help` stays fast
     from timedistill.store.records import Dataset, ResultRow, RunSummary, Teacher
@@ -72,7 +72,8 @@ def main_callback(version: VersionOpt = False) -> None:
 def run_command(debug: bool, body: Callable[[], Any]) -> Any:
     """Run a command body; user errors become one line on stderr and exit code 1; on Ctrl-C
     every step's atomic writes leave nothing half written, and Prefect's temporary server, which
-    would outlive us, is stopped."""
+    would outlive us, is stopped. SIGTERM is handled as Ctrl-C is."""
+    interrupt_on_sigterm()
     try:
         return body()
     except USER_ERRORS as exc:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ import ray
 from ray._private import ray_constants
 
 from timedistill.conf import Config
-from timedistill.tasks.errors import StepError
+from timedistill.tasks.errors import StepError, interrupt_on_sigterm
 
 log = logging.getLogger("timedistill")
 
@@ -114,14 +112,6 @@ def ray_session(config: Config, address: str | None = None, *, quiet: bool = Tru
         yield dashboard
     finally:
         ray.shutdown()
-
-
-def interrupt_on_sigterm() -> None:
-    """Make SIGTERM what Ctrl-C is: KeyboardInterrupt, which every command turns into one line
-    and a clean stop. ray.init installs a SIGTERM handler that exits the process on the spot
-    (SystemExit), past the handling that stops Prefect's temporary server."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def cluster_cpus() -> float:

@@ -113,6 +113,15 @@ def test_an_interrupted_retrain_stops_with_one_line_and_resumes_from_its_checkpo
     assert_nothing_left(again, log)
 
 
+def test_sigterm_stops_schedule_and_its_temporary_prefect_server(tmp_path):
+    tag, log = Tagged(), tmp_path / "schedule.log"
+    schedule = started([str(BIN / "timedistill"), "schedule", str(ROOT / "conf" / "smoke.yaml"), "--cron",
+                        "0 3 * * *", "--set", f"storage.root={tmp_path / 'artifacts'}"], tag, log)
+    wait_for(log, "Ctrl-C stops it", schedule)
+    time.sleep(3)  # Prefect's runner is up
+    assert stopped(schedule, signal.SIGTERM) == 130, log.read_text()[-3000:]
+    assert_nothing_left(tag, log)
+
 def replica_pids(tag: Tagged, deployment: str) -> list[int]:
     found = []
     for pid in tag.pids():
