@@ -551,7 +551,7 @@ def use_ray_environment(cfg: Config, address: str | None) -> None:
     Serve at import, so before the first `ray.serve` import). A running cluster keeps its own."""
     import ray
 
-    from timedistill.serving.ingress import ray_environment
+    from timedistill.serving.ingress import local_ray_environment, ray_environment
     from timedistill.tasks.runtime import ray_address
 
     wanted = ray_environment(cfg.serve)
@@ -562,7 +562,7 @@ def use_ray_environment(cfg: Config, address: str | None) -> None:
         err.print(f"serve.ingress={cfg.serve.ingress} applies to a Ray this command starts; on a cluster, start "
                   f"Ray with {settings} in its environment (see infra/kuberay/rayservice.yaml)")
         return
-    os.environ.update(wanted)
+    os.environ.update(local_ray_environment(cfg.serve))
 
 
 def results_table(results: list[ResultRow]) -> Table:
