@@ -4,19 +4,24 @@ in the results file are skipped, so a long campaign can be spread over several r
 
     python -m bench.reproduce --rows etth1:itransformer etth1:moderntcn ettm1:itransformer weather:itransformer
     python -m bench.reproduce --ablations            # ETTh1 h96: ablations, other students, cache on/off
+    python -m bench.reproduce --ablations --seeds 3  # each row with distill seeds 2021, 2022, 2023
     python -m bench.reproduce --tables               # BENCHMARKS.md tables from the results files
 
 A row is DATASET:TEACHER[:STUDENT] at every horizon of --horizons (default 96 192 336 720).
 Data comes from --data (default ../shared/data), artifacts go to --root (default bench/.artifacts;
 teachers and caches are reused across rows and variants). Each row records the git commit, the
-device, the wall time and the seed. The protocol is method.md's: lookback 720, the split and
-scaler conventions, early stopping, the best checkpoint restored, every test window counted.
+device, the wall time and the seed. With --seeds N every row runs with N distill seeds (2021,
+2022, ...): the student and the plain MLP train again for each, the teacher is trained once (its
+own `teacher.seed`) and reused, so the spread is the student's and the MLP's, not the teacher's.
+The protocol is method.md's: lookback 720, the split and scaler conventions, early stopping, the
+best checkpoint restored, every test window counted.
 It prints a line per training epoch (validation MSE, seconds) and Prefect's line per step.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -56,7 +61,8 @@ VARIANTS = {  # ETTh1 h96 with the iTransformer teacher
     "student-lightts": ["student.name=lightts"],
     "online-teacher": ["distill.use_cache=false"],
 }
-KEY = ("dataset", "horizon", "teacher", "student", "variant")
+KEY = ("dataset", "horizon", "teacher", "student", "variant", "seed")
+FIRST_SEED = 2021  # DistillConfig.seed's default: a one-seed campaign is the default config
 
 
 def device_name() -> str:
@@ -87,7 +93,8 @@ def save_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run_row(
-    dataset: str, teacher: str, student: str, horizon: int, variant: str, args: argparse.Namespace, extra: list[str]
+    dataset: str, teacher: str, student: str, horizon: int, variant: str, seed: int, args: argparse.Namespace,
+    extra: list[str],
 ) -> dict[str, Any]:
     from timedistill.conf import load_config
     from timedistill.flows.progress import StepProgress
@@ -107,6 +114,7 @@ def run_row(
         f"ray.cpus_per_worker={args.cpus_per_worker}",
         *args.set,
         *extra,
+        f"distill.seed={seed}",
     ]
     if args.gpu:
         overrides.append("ray.use_gpu=true")
@@ -159,13 +167,15 @@ def wait_while_paused(pause_file: str | None) -> None:
 def campaign(specs: list[tuple[str, str, str, int, str, list[str]]], path: Path, args: argparse.Namespace) -> None:
     rows = load_rows(path)
     done = {tuple(r[k] for k in KEY) for r in rows}
-    for dataset, teacher, student, horizon, variant, extra in specs:
+    seeds = [FIRST_SEED + i for i in range(args.seeds)]
+    for (dataset, teacher, student, horizon, variant, extra), seed in itertools.product(specs, seeds):
         wait_while_paused(args.pause_file)
-        if (dataset, horizon, teacher, student, variant) in done:
-            print(f"skip {dataset} h={horizon} {teacher}->{student} [{variant}]: already in {path.name}", flush=True)
+        what = f"{dataset} h={horizon} {teacher}->{student} [{variant}] seed {seed}"
+        if (dataset, horizon, teacher, student, variant, seed) in done:
+            print(f"skip {what}: already in {path.name}", flush=True)
             continue
-        print(f"run  {dataset} h={horizon} {teacher}->{student} [{variant}]", flush=True)
-        row = run_row(dataset, teacher, student, horizon, variant, args, extra)
+        print(f"run  {what}", flush=True)
+        row = run_row(dataset, teacher, student, horizon, variant, seed, args, extra)
         print(
             f"     teacher {row['teacher_mse']:.4f}  student {row['student_mse']:.4f}  "
             f"mlp {row['mlp_mse'] if row['mlp_mse'] is None else round(row['mlp_mse'], 4)}  "
@@ -180,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="*", default=[], help="DATASET:TEACHER[:STUDENT]")
     parser.add_argument("--horizons", nargs="*", type=int, default=[96, 192, 336, 720])
-    parser.add_argument("--ablations", action="store_true", help="the ETTh1 h96 ablations and other students")
+    parser.add_argument("--ablations", nargs="*", choices=list(VARIANTS), metavar="VARIANT",
+                        help="the ETTh1 h96 ablations and other students (all, or those named)")
+    parser.add_argument("--seeds", type=int, default=1, help="distill seeds per row (2021, 2022, ...)")
     parser.add_argument("--tables", action="store_true", help="write the BENCHMARKS.md tables and exit")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--root", default=str(ROOT / "bench" / ".artifacts"))
@@ -199,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
             specs += [(dataset, teacher, rest[0] if rest else "mlp", h, "full", []) for h in args.horizons]
         if specs:
             campaign(specs, accuracy, args)
-        if args.ablations:
-            ablations = [("etth1", "itransformer", "mlp", 96, variant, extra) for variant, extra in VARIANTS.items()]
+        if args.ablations is not None:
+            chosen = args.ablations or list(VARIANTS)
+            ablations = [("etth1", "itransformer", "mlp", 96, variant, VARIANTS[variant]) for variant in chosen]
             for dataset, teacher, _, horizon, variant, extra in ablations:  # the student is part of the key
                 student = next((e.split("=")[1] for e in extra if e.startswith("student.name=")), "mlp")
                 campaign([(dataset, teacher, student, horizon, variant, extra)], ablations_file, args)

@@ -6,9 +6,11 @@ python -m bench.tables
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any
 
 from bench.report import markdown_table, write_section
@@ -26,6 +28,7 @@ PAPER_STUDENT_MSE = {
     "solar": 0.184,
 }
 HORIZONS = (96, 192, 336, 720)
+METRICS = ("teacher_mse", "teacher_mae", "student_mse", "student_mae", "mlp_mse", "mlp_mae")
 
 
 def load(name: str) -> list[dict[str, Any]]:
@@ -37,6 +40,58 @@ def pct(value: float, reference: float) -> str:
     return f"{100 * (reference - value) / reference:+.1f}%"
 
 
+@dataclass(frozen=True)
+class Spread:
+    """One accuracy figure over the seeds of a row: mean, sample standard deviation, count."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return mean(self.values)
+
+    @property
+    def std(self) -> float:
+        return stdev(self.values) if self.n > 1 else 0.0
+
+    def cell(self, digits: int = 4) -> str:
+        if self.n == 1:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} (n={self.n})"
+
+    def versus(self, reference: Spread) -> str:
+        """How much lower (better, +) this mean is than the reference's, in percent of the
+        reference; marked "~" when the difference is inside the spread: smaller than twice the
+        standard error of a difference of means (needs a spread: seeds on at least one side)."""
+        text = pct(self.mean, reference.mean)
+        error = math.sqrt(self.std**2 / self.n + reference.std**2 / reference.n)
+        if error > 0 and abs(self.mean - reference.mean) < 2 * error:
+            text = "~" + text
+        return text
+
+
+SPREAD_NOTE = (
+    "Cells with seeds show mean ± sample standard deviation (n = seeds); percentages compare means "
+    "(+: the student's MSE is lower, better), and \"~\" marks a difference inside the spread (smaller "
+    "than twice the standard error of the difference of means). A cell without n is one run."
+)
+
+
+def spread(rows: list[dict[str, Any]], field: str) -> Spread:
+    return Spread(tuple(r[field] for r in rows))
+
+
+def by_seed(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    seeds: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        seeds[row["seed"]].append(row)
+    return seeds
+
+
 def accuracy_tables(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -45,13 +100,12 @@ def accuracy_tables(rows: list[dict[str, Any]]) -> str:
     ratios: list[float] = []
     speedups: list[float] = []
     for (dataset, teacher, student), items in sorted(groups.items()):
-        items.sort(key=lambda r: r["horizon"])
-        horizons = [r["horizon"] for r in items]
+        horizons = sorted({r["horizon"] for r in items})
         complete = tuple(horizons) == HORIZONS
-        avg = {
-            k: mean(r[k] for r in items)
-            for k in ("teacher_mse", "teacher_mae", "student_mse", "student_mae", "mlp_mse", "mlp_mae")
-        }
+        # a seed counts in the average over horizons only when it ran every horizon of the group
+        seeds = {seed: runs for seed, runs in by_seed(items).items() if len(runs) == len(horizons)}
+        averaged = [{k: mean(r[k] for r in runs) for k in METRICS} for runs in seeds.values()]
+        avg = {k: spread(averaged, k) for k in METRICS}
         paper = PAPER_STUDENT_MSE.get(dataset)
         summary.append(
             [
@@ -59,30 +113,34 @@ def accuracy_tables(rows: list[dict[str, Any]]) -> str:
                 teacher,
                 student,
                 "all 4" if complete else ", ".join(map(str, horizons)),
-                f"{avg['teacher_mse']:.3f} / {avg['teacher_mae']:.3f}",
-                f"{avg['student_mse']:.3f} / {avg['student_mae']:.3f}",
-                f"{avg['mlp_mse']:.3f} / {avg['mlp_mae']:.3f}",
-                pct(avg["student_mse"], avg["mlp_mse"]),
-                pct(avg["student_mse"], avg["teacher_mse"]),
-                f"{paper:.3f}" if paper is not None and complete else "",
+                f"{avg['teacher_mse'].cell(3)} / {avg['teacher_mae'].cell(3)}",
+                f"{avg['student_mse'].cell(3)} / {avg['student_mae'].cell(3)}",
+                f"{avg['mlp_mse'].cell(3)} / {avg['mlp_mae'].cell(3)}",
+                avg["student_mse"].versus(avg["mlp_mse"]),
+                avg["student_mse"].versus(avg["teacher_mse"]),
+                f"{paper:.3f} ({avg['student_mse'].versus(Spread((paper,)))})" if paper is not None and complete
+                else "",
             ]
         )
-        for r in items:
+        for horizon in horizons:
+            runs = [r for r in items if r["horizon"] == horizon]
+            student_mse, mlp_mse, teacher_mse = (spread(runs, k) for k in ("student_mse", "mlp_mse", "teacher_mse"))
             detail.append(
                 [
                     dataset,
-                    r["horizon"],
+                    horizon,
                     teacher,
                     student,
-                    f"{r['teacher_mse']:.3f}",
-                    f"{r['student_mse']:.3f}",
-                    f"{r['mlp_mse']:.3f}",
-                    pct(r["student_mse"], r["mlp_mse"]),
-                    pct(r["student_mse"], r["teacher_mse"]),
-                    f"{r['teacher_epochs']}/{r['student_epochs']}",
-                    r["device"],
-                    r["commit"],
-                    f"{r['seconds']:.0f}",
+                    teacher_mse.cell(3),
+                    student_mse.cell(3),
+                    mlp_mse.cell(3),
+                    student_mse.versus(mlp_mse),
+                    student_mse.versus(teacher_mse),
+                    "/".join(str(round(mean(r[k] for r in runs), 1)).removesuffix(".0")
+                             for k in ("teacher_epochs", "student_epochs")),
+                    runs[0]["device"],
+                    ", ".join(sorted({r["commit"] for r in runs})),
+                    f"{mean(r['seconds'] for r in runs):.0f}",
                 ]
             )
         ratios.append(mean(r["teacher_params"] / r["student_params"] for r in items))
@@ -102,6 +160,8 @@ def accuracy_tables(rows: list[dict[str, Any]]) -> str:
     text = [
         "### Accuracy (test split, standardized; average over the horizons run)",
         "",
+        SPREAD_NOTE,
+        "",
         markdown_table(
             [
                 "dataset",
@@ -113,7 +173,7 @@ def accuracy_tables(rows: list[dict[str, Any]]) -> str:
                 "MLP MSE / MAE",
                 "student vs MLP",
                 "student vs teacher",
-                "paper student MSE",
+                "paper student MSE (student vs paper)",
             ],
             summary,
         ),
@@ -154,41 +214,53 @@ def accuracy_tables(rows: list[dict[str, Any]]) -> str:
     return "\n".join(text)
 
 
+ABLATION_ORDER = [
+    "full",
+    "no-sup",
+    "no-period",
+    "no-scale",
+    "no-feature",
+    "student-tsmixer",
+    "student-lightts",
+    "online-teacher",
+]
+
+
 def ablation_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no ablation rows yet)"
-    order = [
-        "full",
-        "no-sup",
-        "no-period",
-        "no-scale",
-        "no-feature",
-        "student-tsmixer",
-        "student-lightts",
-        "online-teacher",
-    ]
-    rows = sorted(rows, key=lambda r: order.index(r["variant"]) if r["variant"] in order else 99)
-    table = [
-        [
-            r["variant"],
-            r["student"],
-            f"{r['student_mse']:.4f} / {r['student_mae']:.4f}",
-            f"{r['mlp_mse']:.4f}",
-            pct(r["student_mse"], r["mlp_mse"]),
-            f"{r['teacher_mse']:.4f}",
-            "reused" if r["steps"]["distill"]["cached"] else f"{r['steps']['distill']['seconds']:.0f}",
-            r["device"],
-            r["commit"],
-        ]
-        for r in rows
-    ]
-    return markdown_table(
+    variants: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        variants[row["variant"]].append(row)
+    full = spread(variants["full"], "student_mse") if "full" in variants else None
+    table = []
+    for variant in sorted(variants, key=lambda v: ABLATION_ORDER.index(v) if v in ABLATION_ORDER else 99):
+        runs = variants[variant]
+        student_mse, mlp_mse = spread(runs, "student_mse"), spread(runs, "mlp_mse")
+        distilled = [r["steps"]["distill"]["seconds"] for r in runs if not r["steps"]["distill"]["cached"]]
+        table.append(
+            [
+                variant,
+                runs[0]["student"],
+                f"{student_mse.cell()} / {spread(runs, 'student_mae').cell()}",
+                mlp_mse.cell(),
+                student_mse.versus(mlp_mse),
+                "" if full is None or variant == "full" else student_mse.versus(full),
+                spread(runs, "teacher_mse").cell(),
+                f"{mean(distilled):.0f}" if distilled else "reused",
+                runs[0]["device"],
+                ", ".join(sorted({r["commit"] for r in runs})),
+            ]
+        )
+    note = SPREAD_NOTE + ' "vs full": + means the variant\'s MSE is lower than the full method\'s.'
+    return note + "\n\n" + markdown_table(
         [
             "variant",
             "student",
             "student MSE / MAE",
             "same student on ground truth (MSE)",
             "vs that baseline",
+            "vs full",
             "teacher MSE",
             "distill step s",
             "device",

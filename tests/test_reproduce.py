@@ -53,7 +53,7 @@ def test_a_second_run_skips_rows_already_in_the_file(campaign, capsys):
     argv, path, _ = campaign
     before = path.read_text()
     reproduce.main(argv)
-    assert "skip etth1 h=24 dlinear->mlp [full]: already in accuracy.json" in capsys.readouterr().out
+    assert "skip etth1 h=24 dlinear->mlp [full] seed 2021: already in accuracy.json" in capsys.readouterr().out
     assert path.read_text() == before
 
 
@@ -66,3 +66,20 @@ def test_the_tables_are_made_from_the_rows(campaign):
     _, path, _ = campaign
     markdown = tables.accuracy_tables(json.loads(path.read_text()))
     assert "| etth1 | dlinear | mlp |" in markdown
+
+
+def seeded_rows(variant: str, student: list[float], mlp: list[float]) -> list[dict]:
+    template = json.loads((ROOT / "bench" / "results" / "ablations.json").read_text())[0]
+    return [template | {"variant": variant, "seed": 2021 + i, "student_mse": s, "mlp_mse": m}
+            for i, (s, m) in enumerate(zip(student, mlp, strict=True))]
+
+
+def test_seeded_rows_show_their_spread_and_mark_differences_inside_it():
+    rows = (seeded_rows("full", [0.370, 0.372, 0.374], [0.41, 0.42, 0.43])
+            + seeded_rows("no-period", [0.371, 0.375, 0.379], [0.40, 0.41, 0.42])
+            + seeded_rows("no-sup", [0.390, 0.391, 0.392], [0.41, 0.41, 0.41]))
+    lines = {line.split(" | ")[0].strip("| "): line for line in tables.ablation_table(rows).splitlines()}
+    assert "0.3720 ± 0.0020 (n=3)" in lines["full"] and "0.4200 ± 0.0100 (n=3)" in lines["full"]
+    assert "| ~-0.8% |" in lines["no-period"]  # 0.375 against 0.372: inside the spread
+    assert "| -5.1% |" in lines["no-sup"]  # 0.391 against 0.372: outside it, worse
+    assert tables.Spread((0.5,)).cell() == "0.5000" and tables.Spread((0.5,)).versus(tables.Spread((0.4,))) == "-25.0%"
