@@ -37,7 +37,8 @@ def served(smoke_pipeline, session_root, smoke_csv):
     port = free_port()
     config = load_config("smoke", [*smoke_overrides(session_root, smoke_csv), f"serve.port={port}",
                                    f"serve.auth_token={TOKEN}", "serve.reload_interval_s=0.5",
-                                   "serve.request_timeout_s=3"])
+                                   "serve.request_timeout_s=3",
+                                   "serve.min_replicas=1"])  # the shared 2-CPU Ray has other work
     serve.start(http_options=http_options(config.serve))
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60)
@@ -318,3 +319,42 @@ def test_a_stalled_body_times_out(served):
         waited = time.monotonic() - began
     assert waited < 3 + 10, (waited, answer[:100])
 
+
+
+def test_overload_is_a_503_with_retry_after_and_a_full_replica_evicts_its_least_recent_model(
+        served, history, session_root, smoke_csv):
+    """A second application with room for one request in flight and one queued, and one model per
+    pool replica: three models asked for in turn each evict the one before and still answer; a
+    burst beyond the queue is refused at once with 503 and Retry-After, not queued forever."""
+    from ray import serve
+
+    from timedistill.serving.app import build_app
+
+    client, storage = served["client"], served["run"].pipe.storage
+    good = f"registry/smoke-24/{latest(storage, 'smoke-24')}"
+    for name in ("lru-a-24", "lru-b-24"):
+        copy_version(storage, good, f"registry/{name}/v1")
+        storage.write_bytes(f"registry/{name}/LATEST", b"v1\n")
+    tight = [f"serve.{key}={value}" for key, value in {
+        "min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1, "max_models_per_replica": 1,
+        "max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1, "auth_token": TOKEN}.items()]
+    config = load_config("smoke", [*smoke_overrides(session_root, smoke_csv), *tight])
+    serve.run(build_app(config), name="tight", route_prefix="/tight")
+    try:
+        expected = ForecastModel.from_registry(storage, "smoke-24").forecast(history[None])[0]
+        for model in ["smoke-24", "lru-a-24", "lru-b-24"] * 2:  # each one loads where only one fits
+            answer = client.post("/tight/v1/forecast", json={"model": model, "history": history.tolist()})
+            assert answer.status_code == 200, (model, answer.text)
+            np.testing.assert_allclose(np.asarray(answer.json()["forecast"]), expected, rtol=1e-5, atol=1e-5)
+
+        def forecast(_: int) -> httpx.Response:
+            return client.post("/tight/v1/forecast", json={"model": "smoke-24", "history": history.tolist()})
+
+        with ThreadPoolExecutor(32) as threads:
+            answers = list(threads.map(forecast, range(96)))
+        codes = [answer.status_code for answer in answers]
+        assert set(codes) == {200, 503}, codes
+        refused = next(answer for answer in answers if answer.status_code == 503)
+        assert refused.headers["retry-after"] == "1", refused.headers
+    finally:
+        serve.delete("tight")
