@@ -39,9 +39,12 @@ import torch
 
 from bench.report import markdown_table, write_section
 from timedistill.conf import ServeConfig, load_config
+from timedistill.store.records import ModelSpec
+from timedistill.store.storage import Storage
 
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "serving"
 MODEL = "bench-96"
+TEACHER = "bench-teacher-96"  # served beside the student: what distillation buys behind the server
 KINDS = ["json single", "npy single", "json batch", "npy batch"]
 BATCH = 64
 
@@ -53,44 +56,51 @@ def free_port() -> int:
 
 
 def make_registry(root: Path = ROOT) -> None:
-    """A registry with one student of the benchmark's shape (random weights: the cost is the same;
-    the metrics are placeholders, nothing was evaluated)."""
-    from timedistill.store.records import ModelScore, ModelSpec, RegisteredModel, ResultRow
-    from timedistill.store.scaler import NamedScaler
+    """A registry with the benchmark's student (MODEL) and, as a model of its own, a teacher of
+    the same shape (TEACHER: iTransformer with ETTh1's preset), both with random weights: the cost
+    is the same; the metrics are placeholders, nothing was evaluated."""
     from timedistill.store.storage import Storage
-    from timedistill.store.weights import state_bytes
 
     shutil.rmtree(root, ignore_errors=True)
     storage = Storage(str(root))
     torch.manual_seed(0)
-    spec = ModelSpec(name="mlp", lookback=720, horizon=96, n_vars=7)
-    student = spec.build()
-    variables = [f"x{i}" for i in range(7)]
+    register_random(storage, MODEL, ModelSpec(name="mlp", lookback=720, horizon=96, n_vars=7))
+    register_random(storage, TEACHER, ModelSpec.resolve("teacher", "itransformer", lookback=720, horizon=96,
+                                                        n_vars=7, preset="etth1", params={}))
+
+
+def register_random(storage: Storage, name: str, spec: ModelSpec) -> None:
+    from timedistill.store.records import ModelScore, RegisteredModel, ResultRow
+    from timedistill.store.scaler import NamedScaler
+    from timedistill.store.weights import state_bytes
+
+    model = spec.build()
+    variables = [f"x{i}" for i in range(spec.n_vars)]
     config = RegisteredModel(
-        model=MODEL, version="v1", student=spec.name, hparams={}, lookback=spec.lookback, horizon=spec.horizon,
-        variables=variables, target=variables[-1], step="1h", dataset="bench", data_fingerprint="-", run_id="-",
-        teacher=None, created=date.today().isoformat(), timedistill_config={})
-    score = ModelScore(name=spec.name, test_mse=0.0, test_mae=0.0, params=student.num_params(), latency_ms=None,
+        model=name, version="v1", student=spec.name, hparams=spec.hparams, lookback=spec.lookback,
+        horizon=spec.horizon, variables=variables, target=variables[-1], step="1h", dataset="bench",
+        data_fingerprint="-", run_id="-", teacher=None, created=date.today().isoformat(), timedistill_config={})
+    score = ModelScore(name=spec.name, test_mse=0.0, test_mae=0.0, params=model.num_params(), latency_ms=None,
                        val_mse=0.0, epochs=0)
     metrics = ResultRow(dataset="bench", horizon=spec.horizon, teacher=score, student=score,
                         student_vs_teacher_pct=0.0, param_ratio=1.0, speedup=None, device="cpu")
-    folder = f"registry/{MODEL}/v1"
-    storage.write_bytes(f"{folder}/student.pt", state_bytes(student.state_dict()))
+    folder = f"registry/{name}/v1"
+    storage.write_bytes(f"{folder}/student.pt", state_bytes(model.state_dict()))
     storage.write_json(f"{folder}/config.json", config.to_json())
     storage.write_json(f"{folder}/scaler.json",
-                       NamedScaler(variables=variables, mean=(5.0,) * 7, std=(2.0,) * 7).to_json())
+                       NamedScaler(variables=variables, mean=(5.0,) * spec.n_vars, std=(2.0,) * spec.n_vars).to_json())
     storage.write_json(f"{folder}/metrics.json", metrics.to_json())
     storage.write_bytes(f"{folder}/_SUCCESS", b"")
-    storage.write_bytes(f"registry/{MODEL}/LATEST", b"v1\n")
+    storage.write_bytes(f"registry/{name}/LATEST", b"v1\n")
 
 
-def requests_for(kind: str, history: np.ndarray) -> tuple[str, dict, int]:
+def requests_for(kind: str, history: np.ndarray, model: str = MODEL) -> tuple[str, dict, int]:
     """(path, httpx kwargs, forecasts per request) of one request of a kind. Bodies are encoded once,
     so that the load generator spends its CPU on HTTP, not on re-encoding the same payload."""
     if kind.startswith("json"):
         single = kind == "json single"
-        body = {"model": MODEL, "history": history.tolist()} if single else {
-            "model": MODEL, "histories": np.repeat(history[None], BATCH, 0).tolist()}
+        body = {"model": model, "history": history.tolist()} if single else {
+            "model": model, "histories": np.repeat(history[None], BATCH, 0).tolist()}
         kwargs = {"content": orjson.dumps(body), "headers": {"content-type": "application/json"}}
         return ("/v1/forecast" if single else "/v1/forecast/batch"), kwargs, 1 if single else BATCH
     buffer = io.BytesIO()
@@ -99,13 +109,14 @@ def requests_for(kind: str, history: np.ndarray) -> tuple[str, dict, int]:
     headers = {"content-type": "application/x-npy"}
     return (
         "/v1/forecast/npy",
-        {"params": {"model": MODEL}, "content": buffer.getvalue(), "headers": headers},
+        {"params": {"model": model}, "content": buffer.getvalue(), "headers": headers},
         BATCH if kind == "npy batch" else 1,
     )
 
 
-async def load(url: str, kind: str, clients: int, seconds: float, history: np.ndarray) -> dict[str, float]:
-    path, kwargs, per_request = requests_for(kind, history)
+async def load(url: str, kind: str, clients: int, seconds: float, history: np.ndarray,
+               model: str = MODEL) -> dict[str, float]:
+    path, kwargs, per_request = requests_for(kind, history, model)
     latencies: list[float] = []
     failures = 0
     deadline = time.perf_counter() + seconds
@@ -207,10 +218,11 @@ def stop(process: subprocess.Popen) -> int | None:
         return None
 
 
-def measure(name: str, url: str, kind: str, clients: int, seconds: float, history: np.ndarray) -> dict:
-    before = cpu_by_role() if (kind, clients) == PROFILED else {}
-    stats = asyncio.run(load(url, kind, clients, seconds, history))
-    result = {"server": name, "kind": kind, "clients": clients, **stats}
+def measure(name: str, url: str, kind: str, clients: int, seconds: float, history: np.ndarray,
+            model: str = MODEL) -> dict:
+    before = cpu_by_role() if (kind, clients) == PROFILED and model == MODEL else {}
+    stats = asyncio.run(load(url, kind, clients, seconds, history, model))
+    result = {"server": name, "kind": kind, "clients": clients, "model": model, **stats}
     if before:
         after = cpu_by_role()
         result["cpu_ms_per_request"] = {
@@ -218,6 +230,25 @@ def measure(name: str, url: str, kind: str, clients: int, seconds: float, histor
             for role in after if (role == "bare server") == (name == "bare FastAPI")}
     print(json.dumps(result), flush=True)
     return result
+
+
+def in_process(model: str, history: np.ndarray, calls: int = 200) -> dict[str, float]:
+    """The model alone, in this process, one history a call, with torch's default threads: the
+    latency distillation is about, before any server."""
+    from timedistill.store.forecaster import ForecastModel
+
+    forecaster = ForecastModel.from_registry(Storage(str(ROOT)), model)
+    histories = history[None]
+    for _ in range(10):
+        forecaster.forecast(histories)
+    times = []
+    for _ in range(calls):
+        began = time.perf_counter()
+        forecaster.forecast(histories)
+        times.append(time.perf_counter() - began)
+    return {"p50": 1000 * statistics.median(times), "p99": 1000 * float(np.percentile(times, 99)),
+            "forecasts_s": calls / sum(times), "params": forecaster.model.num_params(),
+            "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -242,6 +273,8 @@ def main() -> None:
                   "--port", str(bare_port), "--log-level", "warning"], logs / "bare.log")
     bare_url = f"http://127.0.0.1:{bare_port}"
     results: list[dict] = []
+    stops: dict[str, float] = {}
+    alone = {model: in_process(model, history) for model in (MODEL, TEACHER)}
     try:
         wait_healthy(bare_url, bare)
         for ingress in args.ingress:
@@ -259,19 +292,25 @@ def main() -> None:
                             results.append(measure(INGRESSES[ingress], url, kind, clients, args.seconds, history))
                             results.append({**measure("bare FastAPI", bare_url, kind, clients, args.seconds,
                                                       history), "versus": INGRESSES[ingress]})
+                for clients in (1, 16):  # the teacher behind the same server, in the JSON cells of the targets
+                    results.append(measure(INGRESSES[ingress], url, "json single", clients, args.seconds, history,
+                                           TEACHER))
             finally:
+                began = time.perf_counter()
                 stop(server)
+                stops[INGRESSES[ingress]] = time.perf_counter() - began
     finally:
         stop(bare)
 
     if set(args.kinds) != set(KINDS) or 16 not in args.clients or set(args.ingress) != set(INGRESSES):
         return  # a partial run: printed above, BENCHMARKS.md left alone
-    text = report(results, args, settings)
+    text = report(results, args, settings, alone, stops)
     print(text)
     write_section("serving", text)
 
 
-def report(results: list[dict], args: argparse.Namespace, settings: ServeConfig) -> str:
+def report(results: list[dict], args: argparse.Namespace, settings: ServeConfig, alone: dict[str, dict],
+           stops: dict[str, float]) -> str:
     def median_of(runs: list[dict]) -> dict:
         """One cell from its rounds: the median of every measure."""
         cell = {**runs[0], "failures": sum(r["failures"] for r in runs)}
@@ -284,7 +323,8 @@ def report(results: list[dict], args: argparse.Namespace, settings: ServeConfig)
 
     def rounds(server: str, kind: str, clients: int) -> list[tuple[dict, dict]]:
         """(Ray Serve, bare) pairs of a cell, each pair measured one after the other."""
-        served = [r for r in results if (r["server"], r["kind"], r["clients"]) == (server, kind, clients)]
+        served = [r for r in results if (r["server"], r["kind"], r["clients"], r["model"]) == (server, kind, clients,
+                                                                                               MODEL)]
         bare = [r for r in results if r.get("versus") == server and (r["kind"], r["clients"]) == (kind, clients)]
         return list(zip(served, bare, strict=True))
 
@@ -341,6 +381,26 @@ def report(results: list[dict], args: argparse.Namespace, settings: ServeConfig)
                      f"the bare server's throughput (medians of {len(rounds(name, *PROFILED))} alternating rounds; "
                      f"round by round: {each}); binary batches (.npy, {BATCH} histories) vs single JSON "
                      f"requests: **{batch['forecasts_s'] / served['forecasts_s']:.1f}x** the forecasts per second.")
+    lines += ["", "### What the user gets: the teacher and the student behind the same server", "",
+              f"Single JSON histories; the teacher ({TEACHER}: iTransformer, ETTh1's preset) is registered beside "
+              f"the student and served by the same pool. In process: the model alone in this process, one history a "
+              f"call, {alone[MODEL]['threads']} torch threads, median of 200 calls after 10 warm-up calls. "
+              "Stop: seconds from SIGTERM to the exit of `timedistill serve`.", ""]
+    rows = []
+    for label, model in (("student", MODEL), ("teacher", TEACHER)):
+        figures = alone[model]
+        rows.append([label, f"{figures['params']:,}", "in process", "1", f"{figures['p50']:.1f}",
+                     f"{figures['p99']:.1f}", f"{figures['forecasts_s']:,.0f}", ""])
+        for name in INGRESSES.values():
+            for clients in (1, 16):
+                cell = [r for r in results if (r["server"], r["kind"], r["clients"], r["model"]) == (
+                    name, "json single", clients, model)]
+                served = statistics.median(r["p50"] for r in cell), statistics.median(r["p99"] for r in cell), \
+                    statistics.median(r["forecasts_s"] for r in cell)
+                rows.append([label, "", name, str(clients), f"{served[0]:.1f}", f"{served[1]:.1f}", f"{served[2]:,.0f}",
+                             f"{stops[name]:.1f}"])
+    lines.append(markdown_table(["model", "params", "where", "clients", "p50 ms", "p99 ms", "forecasts / s",
+                                 "stop s"], rows))
     return "\n".join(lines)
 
 
