@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint clean gpu-check
 
 demo: install
 	$(BIN)/timedistill retrain conf/smoke.yaml
@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	$(if $(TORCH),$(BIN)/python -m pip install --quiet "$(TORCH)")
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
+
+# the GPU path against a CPU run of the same work; without CUDA it says so and exits 0
+gpu-check: install
+	$(BIN)/python -m bench.gpu_check
 
 lint: install
 	$(BIN)/ruff check .
