@@ -144,12 +144,6 @@ def score_best(trainee: loops.Trainee, spec: ModelSpec, worker: Worker) -> Train
         test_mae=scores.mae, latency_ms=None, history=trainee.history)  # latency: timed by the evaluate step
 
 
-# Ray Train's controller acts once per RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and every
-# epoch's report waits for it at a barrier, so each epoch cost up to two seconds of waiting
-# (BENCHMARKS.md, "Framework overhead"). The driver's value reaches the controller and workers.
-TRAIN_CONTROLLER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-
-
 def fit_interruptibly(trainer: TorchTrainer, checkpoints: str) -> ray.train.Result:
     """`trainer.fit()` in a thread of its own, so that Ctrl-C and SIGTERM reach this thread.
 
@@ -185,8 +179,6 @@ def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
     <storage root>/ray/<name>, so starting the same name again resumes a killed run."""
     workers = Workers.of(config)
     job = dataclasses.replace(job, threads=workers.threads)
-    for key, value in TRAIN_CONTROLLER_ENV.items():
-        os.environ.setdefault(key, value)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": job},
