@@ -251,6 +251,51 @@ def in_process(model: str, history: np.ndarray, calls: int = 200) -> dict[str, f
             "threads": torch.get_num_threads()}
 
 
+CANDIDATES = Path(__file__).resolve().parent / "results" / "serving-candidates"
+
+
+def pairs_of(rows: list[dict]) -> dict[tuple[str, int], list[tuple[dict, dict]]]:
+    """(server, clients) -> its (Ray Serve, bare) pairs, each measured one after the other."""
+    found: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
+    served = None
+    for row in rows:
+        if row["server"] != "bare FastAPI":
+            served = row if row.get("model", MODEL) == MODEL else None
+        elif served is not None:
+            found.setdefault((served["server"], served["clients"]), []).append((served, row))
+            served = None
+    return found
+
+
+def candidates_table() -> str:
+    """The serving defaults compared: one run of this benchmark per candidate (single JSON
+    histories, 1 and 16 clients), kept in bench/results/serving-candidates/<name>.jsonl: a header
+    line (the command, what the batching does), then the benchmark's own lines."""
+    table = []
+    for path in sorted(CANDIDATES.glob("*.jsonl")):
+        header, *rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for (server, clients), pairs in sorted(pairs_of(rows).items()):
+            serve_ms = statistics.median(s["p50"] for s, _ in pairs)
+            bare_ms = statistics.median(b["p50"] for _, b in pairs)
+            serve_fs = statistics.median(s["forecasts_s"] for s, _ in pairs)
+            bare_fs = statistics.median(b["forecasts_s"] for _, b in pairs)
+            ingress = server.removeprefix("Ray Serve (").removesuffix(")")
+            table.append([header["candidate"], ingress, header["batching"], clients,
+                          f"{serve_ms:.1f} / {bare_ms:.1f}", f"{serve_ms / bare_ms:.2f}x",
+                          f"{serve_fs:,.0f} / {bare_fs:,.0f}", f"{serve_fs / bare_fs:.2f}x", len(pairs)])
+    commands = sorted({json.loads(path.read_text().splitlines()[0])["command"] for path in CANDIDATES.glob("*.jsonl")})
+    return "\n".join([
+        "## Serving defaults: the candidates side by side",
+        "",
+        "Each candidate is one run of `bench.bench_serving` (2026-12-01, 2 cores), Ray Serve and the bare server "
+        "alternating in every cell; medians over the rounds. Commands: " + "; ".join(f"`{c}`" for c in commands)
+        + ". Made by `python -m bench.bench_serving --candidates-table` from bench/results/serving-candidates/.",
+        "",
+        markdown_table(["candidate", "ingress", "batching", "clients", "p50 ms Serve / bare", "latency ratio",
+                        "forecasts/s Serve / bare", "throughput ratio", "rounds"], table),
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -261,7 +306,12 @@ def main() -> None:
                         "of the parity target (single JSON histories, 16 clients); the table gives their medians")
     parser.add_argument("--set", action="append", default=[], help="a Ray Serve config override, e.g. "
                         "serve.min_replicas=2")
+    parser.add_argument("--candidates-table", action="store_true",
+                        help="write the serving-defaults table from bench/results/serving-candidates and exit")
     args = parser.parse_args()
+    if args.candidates_table:
+        write_section("serving-candidates", candidates_table())
+        return
     make_registry()
     history = np.random.default_rng(0).normal(5, 2, (720, 7))
     settings = load_config(None, args.set).serve

@@ -222,7 +222,9 @@ class ServeConfig(Section):
     # What answers HTTP in front of the replicas when `timedistill serve` starts Ray (serving/ingress.py,
     # `ray_environment`): "proxy" is Ray Serve's default Python proxy; "haproxy" is Ray Serve's
     # high-throughput mode (HAProxy, and gRPC between replicas).
-    ingress: Literal["proxy", "haproxy"] = "proxy"
+    # "auto": HAProxy where its binary is installed (ray[serve] on Linux), else the proxy; a Ray
+    # cluster keeps the mode it was started with (BENCHMARKS.md, "Serving" and "Serving defaults").
+    ingress: Literal["auto", "proxy", "haproxy"] = "auto"
     num_cpus: float = Field(0.5, gt=0)  # per replica
     # replicas each deployment keeps at least; unset: two where the Ray cluster has the CPUs for two
     # of each (losing one then costs only the requests in flight on it), else one

