@@ -60,13 +60,20 @@ def assert_nothing_left(tag: Tagged, log: Path) -> None:
     assert not tag.listeners()
 
 
-@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
-def test_a_local_serve_listens_on_loopback_only_and_stops_on_sigterm(tmp_path, ingress):
+def started_serve(tmp_path: Path, *settings: str) -> tuple[subprocess.Popen, int, Tagged, Path]:
+    """`timedistill serve` on a registry of the serving benchmark's models; returns the process,
+    its port, its tag and its log."""
     root = tmp_path / "artifacts"
     make_registry(root)
     port, tag, log = free_port(), Tagged(), tmp_path / "serve.log"
-    server = started([str(BIN / "timedistill"), "serve", "--set", f"storage.root={root}", "--set",
-                      f"serve.port={port}", "--set", f"serve.ingress={ingress}"], tag, log)
+    overrides = [f"storage.root={root}", f"serve.port={port}", *settings]
+    command = [str(BIN / "timedistill"), "serve", *[arg for item in overrides for arg in ("--set", item)]]
+    return started(command, tag, log), port, tag, log
+
+
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+def test_a_local_serve_listens_on_loopback_only_and_stops_on_sigterm(tmp_path, ingress):
+    server, port, tag, log = started_serve(tmp_path, f"serve.ingress={ingress}")
     try:
         wait_healthy(f"http://127.0.0.1:{port}", server)
         history = np.random.default_rng(0).normal(size=(720, 7)).tolist()
@@ -159,11 +166,7 @@ async def load_and_kill(url: str, history: list, clients: int, kill: int, second
 
 @pytest.mark.parametrize("deployment", ["ForecastAPI", "ModelPool"])
 def test_losing_a_replica_under_load_costs_only_the_requests_in_flight_on_it(tmp_path, deployment):
-    root = tmp_path / "artifacts"
-    make_registry(root)
-    port, tag, log = free_port(), Tagged(), tmp_path / "serve.log"
-    server = started([str(BIN / "timedistill"), "serve", "--set", f"storage.root={root}", "--set",
-                      f"serve.port={port}", "--set", "serve.access_log=false"], tag, log)
+    server, port, tag, _ = started_serve(tmp_path, "serve.access_log=false")
     clients = 8
     try:
         wait_healthy(f"http://127.0.0.1:{port}", server)
