@@ -13,8 +13,8 @@ import dataclasses
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import ray
@@ -153,13 +153,13 @@ def fit_interruptibly(trainer: TorchTrainer, checkpoints: str) -> ray.train.Resu
     checkpoints the same command resumes from; the Ray session around the step shuts down on
     the way out, which stops the training workers. The thread carries the caller's context
     (Prefect's run context among it) and is a daemon, so it never holds the process open."""
-    outcome: dict[str, Any] = {}
+    done: Future[ray.train.Result] = Future()
 
     def fit() -> None:
         try:
-            outcome["result"] = trainer.fit()
-        except BaseException as exc:  # handed to the caller's thread below
-            outcome["error"] = exc
+            done.set_result(trainer.fit())
+        except BaseException as exc:  # raised in the caller's thread by done.result()
+            done.set_exception(exc)
 
     thread = threading.Thread(target=contextvars.copy_context().run, args=(fit,), name="ray-train-fit", daemon=True)
     thread.start()
@@ -168,9 +168,7 @@ def fit_interruptibly(trainer: TorchTrainer, checkpoints: str) -> ray.train.Resu
             thread.join(0.5)
     except KeyboardInterrupt:
         raise Interrupted(checkpoints) from None
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    return done.result()
 
 
 def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
