@@ -1,6 +1,7 @@
 """Configuration: the YAML files of this folder and the schema that validates them."""
 
 from timedistill.conf.schema import (
+    AUTO,
     Config,
     ConfigError,
     DataConfig,
@@ -17,6 +18,7 @@ from timedistill.conf.schema import (
 )
 
 __all__ = [
+    "AUTO",
     "Config",
     "ConfigError",
     "DataConfig",

@@ -22,6 +22,7 @@ PLAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DURATION = re.compile(r"^(\d+)(w|d|h|min|s)$")  # a span of time: 14d, 36h, 90min
 DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "min": "minutes", "s": "seconds"}
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent
+AUTO = "auto"  # teacher.name: choose among teacher.candidates by validation MSE
 
 
 class ConfigError(ValueError):
@@ -129,7 +130,10 @@ class DataConfig(Section):
 
 
 class TeacherConfig(Section):
-    name: str = "itransformer"  # a teacher of models.TEACHERS
+    # a teacher of models.TEACHERS, or "auto": train every one of `candidates` (each reused by its
+    # own key, as if named alone) and keep, per horizon, the one with the lowest validation MSE
+    name: str = "itransformer"
+    candidates: list[str] = []
     preset: str | None = None  # per-dataset hyperparameters of the model file; None uses data.name
     params: dict[str, Any] = {}  # hyperparameters that override the preset
     epochs: int = Field(10, gt=0)
@@ -144,7 +148,28 @@ class TeacherConfig(Section):
     refresh: Literal["always", "if-data-changed", "warm"] = "if-data-changed"
     warm_epochs: int = Field(3, gt=0)
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"refresh", "warm_epochs"})
+    late_fields: ClassVar[frozenset[str]] = frozenset({"refresh", "warm_epochs", "candidates"})
+
+    @model_validator(mode="after")
+    def _candidates(self) -> TeacherConfig:
+        if self.name != AUTO:
+            if self.candidates:
+                raise ValueError(f"teacher.candidates is only read with teacher.name: {AUTO} (the name is "
+                                 f"{self.name!r})")
+            return self
+        if len(self.candidates) < 2:
+            raise ValueError(f"teacher.name: {AUTO} needs teacher.candidates, two or more teachers to choose from")
+        if AUTO in self.candidates or len(set(self.candidates)) != len(self.candidates):
+            raise ValueError(f"teacher.candidates must name distinct teachers, got {self.candidates}")
+        if self.params:
+            raise ValueError(f"teacher.params cannot apply to every candidate of teacher.name: {AUTO}; each "
+                             "candidate takes its preset (teacher.preset)")
+        return self
+
+    def candidate(self, name: str) -> TeacherConfig:
+        """The section a candidate of `auto` trains with: the same as naming it alone, so that a
+        teacher is reused across single and automatic runs."""
+        return self.model_copy(update={"name": name, "candidates": []})
 
 
 class StudentConfig(Section):
@@ -353,7 +378,7 @@ def _describe(exc: ValidationError, source: str) -> str:
         if error["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
         else:
-            lines.append(f"{source}: {key}: {error['msg']}")
+            lines.append(f"{source}: {key}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(lines)
 
 

@@ -178,7 +178,9 @@ def teacher(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
     def body() -> None:
         summary = run_pipeline(config, list(set_ or []), ray_address, debug, stop_after="teacher")
         if as_json:
-            emit_json({"results": [teacher_record(summary, t) for t in summary.teachers]})
+            choices = [choice.to_json() for choice in summary.teacher_choices]  # teacher.name auto
+            emit_json({"results": [teacher_record(summary, t) for t in summary.teachers]}
+                      | ({"teacher_choices": choices} if choices else {}))
             return
         table = Table("dataset", "horizon", "teacher", "params", "epochs", "val MSE", "test MSE", "test MAE")
         for t in summary.teachers:
@@ -575,7 +577,8 @@ def results_table(results: list[ResultRow]) -> Table:
     from timedistill.store.records import change
 
     first = results[0]
-    title = (f"{first.dataset}: {first.teacher.name} teacher -> {first.student.name} student, standardized test "
+    teachers = "/".join(dict.fromkeys(row.teacher.name for row in results))  # teacher auto: one per horizon
+    title = (f"{first.dataset}: {teachers} teacher -> {first.student.name} student, standardized test "
              "scores (lower is better)") if results else "no results"
     table = Table("h", "model", "MSE", "MAE", "params", "student vs MLP", "student vs teacher", box=box.SIMPLE_HEAD,
                   pad_edge=False, title=title, title_justify="left")

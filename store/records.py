@@ -3,6 +3,7 @@ artifact, each serializing to the JSON file it is stored as.
 
     Dataset        datasets/<name>/<fingerprint>/manifest.json       ingest
     Teacher        teachers/<name>/<key>/teacher.json                teacher
+    TeacherChoice  in runs/.../metrics.json (teacher.name auto)      teacher
     Cache          cache/<key>/cache.json                            cache
     StudentsRun    runs/<name>/<run-id>/h<S>/students.json           distill
     ResultRow      in runs/.../metrics.json and registry/.../metrics.json   evaluate
@@ -223,6 +224,25 @@ class Teacher(TrainingRun, TrainedModel):
     def describe(self) -> str:
         warm = ", warm start" if self.warm_from else ""
         return f"h={self.horizon} {self.name}: {training(self.history)}{warm}, val MSE {self.val_mse:.4f}"
+
+
+class TeacherChoice(Record):
+    """teacher.name auto at one horizon: every candidate's scores and the one kept (the lowest
+    validation MSE; the test split plays no part in the choice)."""
+
+    horizon: int
+    chosen: str
+    candidates: list[ModelScore]  # in the order of teacher.candidates
+
+    @classmethod
+    def of(cls, teachers: list[Teacher]) -> tuple[Teacher, TeacherChoice]:
+        best = min(teachers, key=lambda teacher: teacher.val_mse)  # ties: the first listed
+        return best, cls(horizon=best.horizon, chosen=best.name, candidates=[t.score() for t in teachers])
+
+    def describe(self) -> str:
+        others = ", ".join(f"{c.name} {c.val_mse:.4f}" for c in self.candidates if c.name != self.chosen)
+        chosen = next(c for c in self.candidates if c.name == self.chosen)
+        return f"h={self.horizon} teacher auto: {self.chosen} (val MSE {chosen.val_mse:.4f}; {others})"
 
 
 class Cache(Record):
@@ -520,6 +540,8 @@ class RunSummary(Record):
     models: list[Registration]
     caches: list[Cache]
     teachers: list[Teacher]
+    # teacher.name auto: per horizon, every candidate's scores and the pick
+    teacher_choices: list[TeacherChoice] = Field(default_factory=list)
     students: list[StudentsRun] = Field(exclude=True)
     config: dict[str, Any]
     root: str = Field(exclude=True)  # the storage root as a URI
@@ -545,6 +567,8 @@ class RunSummary(Record):
                       for cache in self.caches],
             "teachers": [teacher.model_dump(mode="json", exclude={"history"}) | {"cached": teacher.cached}
                          for teacher in self.teachers],
+            **({"teacher_choices": [choice.to_json() for choice in self.teacher_choices]}
+               if self.teacher_choices else {}),
             "config": self.config,
         }
 

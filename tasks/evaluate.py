@@ -11,7 +11,16 @@ import numpy as np
 import torch
 
 from timedistill.store.forecaster import ForecastModel
-from timedistill.store.records import Dataset, Evaluation, Latency, ResultRow, StudentsRun, Teacher, WindowRange
+from timedistill.store.records import (
+    Dataset,
+    Evaluation,
+    Latency,
+    ResultRow,
+    StudentsRun,
+    Teacher,
+    TeacherChoice,
+    WindowRange,
+)
 from timedistill.store.scaler import Scaler
 from timedistill.store.storage import Storage
 from timedistill.tasks.report import forecast_figure, report_markdown, training_figure
@@ -19,13 +28,13 @@ from timedistill.tasks.windows import WindowBatcher, window_starts
 
 
 def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teachers: list[Teacher],
-             students: list[StudentsRun]) -> Evaluation:
+             students: list[StudentsRun], choices: list[TeacherChoice] = ()) -> Evaluation:
     """Compare every horizon; write report.md, forecast.png and training.png into the run folder
-    (each atomically)."""
+    (each atomically). `choices`: how teacher.name auto picked each horizon's teacher."""
     series = dataset.standardized(storage)
     rows = [ResultRow.compare(teacher, run, time_models(storage, dataset, series, teacher, run))
             for teacher, run in zip(teachers, students, strict=True)]
-    markdown = report_markdown(dataset.name, run_id, rows)
+    markdown = report_markdown(dataset.name, run_id, rows, choices)
     storage.write_bytes(f"{run_dir}/report.md", markdown.encode())
     storage.write_bytes(f"{run_dir}/forecast.png", forecast_figure(storage, dataset, series, teachers, students))
     storage.write_bytes(f"{run_dir}/training.png", training_figure(teachers, students))

@@ -12,7 +12,7 @@ import torch
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure  # no pyplot: no display and no global state needed
 
-from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher, change
+from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher, TeacherChoice, change
 from timedistill.store.storage import Storage
 from timedistill.tasks.windows import WindowBatcher, window_starts
 
@@ -20,8 +20,9 @@ LABELS = {"teacher": "teacher", "student": "distilled student", "baseline": "MLP
 COLORS = {"teacher": "tab:orange", "student": "tab:blue", "baseline": "tab:green"}
 
 
-def report_markdown(dataset: str, run_id: str, rows: list[ResultRow]) -> str:
-    """The results per horizon, the averages over horizons, and the plots."""
+def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: list[TeacherChoice] = ()) -> str:
+    """The results per horizon, the averages over horizons, how each teacher was chosen (teacher.name
+    auto), and the plots."""
     lines = [f"# {dataset}: teacher vs distilled student vs plain MLP", "",
              f"Run `{run_id}`. Scores are on the test split, in the standardized space (each variable divided by "
              "its train-split standard deviation), over every element of every window; lower is better. The "
@@ -44,6 +45,13 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow]) -> str:
             if all(scores):
                 lines.append(f"| {label} | {mean(s.test_mse for s in scores):.4f} | "
                              f"{mean(s.test_mae for s in scores):.4f} |")
+    if choices:
+        lines += ["", "Teachers chosen per horizon (teacher.name: auto) by the lowest validation MSE; the test "
+                  "scores are shown, not used:", "", "| horizon | candidate | val MSE | test MSE | params | |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {choice.horizon} | {score.name} | {score.val_mse:.4f} | {score.test_mse:.4f} | {score.params:,} "
+                  f"| {'chosen' if score.name == choice.chosen else ''} |"
+                  for choice in choices for score in choice.candidates]
     lines += ["", "Forecasts of the target on a few test windows (data units):", "", "![forecasts](forecast.png)",
               "", "Training: each model's loss and validation MSE per epoch:", "", "![training](training.png)"]
     return "\n".join(lines) + "\n"

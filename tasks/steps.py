@@ -22,6 +22,7 @@ from timedistill.store.records import (
     StepTime,
     StudentsRun,
     Teacher,
+    TeacherChoice,
 )
 from timedistill.store.storage import Storage
 from timedistill.tasks import loops
@@ -34,7 +35,7 @@ from timedistill.tasks.registry import register
 from timedistill.tasks.runtime import ray_session
 from timedistill.tasks.students import find_students, train_students
 from timedistill.tasks.students import warm_base as students_warm_base
-from timedistill.tasks.teacher import find_teacher, train_teacher
+from timedistill.tasks.teacher import candidate_configs, find_teacher, train_teacher
 from timedistill.tasks.teacher import warm_base as teacher_warm_base
 
 STEPS = ("ingest", "teacher", "cache", "distill", "evaluate", "register")
@@ -98,6 +99,7 @@ class Pipeline:
         self._series: ray.ObjectRef | None = None
         self._dataset: Dataset | None = None
         self.teachers: list[Teacher] = []
+        self.teacher_choices: list[TeacherChoice] = []
         self.caches: list[Cache] = []
         self.students_runs: list[StudentsRun] = []
         self.evaluation: Evaluation | None = None
@@ -145,18 +147,32 @@ class Pipeline:
         return self._dataset
 
     def teacher(self, horizon: int, *, callbacks: Sequence[loops.Callback] = ()) -> Teacher:
-        teacher = find_teacher(self.config, self.storage, self.dataset, horizon, self.salt)
+        """The teacher of one horizon; with teacher.name auto, every candidate's, and the one with
+        the lowest validation MSE is returned (reused only when every candidate was)."""
+        configs = candidate_configs(self.config, self.dataset, horizon)
+        candidates = [self._teacher(config, horizon, callbacks) for config in configs]
+        teacher = candidates[0]
+        if len(candidates) > 1:
+            teacher, choice = TeacherChoice.of(candidates)
+            teacher = teacher.model_copy(update={"cached": all(candidate.cached for candidate in candidates)})
+            self.teacher_choices.append(choice)
+            if self.terminal is not None:
+                self.terminal.note(choice.describe())
+        self.teachers.append(teacher)
+        return teacher
+
+    def _teacher(self, config: Config, horizon: int, callbacks: Sequence[loops.Callback]) -> Teacher:
+        teacher = find_teacher(config, self.storage, self.dataset, horizon, self.salt)
         if teacher is None and not self.train_teachers:
-            raise StepError(f"no trained {self.config.teacher.name} teacher for {self.dataset.name} at horizon "
+            raise StepError(f"no trained {config.teacher.name} teacher for {self.dataset.name} at horizon "
                             f"{horizon} under {self.storage.uri('teachers')}: run `timedistill teacher` with "
                             "the same config first")
         if teacher is None:
-            warm = self.config.teacher.refresh == "warm"
+            warm = config.teacher.refresh == "warm"
             teacher = train_teacher(
-                self.config, self.storage, self.dataset, horizon, series=self.series(), salt=self.salt,
-                base=teacher_warm_base(self.config, self.storage, self.dataset, horizon) if warm else None,
+                config, self.storage, self.dataset, horizon, series=self.series(), salt=self.salt,
+                base=teacher_warm_base(config, self.storage, self.dataset, horizon) if warm else None,
                 listener=self.terminal, callbacks=callbacks)
-        self.teachers.append(teacher)
         return teacher
 
     def cache(self, teacher: Teacher) -> Cache | None:
@@ -183,7 +199,8 @@ class Pipeline:
         return students
 
     def evaluate(self, teachers: list[Teacher], students: list[StudentsRun]) -> Evaluation:
-        self.evaluation = evaluate(self.storage, self.dataset, self.run_dir, self.run_id, teachers, students)
+        self.evaluation = evaluate(self.storage, self.dataset, self.run_dir, self.run_id, teachers, students,
+                                   self.teacher_choices)
         return self.evaluation
 
     def register(self, students: StudentsRun, row: ResultRow) -> Registration:
@@ -198,8 +215,8 @@ class Pipeline:
             dataset=self.dataset.name, run_dir=self.storage.uri(self.run_dir), run_id=self.run_id,
             data_fingerprint=self.dataset.fingerprint, steps=self.log.times(),
             results=self.evaluation.rows if self.evaluation else [], models=self.registrations, caches=self.caches,
-            teachers=self.teachers, students=self.students_runs, config=self.config.model_dump(mode="json"),
-            root=self.storage.uri())
+            teachers=self.teachers, teacher_choices=self.teacher_choices, students=self.students_runs,
+            config=self.config.model_dump(mode="json"), root=self.storage.uri())
         if self.registrations:
             self.storage.write_json(f"{self.run_dir}/metrics.json", summary.to_json())
         return summary

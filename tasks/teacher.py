@@ -21,7 +21,7 @@ import numpy as np
 import ray
 import torch
 
-from timedistill.conf import Config, TeacherConfig, stable_hash
+from timedistill.conf import AUTO, Config, TeacherConfig, stable_hash
 from timedistill.store.records import TEACHER_WEIGHTS, Dataset, ModelSpec, Teacher
 from timedistill.store.storage import SUCCESS, Storage
 from timedistill.store.weights import read_state, state_bytes
@@ -72,6 +72,21 @@ def teacher_spec(config: Config, dataset: Dataset, horizon: int) -> ModelSpec:
     return ModelSpec.resolve("teacher", config.teacher.name, lookback=config.data.lookback, horizon=horizon,
                              n_vars=len(dataset.variables), preset=teacher_preset(config),
                              params=config.teacher.params)
+
+
+def candidate_configs(config: Config, dataset: Dataset, horizon: int) -> list[Config]:
+    """The configs a teacher step trains: the config itself, or with teacher.name auto one per
+    candidate, exactly as if that teacher were named alone (so each is found by its own key).
+    Every candidate's spec is resolved here, so that a bad name fails before any training."""
+    if config.teacher.name != AUTO:
+        return [config]
+    configs = [config.model_copy(update={"teacher": config.teacher.candidate(name)})
+               for name in config.teacher.candidates]
+    for candidate in configs:
+        ModelSpec.resolve("teacher.candidates", candidate.teacher.name, lookback=config.data.lookback,
+                          horizon=horizon, n_vars=len(dataset.variables), preset=teacher_preset(candidate),
+                          params={})
+    return configs
 
 
 def warm_base(config: Config, storage: Storage, dataset: Dataset, horizon: int) -> Teacher | None:

@@ -105,3 +105,23 @@ def test_invalid_yaml_and_non_mapping(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["teacher.name=auto"], r"teacher\.name: auto needs teacher\.candidates"),
+    (["teacher.name=auto", "teacher.candidates=[dlinear]"], r"two or more"),
+    (["teacher.name=auto", "teacher.candidates=[dlinear, dlinear]"], r"teacher\.candidates must name distinct"),
+    (["teacher.candidates=[dlinear, patchtst]"], r"teacher\.candidates is only read with teacher\.name: auto"),
+    (["teacher.name=auto", "teacher.candidates=[dlinear, patchtst]", "teacher.params={d_model: 8}"],
+     r"teacher\.params cannot apply to every candidate"),
+])
+def test_teacher_auto_needs_candidates_and_no_shared_params(overrides, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(None, overrides)
+    assert "\n" not in str(raised.value) and "Value error" not in str(raised.value)
+
+
+def test_a_candidate_of_auto_is_the_teacher_named_alone():
+    auto = load_config(None, ["teacher.name=auto", "teacher.candidates=[dlinear, patchtst]"]).teacher
+    alone = load_config(None, ["teacher.name=patchtst"]).teacher
+    assert auto.candidate("patchtst").key_payload() == alone.key_payload()

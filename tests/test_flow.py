@@ -130,3 +130,38 @@ def test_changed_data_reruns_everything_downstream(smoke_run, session_root, smok
     (model,) = summary.models
     assert model.registered and model.version == "v2"
     assert (session_root / "registry" / "smoke-24" / "LATEST").read_text().strip() == "v2"
+
+
+def test_teacher_auto_keeps_the_candidate_with_the_lowest_validation_mse(ray_local, prefect_harness, smoke_csv,
+                                                                         tmp_path):
+    from timedistill.conf import load_config
+
+    own_root = [*smoke_overrides(tmp_path, smoke_csv), "teacher.params={}"]
+    auto = ["teacher.name=auto", "teacher.candidates=[dlinear, patchtst]"]
+    summary = retrain(config="smoke", overrides=[*own_root, *auto])
+    (choice,) = summary.teacher_choices
+    val_mse = {score.name: score.val_mse for score in choice.candidates}
+    assert list(val_mse) == ["dlinear", "patchtst"] and len(set(val_mse.values())) == 2
+    assert choice.chosen == min(val_mse, key=val_mse.get)
+    (teacher,) = summary.teachers
+    assert teacher.name == summary.results[0].teacher.name == choice.chosen
+    run_dir = Path(summary.run_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["teacher_choices"] == [choice.to_json()]
+    report = (run_dir / "report.md").read_text()
+    assert all(f"| 24 | {name} | {mse:.4f} |" in report for name, mse in val_mse.items())
+    # each candidate was trained as if named alone: a run that names it reuses it
+    with steps.Pipeline(load_config("smoke", [*own_root, f"teacher.name={choice.chosen}"])) as pipe:
+        pipe.ingest()
+        assert pipe.teacher(24).cached
+
+
+def test_an_unknown_candidate_fails_before_any_training(smoke_csv, tmp_path):
+    from timedistill.conf import ConfigError, load_config
+
+    config = load_config("smoke", [*smoke_overrides(tmp_path, smoke_csv), "teacher.params={}", "teacher.name=auto",
+                                   "teacher.candidates=[dlinear, transformerx]"])
+    with steps.Pipeline(config) as pipe, pytest.raises(ConfigError, match=r"teacher\.candidates: unknown model "
+                                                                          r"'transformerx'"):
+        pipe.ingest()
+        pipe.teacher(24)
+    assert not (tmp_path / "teachers").exists()
