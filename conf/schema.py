@@ -176,6 +176,25 @@ class StudentConfig(Section):
     name: str = "mlp"  # a student of models.STUDENTS
     preset: str | None = None
     params: dict[str, Any] = {}  # e.g. d_model, norm
+    # quantile levels, e.g. [0.1, 0.5, 0.9]: the student also forecasts these (pinball loss on the
+    # ground truth; the distillation terms act on the median), each central interval calibrated
+    # on the validation split; [] forecasts the point alone
+    quantiles: list[float] = []
+
+    late_fields: ClassVar[frozenset[str]] = frozenset({"quantiles"})
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, value: list[float]) -> list[float]:
+        if not value:
+            return value
+        if any(not 0 < level < 1 for level in value):
+            raise ValueError(f"levels must lie strictly between 0 and 1, got {value}")
+        if value != sorted(set(value)):
+            raise ValueError(f"levels must be sorted and distinct, got {value}")
+        if 0.5 not in value or any(abs(a + b - 1) > 1e-9 for a, b in zip(value, reversed(value), strict=True)):
+            raise ValueError(f"levels must include 0.5 and be symmetric around it, as in [0.1, 0.5, 0.9]; got {value}")
+        return value
 
 
 class DistillConfig(Section):

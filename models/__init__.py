@@ -22,6 +22,7 @@ from .lightts import LightTS
 from .mlp import MLP
 from .moderntcn import ModernTCN
 from .patchtst import PatchTST
+from .quantiles import QuantileStudent, check_levels, pinball_loss
 from .timemixer import TimeMixer
 from .tsmixer import TSMixer
 
@@ -89,11 +90,14 @@ __all__ = [
     "Forecast",
     "ForecastConfig",
     "Forecaster",
+    "QuantileStudent",
     "TimeDistillLoss",
     "build_config",
     "build_model",
+    "check_levels",
     "hyperparameters",
     "multiscale_mse",
     "period_kl",
+    "pinball_loss",
     "reduce_feature_width",
 ]

@@ -40,9 +40,25 @@ class ForecastModel:
             raise ValueError(f"its forecast of a plain history is {'not finite' if forecast.size else 'empty'} "
                              f"(shape {list(forecast.shape)})")
 
+    @property
+    def levels(self) -> tuple[float, ...]:
+        """The quantile levels it forecasts besides the point (student.quantiles); () for none."""
+        return getattr(self.model, "levels", ())
+
     @torch.inference_mode()
     def forecast(self, histories: np.ndarray) -> np.ndarray:
         """[N, L, C] in data units -> [N, S, C] in data units."""
         z = ((histories - self.mean) / self.std).astype(np.float32)
         prediction = self.model(torch.from_numpy(z)).prediction.double().numpy()
         return np.ascontiguousarray(prediction * self.std + self.mean)
+
+    @torch.inference_mode()
+    def forecast_quantiles(self, histories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[N, L, C] in data units -> the point [N, S, C] and the calibrated quantiles at `levels`
+        [N, Q, S, C], in data units, from one forward pass. A model without quantiles raises."""
+        if not self.levels:
+            raise ValueError("this model forecasts no quantiles (its run had no student.quantiles)")
+        z = ((histories - self.mean) / self.std).astype(np.float32)
+        forecast, quantiles = self.model.quantiles(torch.from_numpy(z))
+        point = forecast.prediction.double().numpy() * self.std + self.mean
+        return np.ascontiguousarray(point), np.ascontiguousarray(quantiles.double().numpy() * self.std + self.mean)

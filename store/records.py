@@ -47,10 +47,11 @@ class ModelSpec(Record):
     horizon: int
     n_vars: int
     hparams: dict[str, Any] = Field(default_factory=dict)
+    quantiles: list[float] = Field(default_factory=list)  # levels of a QuantileStudent; [] the point alone
 
     @classmethod
     def resolve(cls, section: str, name: str, *, lookback: int, horizon: int, n_vars: int, preset: str | None,
-                params: dict[str, Any]) -> ModelSpec:
+                params: dict[str, Any], quantiles: list[float] | None = None) -> ModelSpec:
         """The spec as it will be built (the model file's preset, then the config's params),
         validated here in the driver so that a bad value fails, naming the config section,
         before any worker starts."""
@@ -60,12 +61,22 @@ class ModelSpec(Record):
         except ValueError as exc:
             raise ConfigError(f"{section}: {exc}") from None
         hparams = {k: v for k, v in dataclasses.asdict(built).items() if k not in _WINDOW}
-        return cls(name=name, lookback=lookback, horizon=horizon, n_vars=n_vars, hparams=hparams)
+        return cls(name=name, lookback=lookback, horizon=horizon, n_vars=n_vars, hparams=hparams,
+                   quantiles=quantiles or [])
 
     def build(self) -> nn.Module:
-        """The forecaster, untrained."""
-        return models.build_model(self.name, lookback=self.lookback, horizon=self.horizon, n_vars=self.n_vars,
-                                  **self.hparams)
+        """The forecaster, untrained (the point model first, so that a seed gives it the same
+        weights with or without quantiles)."""
+        model = models.build_model(self.name, lookback=self.lookback, horizon=self.horizon, n_vars=self.n_vars,
+                                   **self.hparams)
+        return models.QuantileStudent(model, self.quantiles) if self.quantiles else model
+
+    def point(self) -> ModelSpec:
+        """The same model without quantile outputs (the baseline of a quantile student)."""
+        return self.model_copy(update={"quantiles": []})
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"quantiles"} if not self.quantiles else set())
 
     def describe(self) -> str:
         return f"{self.name} (lookback {self.lookback}, horizon {self.horizon}, {self.n_vars} variables)"
@@ -96,6 +107,7 @@ class TrainedModel(Record):
 
     name: str
     hparams: dict[str, Any]
+    quantiles: list[float] = Field(default_factory=list)  # student.quantiles; [] the point alone
     params: int
     val_mse: float  # the best epoch's, on the whole validation split
     best_epoch: int  # 1-based; its weights are the ones kept
@@ -106,7 +118,7 @@ class TrainedModel(Record):
     history: list[dict[str, int | float]]  # per epoch: train loss (and its parts), val MSE/MAE, lr, seconds
 
     def score(self) -> ModelScore:
-        return ModelScore.model_validate(self.model_dump(exclude={"hparams", "history"}))
+        return ModelScore.model_validate(self.model_dump(exclude={"hparams", "history", "quantiles"}))
 
 
 class TrainingRun(Record):
@@ -277,6 +289,38 @@ class Cache(Record):
         return f"h={self.horizon} {sum(self.rows.values()):,} windows, {self.bytes / 2**20:.1f} MiB"
 
 
+class IntervalScore(Record):
+    """One central interval of a quantile student (levels `lower` to `upper`), scored on the
+    test split over every element of every window, in the standardized space."""
+
+    lower: float
+    upper: float
+    val_coverage_raw: float  # share of validation values inside the uncorrected interval
+    test_coverage_raw: float  # the same on the test split
+    test_coverage: float  # after the conformal correction: what is served
+    test_width: float  # mean width after the correction
+
+    @property
+    def goal(self) -> float:
+        return self.upper - self.lower
+
+    def describe(self) -> str:
+        return (f"{self.goal:.0%} interval: {self.test_coverage:.1%} of test values inside (uncorrected "
+                f"{self.test_coverage_raw:.1%}), mean width {self.test_width:.3f}")
+
+
+class Intervals(Record):
+    """How a quantile student's intervals were calibrated, and how they cover the test split."""
+
+    levels: list[float]
+    method: str  # how the correction was set
+    calibration_windows: int
+    intervals: list[IntervalScore]  # the widest first
+
+    def describe(self) -> str:
+        return "; ".join(interval.describe() for interval in self.intervals)
+
+
 class StudentsRun(TrainingRun):
     """The distilled student and the plain-MLP baseline of one horizon (students.json beside
     student.pt and baseline.pt)."""
@@ -288,6 +332,7 @@ class StudentsRun(TrainingRun):
     teacher_forward_batches: int  # teacher batches run online (0 with the cache)
     distill: dict[str, Any]  # the distill section it was trained with
     models: dict[Role, TrainedModel]
+    intervals: Intervals | None = None  # student.quantiles: the calibrated intervals' scores
     directory: str = Field(exclude=True)
     cached: bool = Field(False, exclude=True)
 
@@ -305,7 +350,7 @@ class StudentsRun(TrainingRun):
     def spec(self, role: Role) -> ModelSpec:
         trained = self.models[role]
         return ModelSpec(name=trained.name, lookback=self.lookback, horizon=self.horizon, n_vars=self.n_vars,
-                         hparams=trained.hparams)
+                         hparams=trained.hparams, quantiles=trained.quantiles)
 
     def load(self, storage: Storage, role: Role, device: str = "cpu") -> nn.Module:
         return load_forecaster(storage, self.weights_path(role), self.spec(role), device)
@@ -342,6 +387,7 @@ class ResultRow(Record):
     device: str
     latency_batch: int | None = None  # what the latencies are: a forward pass of this many windows,
     latency_threads: int | None = None  # with this many torch threads (None in rows written before)
+    intervals: Intervals | None = None  # the student's, with student.quantiles
 
     @classmethod
     def compare(cls, teacher: Teacher, students: StudentsRun, latency: Latency | None = None) -> ResultRow:
@@ -358,6 +404,7 @@ class ResultRow(Record):
             speedup=teach.latency_ms / student.latency_ms if teach.latency_ms and student.latency_ms else None,
             device=latency.device if latency else students.device,
             latency_batch=latency.batch if latency else None, latency_threads=latency.threads if latency else None,
+            intervals=students.intervals,
         )
 
     def scores(self) -> dict[str, ModelScore]:
@@ -371,6 +418,7 @@ class ResultRow(Record):
     def to_json(self) -> dict[str, Any]:
         unused = {"baseline", "student_vs_baseline_pct"} if self.baseline is None else set()
         unused |= {"latency_batch", "latency_threads"} if self.latency_batch is None else set()
+        unused |= {"intervals"} if self.intervals is None else set()
         return self.model_dump(mode="json", exclude=unused)
 
     def describe(self) -> str:
@@ -411,6 +459,7 @@ class RegisteredModel(Record):
     variables: list[str]
     target: str
     step: str  # the series' time step: 1h, 10min, 1d
+    quantiles: list[float] = Field(default_factory=list)  # the levels it forecasts besides the point
     dataset: str
     data_fingerprint: str
     run_id: str
@@ -422,7 +471,7 @@ class RegisteredModel(Record):
     @property
     def spec(self) -> ModelSpec:
         return ModelSpec(name=self.student, lookback=self.lookback, horizon=self.horizon,
-                         n_vars=len(self.variables), hparams=self.hparams)
+                         n_vars=len(self.variables), hparams=self.hparams, quantiles=self.quantiles)
 
 
 class RegistryEntry(Record):

@@ -12,6 +12,7 @@ import torch
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure  # no pyplot: no display and no global state needed
 
+from timedistill.models import QuantileStudent
 from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher, TeacherChoice, change
 from timedistill.store.storage import Storage
 from timedistill.tasks.windows import WindowBatcher, window_starts
@@ -45,6 +46,15 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: l
             if all(scores):
                 lines.append(f"| {label} | {mean(s.test_mse for s in scores):.4f} | "
                              f"{mean(s.test_mae for s in scores):.4f} |")
+    intervals = [(row.horizon, interval) for row in rows if row.intervals for interval in row.intervals.intervals]
+    if intervals:
+        method = next(row.intervals.method for row in rows if row.intervals)
+        lines += ["", f"The student's intervals (student.quantiles), calibrated on the validation split ({method}); "
+                  "test coverage against the goal, and mean width (standardized):", "",
+                  "| horizon | interval | goal | test coverage | uncorrected | mean width |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {horizon} | {i.lower:g}-{i.upper:g} | {i.goal:.0%} | {i.test_coverage:.1%} | "
+                  f"{i.test_coverage_raw:.1%} | {i.test_width:.3f} |" for horizon, i in intervals]
     if choices:
         lines += ["", "Teachers chosen per horizon (teacher.name: auto) by the lowest validation MSE; the test "
                   "scores are shown, not used:", "", "| horizon | candidate | val MSE | test MSE | params | |",
@@ -110,8 +120,12 @@ def forecast_figure(storage: Storage, dataset: Dataset, series: np.ndarray, teac
         chosen = starts[np.linspace(0, len(starts) - 1, windows).astype(int)]
         x, y = WindowBatcher(series, lookback, horizon)(chosen)
         forecasts = {"teacher": teacher.load(storage)(x).prediction}
+        bands = None  # the student's quantiles [B, Q, S, C], with student.quantiles
         for role in run.models:
-            forecasts[role] = run.load(storage, role)(x).prediction
+            model = run.load(storage, role)
+            forecasts[role] = model(x).prediction
+            if isinstance(model, QuantileStudent):
+                bands = model.quantiles(x)[1]
 
         def units(values: torch.Tensor) -> np.ndarray:
             return dataset.scaler.unstandardize(values.numpy().astype(np.float64))[..., target]
@@ -123,6 +137,12 @@ def forecast_figure(storage: Storage, dataset: Dataset, series: np.ndarray, teac
             past, future = times[origin - history : origin], times[origin : origin + horizon]
             ax.plot(past, units(x[col])[-history:], color="0.5", lw=1, label="history")
             ax.plot(future, units(y[col]), color="black", lw=1.5, label="truth")
+            if bands is not None:  # central intervals, the widest the palest
+                levels = run.student.quantiles
+                for k in range(len(levels) // 2):
+                    ax.fill_between(future, units(bands[col, k]), units(bands[col, -1 - k]), color=COLORS["student"],
+                                    alpha=0.12 + 0.1 * k, lw=0,
+                                    label=f"student {levels[-1 - k] - levels[k]:.0%} interval")
             for role, forecast in forecasts.items():
                 ax.plot(future, units(forecast[col]), color=COLORS[role], lw=1.2, label=LABELS[role])
             ax.axvline(future[0], color="0.8", lw=0.8)

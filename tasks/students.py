@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from timedistill.conf import Config, DistillConfig
-from timedistill.models import TimeDistillLoss, reduce_feature_width
-from timedistill.store.records import Cache, Dataset, ModelSpec, StudentsRun, Teacher
+from timedistill.models import QuantileStudent, TimeDistillLoss, pinball_loss, reduce_feature_width
+from timedistill.store.records import Cache, Dataset, Intervals, ModelSpec, StudentsRun, Teacher
 from timedistill.store.registry import RegistryError, read_version
 from timedistill.store.storage import SUCCESS, Storage
 from timedistill.store.weights import read_state, state_bytes
@@ -29,15 +29,19 @@ from timedistill.tasks import loops
 from timedistill.tasks.cache import TeacherOutputs, cache_dataset, stored_feature_dim, unpack
 from timedistill.tasks.errors import StepError
 from timedistill.tasks.events import Listener
+from timedistill.tasks.intervals import calibrate
 from timedistill.tasks.progress import relay
 from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training
+from timedistill.tasks.windows import WindowBatcher, window_starts
 
 STUDENTS_META = "students.json"
 
 
 class DistillStep(nn.Module):
     """Student plus loss (whose teacher-side projection trains with it) as one module, so that
-    DDP synchronizes the projection's gradients together with the student's."""
+    DDP synchronizes the projection's gradients together with the student's. A quantile student
+    adds the pinball loss of its quantiles on the ground truth; the distillation terms see its
+    median (its point forecast) only."""
 
     def __init__(self, student: nn.Module, loss: TimeDistillLoss) -> None:
         super().__init__()
@@ -45,8 +49,13 @@ class DistillStep(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_prediction: torch.Tensor,
                 teacher_feature: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        prediction, feature = self.student(x)  # [B, S, C], [B, C, D]
-        return self.loss(prediction.float(), feature.float(), teacher_prediction, teacher_feature, y)
+        if not isinstance(self.student, QuantileStudent):
+            prediction, feature = self.student(x)  # [B, S, C], [B, C, D]
+            return self.loss(prediction.float(), feature.float(), teacher_prediction, teacher_feature, y)
+        (prediction, feature), quantiles = self.student.quantiles(x, calibrated=False)  # quantiles [B, Q, S, C]
+        total, parts = self.loss(prediction.float(), feature.float(), teacher_prediction, teacher_feature, y)
+        parts["pinball"] = pinball_loss(quantiles.float(), y, self.student.levels)
+        return total + parts["pinball"], parts
 
 
 def students_dir(run_dir: str, horizon: int) -> str:
@@ -64,7 +73,7 @@ def find_students(storage: Storage, run_dir: str, horizon: int) -> StudentsRun |
 def student_spec(config: Config, dataset: Dataset, horizon: int) -> ModelSpec:
     return ModelSpec.resolve("student", config.student.name, lookback=config.data.lookback, horizon=horizon,
                              n_vars=len(dataset.variables), preset=config.student.preset or config.data.name,
-                             params=config.student.params)
+                             params=config.student.params, quantiles=config.student.quantiles)
 
 
 def warm_base(config: Config, storage: Storage, dataset: Dataset, horizon: int) -> StudentsRun | None:
@@ -103,7 +112,9 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
                           teacher_feature_dim=cache.feature_dim if cache else stored_feature_dim(teacher, config))
         result = run_training(job, config, storage,
                               f"students-{dataset.name}-h{horizon}-{run_dir.rsplit('/', 1)[-1]}", datasets=datasets)
-    report = result.report
+    report, intervals = result.report, None
+    if spec.quantiles:  # the conformal correction joins the weights that are stored
+        intervals = calibrated(spec, result.weights["student"], ray.get(series), dataset)
     directory = students_dir(run_dir, horizon)
     students = StudentsRun(
         dataset=dataset.name, data_fingerprint=dataset.fingerprint, lookback=spec.lookback, horizon=horizon,
@@ -111,7 +122,7 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
         cache_dir=cache.directory if cache else None, use_cache=distill.use_cache,
         teacher_forward_batches=report.teacher_forward_batches, device=report.device,
         resumed_from=report.resumed_from, worker_nodes=report.worker_nodes, peak_memory_mb=report.peak_memory_mb,
-        distill=distill.model_dump(mode="json"), models=report.models, ray_run=result.ray_run,
+        distill=distill.model_dump(mode="json"), models=report.models, intervals=intervals, ray_run=result.ray_run,
         variables=dataset.variables, created=datetime.now(UTC).isoformat(timespec="microseconds"),
         warm_from=base.directory if base else None, directory=directory)
     with storage.publish_dir(directory) as staging:
@@ -120,6 +131,18 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: 
         storage.write_json(f"{staging}/{STUDENTS_META}", students.to_json())
         storage.write_bytes(f"{staging}/{SUCCESS}", b"")
     return students
+
+
+def calibrated(spec: ModelSpec, weights: dict[str, torch.Tensor], series: np.ndarray, dataset: Dataset) -> Intervals:
+    """Calibrate a quantile student's intervals on the validation split (tasks/intervals.py), in
+    place in `weights`, and score them on the test split."""
+    model = spec.build()
+    model.load_state_dict(weights)
+    batcher = WindowBatcher(series, spec.lookback, spec.horizon)
+    starts = {split: window_starts(dataset.splits[split], spec.lookback, spec.horizon) for split in ("val", "test")}
+    intervals = calibrate(model, batcher, starts["val"], starts["test"])
+    weights["widen"] = model.widen.detach().clone()
+    return intervals
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,11 +190,11 @@ class StudentsJob(TrainingJob):
             return batch
 
         # 2. the trainees: the distilled student, and the baseline from the same initial weights
-        def build() -> nn.Module:
+        def build(spec: ModelSpec) -> nn.Module:
             torch.manual_seed(settings.seed)
-            return self.model.build()
+            return spec.build()
 
-        student = build()
+        student = build(self.model)
         loss = TimeDistillLoss(self.teacher_feature_dim, student.feature_dim, settings.alpha, settings.beta,
                                tau=settings.tau, scales=settings.scales, sup=settings.sup, period=settings.period,
                                scale=settings.multiscale)
@@ -182,7 +205,7 @@ class StudentsJob(TrainingJob):
 
         trainees = [self.trainee("student", step_module, loops.unwrap(step_module).student, distill_loss)]
         if settings.baseline:
-            baseline_module = loops.prepare(build())
+            baseline_module = loops.prepare(build(self.spec_of("baseline")))
 
             def plain_loss(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
                 prediction = baseline_module(batch["x"]).prediction.float()
@@ -192,6 +215,10 @@ class StudentsJob(TrainingJob):
         # 3. early stopping (in the loop) watches the validation MSE against the ground truth only
         return Plan(trainees=trainees, train_windows=train_windows, make_batch=make_batch,
                     forward_batches=lambda: forward_batches)
+
+    def spec_of(self, trainee: str) -> ModelSpec:
+        """The baseline forecasts the point alone, whatever the student's quantiles."""
+        return self.model.point() if trainee == "baseline" else self.model
 
     def trainee(self, name: str, module: nn.Module, model: nn.Module, loss_fn: loops.LossFn) -> loops.Trainee:
         # the optimizer covers the whole module: for the student, that includes the projection

@@ -87,6 +87,10 @@ class TrainingJob:
     def setup(self, worker: Worker) -> Plan:
         raise NotImplementedError
 
+    def spec_of(self, trainee: str) -> ModelSpec:
+        """The architecture a trainee has (every trainee's is `model` unless a job says otherwise)."""
+        return self.model
+
 
 class WorkerReport(Record):
     """What rank 0 hands back to the driver."""
@@ -124,7 +128,7 @@ def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
         val_starts=worker.starts["val"], device=worker.device, mixed_precision=job.mixed_precision,
         callbacks=job.callbacks)
     # 3. test: each trainee's best weights on the whole test split
-    models = {trainee.name: score_best(trainee, job.model, worker) for trainee in plan.trainees}
+    models = {trainee.name: score_best(trainee, job.spec_of(trainee.name), worker) for trainee in plan.trainees}
     # 4. finish: what every rank contributes (collectives), reported by rank 0
     forward_batches = loops.all_reduce_sum([float(plan.forward_batches())], worker.device)[0]
     return WorkerReport(models=models, feature_dim=plan.trainees[0].model.feature_dim,
@@ -139,7 +143,8 @@ def score_best(trainee: loops.Trainee, spec: ModelSpec, worker: Worker) -> Train
     scores = loops.evaluate(trainee.model, worker.batcher, worker.starts["test"], worker.rank, worker.world,
                             worker.device)
     return TrainedModel(
-        name=spec.name, hparams=spec.hparams, params=trainee.model.num_params(), val_mse=trainee.early.best,
+        name=spec.name, hparams=spec.hparams, quantiles=spec.quantiles, params=trainee.model.num_params(),
+        val_mse=trainee.early.best,
         best_epoch=trainee.early.best_epoch + 1, epochs=len(trainee.history), test_mse=scores.mse,
         test_mae=scores.mae, latency_ms=None, history=trainee.history)  # latency: timed by the evaluate step
 

@@ -99,3 +99,32 @@ def smoke_pipeline(smoke_run, session_root, smoke_csv):
         students = pipe.students(teacher, cache)
         yield SmokeArtifacts(config=config, pipe=pipe, teacher=teacher, cache=cache, students=students,
                              row=ResultRow.compare(teacher, students), summary=smoke_run)
+
+
+@dataclass(frozen=True)
+class QuantileRun:
+    """The smoke pipeline with student.quantiles, registered in a storage root of its own."""
+
+    root: Path
+    config: Config
+    students: StudentsRun
+    row: ResultRow
+    model: str  # its registered name
+
+
+@pytest.fixture(scope="session")
+def quantile_run(ray_local, tmp_path_factory, smoke_csv):
+    """The smoke config with `student.quantiles: [0.1, 0.5, 0.9]`, every step up to registration
+    (no Prefect), in a root of its own so that the shared registry keeps its one model."""
+    from timedistill.conf import load_config
+    from timedistill.tasks.steps import Pipeline
+
+    root = tmp_path_factory.mktemp("quantiles")
+    config = load_config("smoke", [*smoke_overrides(root, smoke_csv), "student.quantiles=[0.1, 0.5, 0.9]"])
+    with Pipeline(config) as pipe:
+        pipe.ingest()
+        teacher = pipe.teacher(24)
+        students = pipe.students(teacher, pipe.cache(teacher))
+        (row,) = pipe.evaluate([teacher], [students]).rows
+        registration = pipe.register(students, row)
+    return QuantileRun(root=root, config=config, students=students, row=row, model=registration.name)
