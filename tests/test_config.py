@@ -125,3 +125,15 @@ def test_a_candidate_of_auto_is_the_teacher_named_alone():
     auto = load_config(None, ["teacher.name=auto", "teacher.candidates=[dlinear, patchtst]"]).teacher
     alone = load_config(None, ["teacher.name=patchtst"]).teacher
     assert auto.candidate("patchtst").key_payload() == alone.key_payload()
+
+
+@pytest.mark.parametrize(("levels", "message"), [
+    ("[0.9, 0.5, 0.1]", "sorted and distinct"),
+    ("[0.1, 0.9]", "include 0.5 and be symmetric"),
+    ("[0.2, 0.5, 0.9]", "include 0.5 and be symmetric"),
+    ("[0, 0.5, 1]", "strictly between 0 and 1"),
+])
+def test_quantile_levels_make_central_intervals(levels, message):
+    with pytest.raises(ConfigError, match=rf"student\.quantiles: levels must .*{message}") as raised:
+        load_config(None, [f"student.quantiles={levels}"])
+    assert "\n" not in str(raised.value)
