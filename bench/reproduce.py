@@ -5,6 +5,7 @@ in the results file are skipped, so a long campaign can be spread over several r
     python -m bench.reproduce --rows etth1:itransformer etth1:moderntcn ettm1:itransformer weather:itransformer
     python -m bench.reproduce --ablations            # ETTh1 h96: ablations, other students, cache on/off
     python -m bench.reproduce --ablations --seeds 3  # each row with distill seeds 2021, 2022, 2023
+    python -m bench.reproduce --ablations full quantiles --on weather:itransformer:96  # elsewhere
     python -m bench.reproduce --tables               # BENCHMARKS.md tables from the results files
 
 A row is DATASET:TEACHER[:STUDENT] at every horizon of --horizons (default 96 192 336 720).
@@ -51,7 +52,7 @@ RELEASED = {
     ("weather", "moderntcn"): (0.5, 2),
     ("weather", "itransformer"): (0.1, 0.1),
 }
-VARIANTS = {  # ETTh1 h96 with the iTransformer teacher
+VARIANTS = {  # by default on ETTh1 h96 with the iTransformer teacher (--on)
     "full": [],
     "no-sup": ["distill.sup=false"],
     "no-period": ["distill.period=false"],
@@ -62,6 +63,8 @@ VARIANTS = {  # ETTh1 h96 with the iTransformer teacher
     "online-teacher": ["distill.use_cache=false"],
     # beyond the paper: the teacher with the lower validation MSE of the two, per horizon
     "teacher-auto": ["teacher.name=auto", "teacher.candidates=[itransformer, moderntcn]"],
+    # beyond the paper: 10% / 50% / 90% quantiles; its student MSE is the median's
+    "quantiles": ["student.quantiles=[0.1, 0.5, 0.9]"],
 }
 KEY = ("dataset", "horizon", "teacher", "student", "variant", "seed")
 FIRST_SEED = 2021  # DistillConfig.seed's default: a one-seed campaign is the default config
@@ -154,6 +157,7 @@ def run_row(
         "seed": distill.seed,
         "steps": {name: step.to_json() for name, step in summary.steps.items()},
         "teacher_cached": summary.steps["teacher"].cached,
+        **({"intervals": result.intervals.to_json()} if result.intervals else {}),
     }
 
 
@@ -194,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="*", default=[], help="DATASET:TEACHER[:STUDENT]")
     parser.add_argument("--horizons", nargs="*", type=int, default=[96, 192, 336, 720])
     parser.add_argument("--ablations", nargs="*", choices=list(VARIANTS), metavar="VARIANT",
-                        help="the ETTh1 h96 ablations and other students (all, or those named)")
+                        help="the ablations and other students (all, or those named)")
+    parser.add_argument("--on", default="etth1:itransformer:96", metavar="DATASET:TEACHER:HORIZON",
+                        help="where the ablations run (default: etth1:itransformer:96)")
     parser.add_argument("--seeds", type=int, default=1, help="distill seeds per row (2021, 2022, ...)")
     parser.add_argument("--tables", action="store_true", help="write the BENCHMARKS.md tables and exit")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
@@ -216,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             campaign(specs, accuracy, args)
         if args.ablations is not None:
             chosen = args.ablations or list(VARIANTS)
-            ablations = [("etth1", "itransformer", "mlp", 96, variant, VARIANTS[variant]) for variant in chosen]
+            dataset, teacher, horizon = args.on.split(":")
+            ablations = [(dataset, teacher, "mlp", int(horizon), variant, VARIANTS[variant]) for variant in chosen]
             for dataset, teacher, _, horizon, variant, extra in ablations:  # the student is part of the key
                 student = next((e.split("=")[1] for e in extra if e.startswith("student.name=")), "mlp")
                 campaign([(dataset, teacher, student, horizon, variant, extra)], ablations_file, args)

@@ -223,12 +223,33 @@ ABLATION_ORDER = [
     "student-tsmixer",
     "student-lightts",
     "online-teacher",
+    "teacher-auto",
+    "quantiles",
 ]
+DATASET_NAMES = {"etth1": "ETTh1", "ettm1": "ETTm1", "weather": "Weather", "exchange": "Exchange",
+                 "illness": "ILI"}
+
+
+def settings(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
+    """Rows grouped by where they ran: (dataset, teacher, horizon), ETTh1 h96 first."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["dataset"], row["teacher"], row["horizon"])].append(row)
+    return dict(sorted(groups.items(), key=lambda item: (item[0] != ("etth1", "itransformer", 96), item[0])))
+
+
+def setting_title(dataset: str, teacher: str, horizon: int) -> str:
+    return f"{DATASET_NAMES.get(dataset, dataset)}, horizon {horizon}, {teacher} teacher"
+
+
+def ablation_tables(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no ablation rows yet)"
+    return "\n\n".join(f"### {setting_title(*where)}\n\n{ablation_table(group)}"
+                       for where, group in settings(rows).items())
 
 
 def ablation_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no ablation rows yet)"
     variants: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         variants[row["variant"]].append(row)
@@ -270,6 +291,41 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def interval_table(rows: list[dict[str, Any]]) -> str:
+    """The quantile students' intervals (rows with `intervals`): test coverage against the goal,
+    and the median's MSE against the point student's of the same setting ("full")."""
+    table = []
+    for (dataset, teacher, horizon), group in settings(rows).items():
+        point = [r for r in group if r["variant"] == "full"]
+        quantile = [r for r in group if r.get("intervals")]
+        if not quantile:
+            continue
+        median_mse = spread(quantile, "student_mse")
+        for k, interval in enumerate(quantile[0]["intervals"]["intervals"]):
+            scores = [r["intervals"]["intervals"][k] for r in quantile]
+            goal = interval["upper"] - interval["lower"]
+            coverage = Spread(tuple(100 * s["test_coverage"] for s in scores))
+            table.append([
+                DATASET_NAMES.get(dataset, dataset), str(horizon), teacher,
+                f"{interval['lower']:g}-{interval['upper']:g}",
+                f"{goal:.0%}", f"{coverage.cell(1)}", f"{coverage.mean - 100 * goal:+.1f}",
+                Spread(tuple(100 * s["test_coverage_raw"] for s in scores)).cell(1),
+                Spread(tuple(s["test_width"] for s in scores)).cell(3), median_mse.cell(),
+                spread(point, "student_mse").cell() if point else "",
+                median_mse.versus(spread(point, "student_mse")) if point else "",
+            ])
+    if not table:
+        return "(no quantile rows yet)"
+    return (
+        "Coverage: the share of test values (every element of every window) inside the calibrated interval, "
+        "in %; \"vs goal\" in percentage points. Uncorrected: the raw quantiles before the conformal "
+        "correction. Width: mean, standardized units. \"vs point\": + means the quantile student's median "
+        "has the lower MSE. " + SPREAD_NOTE + "\n\n" + markdown_table(
+            ["data", "h", "teacher", "interval", "goal", "test coverage %", "vs goal", "uncorrected %", "width",
+             "median MSE", "point student MSE", "vs point"], table)
+    )
+
+
 def write_tables() -> None:
     accuracy = load("accuracy.json")
     ablations = load("ablations.json")
@@ -283,9 +339,16 @@ def write_tables() -> None:
     )
     write_section(
         "ablations",
-        "## Ablations on ETTh1, horizon 96 (iTransformer teacher)\n\n"
-        "From `bench/results/ablations.json` (`python -m bench.reproduce --ablations`). The MLP column "
-        "is the same student architecture trained on the ground truth alone.\n\n" + ablation_table(ablations),
+        "## Ablations\n\n"
+        "From `bench/results/ablations.json` (`python -m bench.reproduce --ablations [VARIANT ...] "
+        "[--on DATASET:TEACHER:HORIZON]`). The MLP column is the same student architecture trained on the "
+        "ground truth alone.\n\n" + ablation_tables(ablations),
+    )
+    write_section(
+        "intervals",
+        "## Intervals (student.quantiles)\n\n"
+        "From the `quantiles` rows of `bench/results/ablations.json` (`python -m bench.reproduce --ablations "
+        "full quantiles --on DATASET:TEACHER:HORIZON`).\n\n" + interval_table(ablations),
     )
 
 

@@ -83,3 +83,22 @@ def test_seeded_rows_show_their_spread_and_mark_differences_inside_it():
     assert "| ~-0.8% |" in lines["no-period"]  # 0.375 against 0.372: inside the spread
     assert "| -5.1% |" in lines["no-sup"]  # 0.391 against 0.372: outside it, worse
     assert tables.Spread((0.5,)).cell() == "0.5000" and tables.Spread((0.5,)).versus(tables.Spread((0.4,))) == "-25.0%"
+
+
+def test_quantile_rows_make_the_interval_table_beside_their_point_student():
+    def interval(coverage: float) -> dict:
+        return {"levels": [0.1, 0.5, 0.9], "method": "m", "calibration_windows": 10, "intervals": [
+            {"lower": 0.1, "upper": 0.9, "val_coverage_raw": 0.7, "test_coverage_raw": 0.7,
+             "test_coverage": coverage, "test_width": 1.5}]}
+
+    point = seeded_rows("full", [0.370, 0.372, 0.374], [0.41, 0.42, 0.43])
+    quantile = [row | {"intervals": interval(c)} for row, c in zip(
+        seeded_rows("quantiles", [0.371, 0.373, 0.375], [0.41, 0.42, 0.43]), (0.78, 0.79, 0.80), strict=True)]
+    weather = [row | {"dataset": "weather"} for row in point]  # another setting: its own ablation table
+    markdown = tables.interval_table(point + quantile + weather)
+    (line,) = [line for line in markdown.splitlines() if line.startswith("| ETTh1 |")]
+    assert "| 0.1-0.9 | 80% | 79.0 ± 1.0 (n=3) | -1.0 |" in line
+    assert "| 0.3730 ± 0.0020 (n=3) | 0.3720 ± 0.0020 (n=3) | ~-0.3% |" in line
+    ablations = tables.ablation_tables(point + quantile + weather)
+    assert "### ETTh1, horizon 96, itransformer teacher" in ablations and "### Weather, horizon 96" in ablations
+    assert tables.interval_table(point) == "(no quantile rows yet)"
