@@ -8,7 +8,8 @@ in the results file are skipped, so a long campaign can be spread over several r
     python -m bench.reproduce --ablations full quantiles --on weather:itransformer:96  # elsewhere
     python -m bench.reproduce --tables               # BENCHMARKS.md tables from the results files
 
-A row is DATASET:TEACHER[:STUDENT] at every horizon of --horizons (default 96 192 336 720).
+A row is DATASET:TEACHER[:STUDENT] at every horizon of --horizons (default 96 192 336 720);
+TEACHER may name several joined by "+" (etth1:itransformer+moderntcn: teacher.names, one student).
 Data comes from --data (default ../shared/data), artifacts go to --root (default bench/.artifacts;
 teachers and caches are reused across rows and variants). Each row records the git commit, the
 device, the wall time and the seed. With --seeds N every row runs with N distill seeds (2021,
@@ -105,11 +106,12 @@ def run_row(
     from timedistill.flows.progress import StepProgress
     from timedistill.flows.retrain import progress, retrain
 
-    alpha, beta = RELEASED.get((dataset, teacher), (1, 1))
+    members = teacher.split("+")  # several teachers for one student: teacher.names
+    alpha, beta = RELEASED.get((dataset, members[0]), (1, 1))
     overrides = [
         f"data.path={Path(args.data) / FILES[dataset]}",
         f"data.horizons=[{horizon}]",
-        f"teacher.name={teacher}",
+        f"teacher.names=[{', '.join(members)}]" if len(members) > 1 else f"teacher.name={teacher}",
         f"student.name={student}",
         f"distill.alpha={alpha}",
         f"distill.beta={beta}",

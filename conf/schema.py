@@ -134,6 +134,9 @@ class TeacherConfig(Section):
     # own key, as if named alone) and keep, per horizon, the one with the lowest validation MSE
     name: str = "itransformer"
     candidates: list[str] = []
+    # several teachers for one student: each trained (or reused by its own key, as if named alone)
+    # and cached; distill.teacher_weighting combines them. `name` is not read then.
+    names: list[str] = []
     preset: str | None = None  # per-dataset hyperparameters of the model file; None uses data.name
     params: dict[str, Any] = {}  # hyperparameters that override the preset
     epochs: int = Field(10, gt=0)
@@ -148,7 +151,21 @@ class TeacherConfig(Section):
     refresh: Literal["always", "if-data-changed", "warm"] = "if-data-changed"
     warm_epochs: int = Field(3, gt=0)
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"refresh", "warm_epochs", "candidates"})
+    late_fields: ClassVar[frozenset[str]] = frozenset({"refresh", "warm_epochs", "candidates", "names"})
+
+    @model_validator(mode="after")
+    def _names(self) -> TeacherConfig:
+        if not self.names:
+            return self
+        if len(self.names) < 2 or AUTO in self.names or len(set(self.names)) != len(self.names):
+            raise ValueError(f"teacher.names must list two or more distinct teachers, got {self.names}")
+        if self.name == AUTO:
+            raise ValueError(f"teacher.names and teacher.name: {AUTO} do not go together: distill from several "
+                             "teachers, or choose one")
+        if self.params:
+            raise ValueError("teacher.params cannot apply to every teacher of teacher.names; each takes its preset "
+                             "(teacher.preset)")
+        return self
 
     @model_validator(mode="after")
     def _candidates(self) -> TeacherConfig:
@@ -166,10 +183,14 @@ class TeacherConfig(Section):
                              "candidate takes its preset (teacher.preset)")
         return self
 
-    def candidate(self, name: str) -> TeacherConfig:
-        """The section a candidate of `auto` trains with: the same as naming it alone, so that a
-        teacher is reused across single and automatic runs."""
-        return self.model_copy(update={"name": name, "candidates": []})
+    def members(self) -> list[str]:
+        """The teachers a run trains: several (names), the candidates of auto, or the one named."""
+        return self.names or (self.candidates if self.name == AUTO else [self.name])
+
+    def alone(self, name: str) -> TeacherConfig:
+        """The section one of several teachers trains with (teacher.names, or a candidate of
+        auto): the same as naming it alone, so that a teacher is reused across such runs."""
+        return self.model_copy(update={"name": name, "candidates": [], "names": []})
 
 
 class StudentConfig(Section):
@@ -213,13 +234,17 @@ class DistillConfig(Section):
     seed: int = 2021
     baseline: bool = True  # also train the plain student on the ground truth alone
     use_cache: bool = True  # read the teacher from the Parquet cache (False: run it online)
+    # teacher.names: how the teachers' predictions are combined into one target. val-softmax:
+    # weights softmax(-10 * val MSE / best val MSE) (a teacher 10% worse weighs e^-1 as much);
+    # uniform; learned: trained with the student from equal weights
+    teacher_weighting: Literal["val-softmax", "uniform", "learned"] = "val-softmax"
     feature_max_dim: int = Field(1024, gt=0)  # teacher features wider than this are pooled down
     # start the student and the baseline from the run behind the model's registered LATEST
     # version (same architecture and window), for warm_epochs, instead of from scratch
     warm_start: bool = False
     warm_epochs: int = Field(3, gt=0)
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"warm_start", "warm_epochs"})
+    late_fields: ClassVar[frozenset[str]] = frozenset({"warm_start", "warm_epochs", "teacher_weighting"})
 
 
 class RayConfig(Section):

@@ -15,7 +15,7 @@ from dataclasses import fields
 from torch import nn
 
 from .base import Forecast, ForecastConfig, Forecaster
-from .distill import TimeDistillLoss, multiscale_mse, period_kl, reduce_feature_width
+from .distill import MultiTeacherLoss, TimeDistillLoss, multiscale_mse, period_kl, reduce_feature_width
 from .dlinear import DLinear
 from .itransformer import ITransformer
 from .lightts import LightTS
@@ -90,6 +90,7 @@ __all__ = [
     "Forecast",
     "ForecastConfig",
     "Forecaster",
+    "MultiTeacherLoss",
     "QuantileStudent",
     "TimeDistillLoss",
     "build_config",

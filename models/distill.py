@@ -166,3 +166,67 @@ class TimeDistillLoss(nn.Module):
             + self.beta * (parts["feat_period"] + parts["feat_scale"])
         )
         return total, parts
+
+
+class MultiTeacherLoss(nn.Module):
+    """The TimeDistill loss with several teachers (beyond the paper); returns ``(total, parts)``.
+
+    The prediction terms match the student against one target, the teachers' predictions
+    averaged with weights ``w`` (summing to 1); the feature terms run per teacher, each through
+    its own projection, and are averaged with the same weights:
+
+        L = sup * MSE(Yhat_s, y) + alpha * match(Yhat_s, sum_k w_k Yhat_k)
+          + beta * sum_k w_k match(H_s, P_k(H_k))
+
+    ``weights`` fixes w (from validation errors, or uniform); None learns it, as a softmax over
+    logits that start equal and train with the student. Learned weights drift towards the
+    teachers the student can follow most easily, which is not always the most accurate one.
+    ``parts`` adds ``teacher_weight_<k>``. With one teacher of weight 1 it is TimeDistillLoss.
+    """
+
+    def __init__(self, teacher_dims: list[int], student_dim: int, alpha: float, beta: float,
+                 weights: list[float] | None = None, tau: float = 0.5, scales: int = 3, sup: bool = True,
+                 period: bool = True, scale: bool = True) -> None:
+        super().__init__()
+        if not teacher_dims or (weights is not None and len(weights) != len(teacher_dims)):
+            raise ValueError(f"need one weight per teacher: {len(teacher_dims)} teachers, weights {weights}")
+        if weights is not None and (min(weights) < 0 or abs(sum(weights) - 1) > 1e-6):
+            raise ValueError(f"teacher weights must be non-negative and sum to 1, got {weights}")
+        options = {"tau": tau, "scales": scales, "period": period, "scale": scale}
+        # the prediction level: sup and the terms against the combined target (no feature terms)
+        self.prediction = TimeDistillLoss(teacher_dims[0], student_dim, alpha, 0.0, sup=sup, **options)
+        # the feature level: one loss per teacher, feature terms only, each with its projection
+        self.features = nn.ModuleList(
+            TimeDistillLoss(dim, student_dim, 0.0, beta, sup=False, **options) for dim in teacher_dims)
+        self.logits = nn.Parameter(torch.zeros(len(teacher_dims))) if weights is None else None
+        self.register_buffer("fixed", torch.tensor(weights or [], dtype=torch.float32))
+
+    def weights(self) -> Tensor:
+        return torch.softmax(self.logits, dim=0) if self.logits is not None else self.fixed
+
+    def forward(
+        self,
+        student_pred: Tensor,  # [B, S, C]
+        student_feat: Tensor,  # [B, C, D]
+        teacher_preds: list[Tensor],  # K x [B, S, C]
+        teacher_feats: list[Tensor],  # K x [B, C, d_k]
+        target: Tensor,  # [B, S, C]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        w = self.weights().to(student_pred.dtype)  # [K]
+        preds = torch.stack([t.detach().to(student_pred.dtype) for t in teacher_preds])  # [K, B, S, C]
+        combined = (w.view(-1, 1, 1, 1) * preds).sum(0)  # [B, S, C]; learned weights get gradients through it
+        zero = student_pred.new_zeros(())
+        parts = dict.fromkeys(PART_NAMES, zero)
+        head = self.prediction
+        if head.sup:
+            parts["sup"] = F.mse_loss(student_pred, target)
+        if head.alpha > 0:
+            parts["pred_scale"], parts["pred_period"] = head._match(student_pred, combined, dim=1)
+        total = parts["sup"] + head.alpha * (parts["pred_period"] + parts["pred_scale"])
+        for k, (loss, feature) in enumerate(zip(self.features, teacher_feats, strict=True)):
+            term, feature_parts = loss(student_pred, student_feat, teacher_preds[k], feature, target)
+            total = total + w[k] * term
+            for name in ("feat_scale", "feat_period"):
+                parts[name] = parts[name] + w[k] * feature_parts[name]
+            parts[f"teacher_weight_{k}"] = w[k].detach()
+        return total, parts

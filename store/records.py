@@ -17,7 +17,7 @@ Each record describes itself in one line (`describe()`) for the terminal, the lo
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -257,6 +257,48 @@ class TeacherChoice(Record):
         return f"h={self.horizon} teacher auto: {self.chosen} (val MSE {chosen.val_mse:.4f}; {others})"
 
 
+class TeacherSet(Record):
+    """teacher.names at one horizon: the teachers one student learns from, and the weights that
+    combine their predictions (distill.teacher_weighting; None: learned while distilling)."""
+
+    horizon: int
+    weighting: str
+    members: list[Teacher]  # in the order of teacher.names
+    weights: list[float] | None
+
+    SHARPNESS: ClassVar[float] = 10.0  # val-softmax: a teacher 10% worse than the best weighs e^-1 as much
+
+    @classmethod
+    def of(cls, members: list[Teacher], weighting: str) -> TeacherSet:
+        scores = np.array([member.val_mse for member in members], dtype=np.float64)
+        if weighting == "val-softmax" and not (np.isfinite(scores).all() and scores.min() > 0):
+            raise ConfigError(f"distill.teacher_weighting: val-softmax needs every teacher's validation MSE; "
+                              f"got {dict(zip([m.name for m in members], scores.tolist(), strict=True))}")
+        weights: list[float] | None = None
+        if weighting == "val-softmax":
+            logits = -cls.SHARPNESS * scores / scores.min()
+            weights = (np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()).tolist()
+        elif weighting == "uniform":
+            weights = [1.0 / len(members)] * len(members)
+        return cls(horizon=members[0].horizon, weighting=weighting, members=members, weights=weights)
+
+    @property
+    def primary(self) -> Teacher:
+        """The member with the lowest validation MSE: the teacher the results compare against."""
+        return min(self.members, key=lambda member: member.val_mse)
+
+    @property
+    def cached(self) -> bool:
+        return all(member.cached for member in self.members)
+
+    def describe(self) -> str:
+        weights = self.weights or [float("nan")] * len(self.members)
+        each = ", ".join(f"{m.name} (val MSE {m.val_mse:.4f}, weight {w:.2f})" for m, w in zip(self.members, weights,
+                                                                                               strict=True))
+        learned = " (weights learned while distilling)" if self.weights is None else ""
+        return f"h={self.horizon} teachers {self.weighting}{learned}: {each}"
+
+
 class Cache(Record):
     """The teacher's predictions and features over every window, in Parquet (cache.json)."""
 
@@ -327,6 +369,8 @@ class StudentsRun(TrainingRun):
 
     teacher_dir: str = Field(alias="teacher")
     teacher_name: str
+    teacher_dirs: list[str] | None = None  # teacher.names: every teacher it learned from
+    teacher_weights: list[float] | None = None  # and their fixed weights (None: one teacher, or learned)
     cache_dir: str | None = Field(alias="cache")
     use_cache: bool
     teacher_forward_batches: int  # teacher batches run online (0 with the cache)
@@ -388,6 +432,7 @@ class ResultRow(Record):
     latency_batch: int | None = None  # what the latencies are: a forward pass of this many windows,
     latency_threads: int | None = None  # with this many torch threads (None in rows written before)
     intervals: Intervals | None = None  # the student's, with student.quantiles
+    teachers: list[ModelScore] | None = None  # teacher.names: every teacher (`teacher`: the best of them)
 
     @classmethod
     def compare(cls, teacher: Teacher, students: StudentsRun, latency: Latency | None = None) -> ResultRow:
@@ -419,6 +464,7 @@ class ResultRow(Record):
         unused = {"baseline", "student_vs_baseline_pct"} if self.baseline is None else set()
         unused |= {"latency_batch", "latency_threads"} if self.latency_batch is None else set()
         unused |= {"intervals"} if self.intervals is None else set()
+        unused |= {"teachers"} if self.teachers is None else set()
         return self.model_dump(mode="json", exclude=unused)
 
     def describe(self) -> str:

@@ -19,6 +19,7 @@ from timedistill.store.records import (
     StudentsRun,
     Teacher,
     TeacherChoice,
+    TeacherSet,
     WindowRange,
 )
 from timedistill.store.scaler import Scaler
@@ -28,13 +29,17 @@ from timedistill.tasks.windows import WindowBatcher, window_starts
 
 
 def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teachers: list[Teacher],
-             students: list[StudentsRun], choices: list[TeacherChoice] = ()) -> Evaluation:
+             students: list[StudentsRun], choices: list[TeacherChoice] = (),
+             sets: dict[int, TeacherSet] | None = None) -> Evaluation:
     """Compare every horizon; write report.md, forecast.png and training.png into the run folder
-    (each atomically). `choices`: how teacher.name auto picked each horizon's teacher."""
-    series = dataset.standardized(storage)
+    (each atomically). `choices`: how teacher.name auto picked each horizon's teacher; `sets`:
+    with teacher.names, every horizon's teachers (`teachers` holds the best of each)."""
+    series, sets = dataset.standardized(storage), sets or {}
     rows = [ResultRow.compare(teacher, run, time_models(storage, dataset, series, teacher, run))
             for teacher, run in zip(teachers, students, strict=True)]
-    markdown = report_markdown(dataset.name, run_id, rows, choices)
+    rows = [row.model_copy(update={"teachers": [member.score() for member in sets[row.horizon].members]})
+            if row.horizon in sets else row for row in rows]
+    markdown = report_markdown(dataset.name, run_id, rows, choices, list(sets.values()))
     storage.write_bytes(f"{run_dir}/report.md", markdown.encode())
     storage.write_bytes(f"{run_dir}/forecast.png", forecast_figure(storage, dataset, series, teachers, students))
     storage.write_bytes(f"{run_dir}/training.png", training_figure(teachers, students))

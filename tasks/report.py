@@ -13,7 +13,7 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure  # no pyplot: no display and no global state needed
 
 from timedistill.models import QuantileStudent
-from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher, TeacherChoice, change
+from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher, TeacherChoice, TeacherSet, change
 from timedistill.store.storage import Storage
 from timedistill.tasks.windows import WindowBatcher, window_starts
 
@@ -21,9 +21,10 @@ LABELS = {"teacher": "teacher", "student": "distilled student", "baseline": "MLP
 COLORS = {"teacher": "tab:orange", "student": "tab:blue", "baseline": "tab:green"}
 
 
-def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: list[TeacherChoice] = ()) -> str:
+def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: list[TeacherChoice] = (),
+                    sets: list[TeacherSet] = ()) -> str:
     """The results per horizon, the averages over horizons, how each teacher was chosen (teacher.name
-    auto), and the plots."""
+    auto) or weighed (teacher.names), and the plots."""
     lines = [f"# {dataset}: teacher vs distilled student vs plain MLP", "",
              f"Run `{run_id}`. Scores are on the test split, in the standardized space (each variable divided by "
              "its train-split standard deviation), over every element of every window; lower is better. The "
@@ -55,6 +56,14 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: l
                   "|---|---|---|---|---|---|"]
         lines += [f"| {horizon} | {i.lower:g}-{i.upper:g} | {i.goal:.0%} | {i.test_coverage:.1%} | "
                   f"{i.test_coverage_raw:.1%} | {i.test_width:.3f} |" for horizon, i in intervals]
+    if sets:
+        lines += ["", f"The student learned from several teachers (teacher.names), their predictions combined by "
+                  f"{sets[0].weighting}; the table above compares it with the best of them by validation MSE:", "",
+                  "| horizon | teacher | val MSE | test MSE | weight |", "|---|---|---|---|---|"]
+        lines += [f"| {ensemble.horizon} | {member.name} | {member.val_mse:.4f} | {member.test_mse:.4f} | "
+                  f"{f'{weight:.3f}' if weight is not None else 'learned'} |"
+                  for ensemble in sets for member, weight in zip(
+                      ensemble.members, ensemble.weights or [None] * len(ensemble.members), strict=True)]
     if choices:
         lines += ["", "Teachers chosen per horizon (teacher.name: auto) by the lowest validation MSE; the test "
                   "scores are shown, not used:", "", "| horizon | candidate | val MSE | test MSE | params | |",

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import ray
 
-from timedistill.conf import Config, storage_root
+from timedistill.conf import AUTO, Config, storage_root
 from timedistill.store.records import (
     Cache,
     Dataset,
@@ -23,6 +23,7 @@ from timedistill.store.records import (
     StudentsRun,
     Teacher,
     TeacherChoice,
+    TeacherSet,
 )
 from timedistill.store.storage import Storage
 from timedistill.tasks import loops
@@ -35,7 +36,7 @@ from timedistill.tasks.registry import register
 from timedistill.tasks.runtime import ray_session
 from timedistill.tasks.students import find_students, train_students
 from timedistill.tasks.students import warm_base as students_warm_base
-from timedistill.tasks.teacher import candidate_configs, find_teacher, train_teacher
+from timedistill.tasks.teacher import find_teacher, member_configs, train_teacher
 from timedistill.tasks.teacher import warm_base as teacher_warm_base
 
 STEPS = ("ingest", "teacher", "cache", "distill", "evaluate", "register")
@@ -100,6 +101,8 @@ class Pipeline:
         self._dataset: Dataset | None = None
         self.teachers: list[Teacher] = []
         self.teacher_choices: list[TeacherChoice] = []
+        self.teacher_sets: dict[int, TeacherSet] = {}  # teacher.names: per horizon
+        self.member_caches: dict[int, list[Cache]] = {}  # and each member's cache
         self.caches: list[Cache] = []
         self.students_runs: list[StudentsRun] = []
         self.evaluation: Evaluation | None = None
@@ -147,17 +150,25 @@ class Pipeline:
         return self._dataset
 
     def teacher(self, horizon: int, *, callbacks: Sequence[loops.Callback] = ()) -> Teacher:
-        """The teacher of one horizon; with teacher.name auto, every candidate's, and the one with
-        the lowest validation MSE is returned (reused only when every candidate was)."""
-        configs = candidate_configs(self.config, self.dataset, horizon)
-        candidates = [self._teacher(config, horizon, callbacks) for config in configs]
-        teacher = candidates[0]
-        if len(candidates) > 1:
-            teacher, choice = TeacherChoice.of(candidates)
-            teacher = teacher.model_copy(update={"cached": all(candidate.cached for candidate in candidates)})
+        """The teacher of one horizon. With teacher.name auto, every candidate is trained and the
+        one with the lowest validation MSE is returned; with teacher.names, every teacher is trained
+        and the best of them is returned (the others wait in `teacher_sets` for the distill step).
+        Either is reused only when every member was."""
+        members = [self._teacher(config, horizon, callbacks)
+                   for config in member_configs(self.config, self.dataset, horizon)]
+        teacher, note = members[0], None
+        if self.config.teacher.name == AUTO:
+            teacher, choice = TeacherChoice.of(members)
             self.teacher_choices.append(choice)
+            note = choice.describe()
+        elif len(members) > 1:
+            ensemble = TeacherSet.of(members, self.config.distill.teacher_weighting)
+            self.teacher_sets[horizon] = ensemble
+            teacher, note = ensemble.primary, ensemble.describe()
+        if note is not None:
+            teacher = teacher.model_copy(update={"cached": all(member.cached for member in members)})
             if self.terminal is not None:
-                self.terminal.note(choice.describe())
+                self.terminal.note(note)
         self.teachers.append(teacher)
         return teacher
 
@@ -176,23 +187,39 @@ class Pipeline:
         return teacher
 
     def cache(self, teacher: Teacher) -> Cache | None:
-        """The teacher's cache; None when distillation runs the teacher online."""
+        """The teacher's cache (with teacher.names, every member's is made and the best one's is
+        returned); None when distillation runs the teachers online."""
         if not self.config.distill.use_cache:
             return None
+        ensemble = self.teacher_sets.get(teacher.horizon)
+        caches = [self._cache(member) for member in (ensemble.members if ensemble else [teacher])]
+        self.caches.extend(caches)
+        if ensemble is None:
+            return caches[0]
+        self.member_caches[teacher.horizon] = caches
+        best = next(cache for cache in caches if cache.teacher_dir == teacher.directory)
+        return best.model_copy(update={"cached": all(cache.cached for cache in caches)})
+
+    def _cache(self, teacher: Teacher) -> Cache:
         cache = find_cache(self.config, self.storage, self.dataset, teacher)
         if cache is None:
             self.ensure_ray()
             cache = build_cache(self.config, self.storage, self.dataset, teacher)
-        self.caches.append(cache)
         return cache
 
     def students(self, teacher: Teacher, cache: Cache | None, *,
                  callbacks: Sequence[loops.Callback] = ()) -> StudentsRun:
+        """The student of one horizon, distilled from its teacher (or, with teacher.names, from
+        every member of the horizon's teacher set), and the baseline."""
         students = find_students(self.storage, self.run_dir, teacher.horizon)
         if students is None:
             warm = self.config.distill.warm_start
+            ensemble = self.teacher_sets.get(teacher.horizon)
+            teachers = ensemble.members if ensemble else [teacher]
+            caches = self.member_caches.get(teacher.horizon, [cache]) if cache else [None] * len(teachers)
             students = train_students(
-                self.config, self.storage, self.dataset, teacher, cache, self.run_dir, series=self.series(),
+                self.config, self.storage, self.dataset, teachers, caches, self.run_dir, series=self.series(),
+                weights=ensemble.weights if ensemble else [1.0],
                 base=students_warm_base(self.config, self.storage, self.dataset, teacher.horizon) if warm else None,
                 listener=self.terminal, callbacks=callbacks)
         self.students_runs.append(students)
@@ -200,7 +227,7 @@ class Pipeline:
 
     def evaluate(self, teachers: list[Teacher], students: list[StudentsRun]) -> Evaluation:
         self.evaluation = evaluate(self.storage, self.dataset, self.run_dir, self.run_id, teachers, students,
-                                   self.teacher_choices)
+                                   self.teacher_choices, self.teacher_sets)
         return self.evaluation
 
     def register(self, students: StudentsRun, row: ResultRow) -> Registration:

@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from timedistill.conf import Config, DistillConfig
-from timedistill.models import QuantileStudent, TimeDistillLoss, pinball_loss, reduce_feature_width
+from timedistill.models import (
+    MultiTeacherLoss,
+    QuantileStudent,
+    TimeDistillLoss,
+    pinball_loss,
+    reduce_feature_width,
+)
 from timedistill.store.records import Cache, Dataset, Intervals, ModelSpec, StudentsRun, Teacher
 from timedistill.store.registry import RegistryError, read_version
 from timedistill.store.storage import SUCCESS, Storage
@@ -47,15 +53,22 @@ class DistillStep(nn.Module):
         super().__init__()
         self.student, self.loss = student, loss
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_prediction: torch.Tensor,
-                teacher_feature: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if not isinstance(self.student, QuantileStudent):
+    def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_predictions: list[torch.Tensor],
+                teacher_features: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        quantiles = None
+        if isinstance(self.student, QuantileStudent):
+            (prediction, feature), quantiles = self.student.quantiles(x, calibrated=False)  # [B, Q, S, C]
+        else:
             prediction, feature = self.student(x)  # [B, S, C], [B, C, D]
-            return self.loss(prediction.float(), feature.float(), teacher_prediction, teacher_feature, y)
-        (prediction, feature), quantiles = self.student.quantiles(x, calibrated=False)  # quantiles [B, Q, S, C]
-        total, parts = self.loss(prediction.float(), feature.float(), teacher_prediction, teacher_feature, y)
-        parts["pinball"] = pinball_loss(quantiles.float(), y, self.student.levels)
-        return total + parts["pinball"], parts
+        if isinstance(self.loss, MultiTeacherLoss):
+            total, parts = self.loss(prediction.float(), feature.float(), teacher_predictions, teacher_features, y)
+        else:
+            total, parts = self.loss(prediction.float(), feature.float(), teacher_predictions[0],
+                                     teacher_features[0], y)
+        if quantiles is not None:
+            parts["pinball"] = pinball_loss(quantiles.float(), y, self.student.levels)
+            total = total + parts["pinball"]
+        return total, parts
 
 
 def students_dir(run_dir: str, horizon: int) -> str:
@@ -90,36 +103,45 @@ def warm_base(config: Config, storage: Storage, dataset: Dataset, horizon: int) 
     return found
 
 
-def train_students(config: Config, storage: Storage, dataset: Dataset, teacher: Teacher, cache: Cache | None,
-                   run_dir: str, *, series: ray.ObjectRef, base: StudentsRun | None = None,
-                   listener: Listener | None = None, callbacks: Sequence[loops.Callback] = ()) -> StudentsRun:
-    """Distill the student (and train the baseline) for the teacher's horizon, and store them
+def train_students(config: Config, storage: Storage, dataset: Dataset, teachers: list[Teacher],
+                   caches: list[Cache | None], run_dir: str, *, series: ray.ObjectRef, weights: list[float] | None,
+                   base: StudentsRun | None = None, listener: Listener | None = None,
+                   callbacks: Sequence[loops.Callback] = ()) -> StudentsRun:
+    """Distill the student (and train the baseline) for the teachers' horizon, and store them
     (find_students first: this always trains): from scratch, or for distill.warm_epochs from the
-    weights of `base`."""
-    distill, horizon = config.distill, teacher.horizon
-    if distill.use_cache and cache is None:
-        raise StepError("distill.use_cache is set but no teacher cache was given")
+    weights of `base`. One teacher, or several (teacher.names) combined with `weights` (None:
+    learned); the first teacher is the one the record names."""
+    distill, horizon, teacher = config.distill, teachers[0].horizon, teachers[0]
+    if distill.use_cache and None in caches:
+        raise StepError("distill.use_cache is set but a teacher cache is missing")
     spec = student_spec(config, dataset, horizon)
     epochs = distill.warm_epochs if base else distill.epochs
     init = {role: read_state(storage, base.weights_path(role)) for role in base.models} if base else {}
-    # Ray: read the cache before the workers take their CPUs; the workers then only split the
+    # Ray: read the caches before the workers take their CPUs; the workers then only split the
     # materialized blocks (read tasks competing with training workers for CPUs can wait forever)
-    datasets = {"teacher": cache_dataset(storage, cache, "train").materialize()} if distill.use_cache else None
+    names = teacher_datasets(len(teachers))
+    datasets = {name: cache_dataset(storage, cache, "train").materialize()
+                for name, cache in zip(names, caches, strict=True)} if distill.use_cache else None
     with relay(listener, stage="distill", horizon=horizon, epochs=epochs) as progress:
         job = StudentsJob(model=spec, settings=distill, epochs=epochs, series=series, splits=dataset.splits,
                           mixed_precision=config.ray.mixed_precision, init=init, callbacks=(*progress, *callbacks),
-                          teacher=teacher, storage=storage,
-                          teacher_feature_dim=cache.feature_dim if cache else stored_feature_dim(teacher, config))
+                          teachers=tuple(teachers), storage=storage, weights=tuple(weights) if weights else None,
+                          teacher_feature_dims=tuple(cache.feature_dim if cache else stored_feature_dim(t, config)
+                                                     for t, cache in zip(teachers, caches, strict=True)))
+        # several caches: each worker reads all of each and keeps the same windows of every one
         result = run_training(job, config, storage,
-                              f"students-{dataset.name}-h{horizon}-{run_dir.rsplit('/', 1)[-1]}", datasets=datasets)
+                              f"students-{dataset.name}-h{horizon}-{run_dir.rsplit('/', 1)[-1]}", datasets=datasets,
+                              split_datasets=len(teachers) == 1)
     report, intervals = result.report, None
     if spec.quantiles:  # the conformal correction joins the weights that are stored
         intervals = calibrated(spec, result.weights["student"], ray.get(series), dataset)
     directory = students_dir(run_dir, horizon)
     students = StudentsRun(
         dataset=dataset.name, data_fingerprint=dataset.fingerprint, lookback=spec.lookback, horizon=horizon,
-        n_vars=spec.n_vars, teacher_dir=teacher.directory, teacher_name=teacher.name,
-        cache_dir=cache.directory if cache else None, use_cache=distill.use_cache,
+        n_vars=spec.n_vars, teacher_dir=teacher.directory, teacher_name="+".join(t.name for t in teachers),
+        teacher_dirs=[t.directory for t in teachers] if len(teachers) > 1 else None,
+        teacher_weights=weights if len(teachers) > 1 else None,
+        cache_dir=caches[0].directory if caches[0] else None, use_cache=distill.use_cache,
         teacher_forward_batches=report.teacher_forward_batches, device=report.device,
         resumed_from=report.resumed_from, worker_nodes=report.worker_nodes, peak_memory_mb=report.peak_memory_mb,
         distill=distill.model_dump(mode="json"), models=report.models, intervals=intervals, ray_run=result.ray_run,
@@ -151,24 +173,30 @@ class StudentsJob(TrainingJob):
     initial weights, on the same batches."""
 
     settings: DistillConfig
-    teacher: Teacher  # run online when distill.use_cache is off
-    storage: Storage  # where the teacher's weights are
-    teacher_feature_dim: int  # the width of the teacher features the loss projects from
+    teachers: tuple[Teacher, ...]  # run online when distill.use_cache is off
+    storage: Storage  # where the teachers' weights are
+    teacher_feature_dims: tuple[int, ...]  # the width of each teacher's features the loss projects from
+    weights: tuple[float, ...] | None  # several teachers: how their predictions combine (None: learned)
 
     def setup(self, worker: Worker) -> Plan:
         settings, device = self.settings, worker.device
         train_starts = worker.starts["train"]
 
-        # 1. this worker's train windows, with the teacher's outputs from the cache or from the teacher
-        teacher_model, forward_batches = None, 0
+        # 1. this worker's train windows, with the teachers' outputs from the caches or from the teachers
+        teacher_models, forward_batches = [], 0
         if settings.use_cache:
-            cached = read_shard(self.model.horizon, self.model.n_vars, self.teacher_feature_dim)
-            window_ids = cached.window_id
+            names, world = teacher_datasets(len(self.teachers)), worker.world
+            every = (worker.rank, world) if len(names) > 1 else None  # unsplit datasets: keep this rank's windows
+            cached = [read_shard(name, self.model.horizon, self.model.n_vars, dim, every)
+                      for name, dim in zip(names, self.teacher_feature_dims, strict=True)]
+            window_ids = cached[0].window_id
+            if any(not np.array_equal(other.window_id, window_ids) for other in cached[1:]):
+                raise RuntimeError("the teachers' caches do not hold the same training windows")
 
             def train_windows(epoch: int) -> np.ndarray:  # a fixed shard, shuffled locally every epoch
                 return np.random.default_rng(settings.seed + epoch * 1009 + worker.rank).permutation(len(window_ids))
         else:
-            teacher_model = self.teacher.load(self.storage, device)
+            teacher_models = [teacher.load(self.storage, device) for teacher in self.teachers]
             window_ids = np.arange(len(train_starts))
 
             def train_windows(epoch: int) -> np.ndarray:
@@ -178,15 +206,17 @@ class StudentsJob(TrainingJob):
             nonlocal forward_batches
             x, y = worker.batcher(train_starts[window_ids[positions]])
             batch = {"x": x.to(device), "y": y.to(device)}
-            if teacher_model is None:
-                batch["teacher_prediction"] = torch.from_numpy(cached.prediction[positions]).to(device).float()
-                batch["teacher_feature"] = torch.from_numpy(cached.feature[positions]).to(device).float()
-            else:
-                with torch.inference_mode():
-                    prediction, feature = teacher_model(batch["x"])
-                forward_batches += 1
-                batch["teacher_prediction"] = prediction.float().clone()
-                batch["teacher_feature"] = reduce_feature_width(feature, self.teacher_feature_dim).float().clone()
+            for k, dim in enumerate(self.teacher_feature_dims):
+                if not teacher_models:
+                    prediction = torch.from_numpy(cached[k].prediction[positions])
+                    feature = torch.from_numpy(cached[k].feature[positions])
+                else:
+                    with torch.inference_mode():
+                        prediction, feature = teacher_models[k](batch["x"])
+                    forward_batches += 1
+                    feature = reduce_feature_width(feature, dim)
+                batch[f"teacher_prediction_{k}"] = prediction.to(device).float().clone()
+                batch[f"teacher_feature_{k}"] = feature.to(device).float().clone()
             return batch
 
         # 2. the trainees: the distilled student, and the baseline from the same initial weights
@@ -195,13 +225,20 @@ class StudentsJob(TrainingJob):
             return spec.build()
 
         student = build(self.model)
-        loss = TimeDistillLoss(self.teacher_feature_dim, student.feature_dim, settings.alpha, settings.beta,
-                               tau=settings.tau, scales=settings.scales, sup=settings.sup, period=settings.period,
-                               scale=settings.multiscale)
+        options = {"tau": settings.tau, "scales": settings.scales, "sup": settings.sup, "period": settings.period,
+                   "scale": settings.multiscale}
+        if len(self.teachers) == 1:
+            loss: nn.Module = TimeDistillLoss(self.teacher_feature_dims[0], student.feature_dim, settings.alpha,
+                                              settings.beta, **options)
+        else:
+            loss = MultiTeacherLoss(list(self.teacher_feature_dims), student.feature_dim, settings.alpha,
+                                    settings.beta, weights=list(self.weights) if self.weights else None, **options)
         step_module = loops.prepare(DistillStep(student, loss))  # Ray: device + DDP
+        teachers = range(len(self.teachers))
 
         def distill_loss(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return step_module(batch["x"], batch["y"], batch["teacher_prediction"], batch["teacher_feature"])
+            return step_module(batch["x"], batch["y"], [batch[f"teacher_prediction_{k}"] for k in teachers],
+                               [batch[f"teacher_feature_{k}"] for k in teachers])
 
         trainees = [self.trainee("student", step_module, loops.unwrap(step_module).student, distill_loss)]
         if settings.baseline:
@@ -229,12 +266,23 @@ class StudentsJob(TrainingJob):
             hold_epochs=settings.lr_hold_epochs, early=loops.EarlyStopping(settings.patience))
 
 
-def read_shard(horizon: int, n_vars: int, feature_dim: int) -> TeacherOutputs:
-    """Ray: this worker's shard of the cached teacher outputs, read once (Ray Data would re-read
-    its source every epoch); rows are joined to windows by window_id, never by position."""
-    shard = ray.train.get_dataset_shard("teacher")
+def teacher_datasets(count: int) -> list[str]:
+    """The names the teachers' caches go to the workers under."""
+    return ["teacher"] if count == 1 else [f"teacher{k}" for k in range(count)]
+
+
+def read_shard(name: str, horizon: int, n_vars: int, feature_dim: int,
+               every: tuple[int, int] | None = None) -> TeacherOutputs:
+    """Ray: this worker's shard of one teacher's cached outputs, read once (Ray Data would re-read
+    its source every epoch); rows are joined to windows by window_id, never by position.
+    `every` (rank, world): the dataset came unsplit, keep the windows with window_id % world ==
+    rank, the same ones for every teacher."""
+    shard = ray.train.get_dataset_shard(name)
     tables = [batch for batch in shard.iter_batches(batch_format="pyarrow", batch_size=None)]
     table = pa.concat_tables(tables) if tables else None
+    if table is not None and every is not None:
+        rank, world = every
+        table = table.filter(pa.array(table.column("window_id").to_numpy() % world == rank))
     if table is None or table.num_rows == 0:
         raise RuntimeError("this worker received no cached teacher windows")
     return unpack(table, horizon, n_vars, feature_dim)

@@ -21,7 +21,7 @@ import numpy as np
 import ray
 import torch
 
-from timedistill.conf import AUTO, Config, TeacherConfig, stable_hash
+from timedistill.conf import Config, TeacherConfig, stable_hash
 from timedistill.store.records import TEACHER_WEIGHTS, Dataset, ModelSpec, Teacher
 from timedistill.store.storage import SUCCESS, Storage
 from timedistill.store.weights import read_state, state_bytes
@@ -74,18 +74,18 @@ def teacher_spec(config: Config, dataset: Dataset, horizon: int) -> ModelSpec:
                              params=config.teacher.params)
 
 
-def candidate_configs(config: Config, dataset: Dataset, horizon: int) -> list[Config]:
-    """The configs a teacher step trains: the config itself, or with teacher.name auto one per
-    candidate, exactly as if that teacher were named alone (so each is found by its own key).
-    Every candidate's spec is resolved here, so that a bad name fails before any training."""
-    if config.teacher.name != AUTO:
+def member_configs(config: Config, dataset: Dataset, horizon: int) -> list[Config]:
+    """The configs a teacher step trains: the config itself, or one per teacher of teacher.names
+    or candidate of teacher.name auto, each exactly as if that teacher were named alone (so each
+    is found by its own key). Every member's spec is resolved here, so that a bad name fails
+    before any training, naming the key it came from."""
+    if config.teacher.members() == [config.teacher.name]:
         return [config]
-    configs = [config.model_copy(update={"teacher": config.teacher.candidate(name)})
-               for name in config.teacher.candidates]
-    for candidate in configs:
-        ModelSpec.resolve("teacher.candidates", candidate.teacher.name, lookback=config.data.lookback,
-                          horizon=horizon, n_vars=len(dataset.variables), preset=teacher_preset(candidate),
-                          params={})
+    key = "teacher.names" if config.teacher.names else "teacher.candidates"
+    configs = [config.model_copy(update={"teacher": config.teacher.alone(name)}) for name in config.teacher.members()]
+    for member in configs:
+        ModelSpec.resolve(key, member.teacher.name, lookback=config.data.lookback, horizon=horizon,
+                          n_vars=len(dataset.variables), preset=teacher_preset(member), params={})
     return configs
 
 

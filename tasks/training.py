@@ -21,7 +21,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from timedistill.conf import Config, DistillConfig, TeacherConfig
@@ -177,9 +177,10 @@ def fit_interruptibly(trainer: TorchTrainer, checkpoints: str) -> ray.train.Resu
 
 
 def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
-                 datasets: dict[str, ray.data.Dataset] | None = None) -> TrainingResult:
+                 datasets: dict[str, ray.data.Dataset] | None = None, split_datasets: bool = True) -> TrainingResult:
     """Ray: run `job` on Ray Train workers (`Workers.of(config)`). Checkpoints go to
-    <storage root>/ray/<name>, so starting the same name again resumes a killed run."""
+    <storage root>/ray/<name>, so starting the same name again resumes a killed run.
+    `split_datasets` False hands every worker the whole of each dataset."""
     workers = Workers.of(config)
     job = dataclasses.replace(job, threads=workers.threads)
     trainer = TorchTrainer(
@@ -195,6 +196,7 @@ def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all" if split_datasets else []),
     )
     result = fit_interruptibly(trainer, storage.uri(f"ray/{name}"))
     with result.checkpoint.as_directory() as folder:

@@ -128,3 +128,10 @@ def quantile_run(ray_local, tmp_path_factory, smoke_csv):
         (row,) = pipe.evaluate([teacher], [students]).rows
         registration = pipe.register(students, row)
     return QuantileRun(root=root, config=config, students=students, row=row, model=registration.name)
+
+
+@pytest.fixture(scope="session")
+def two_teachers_root(tmp_path_factory) -> Path:
+    """A storage root shared by the tests of teacher.name auto and teacher.names, which train the
+    same two small teachers (dlinear and itransformer at the ettm1 preset): the second reuses them."""
+    return tmp_path_factory.mktemp("two-teachers")

@@ -334,3 +334,35 @@ def test_gradients_stay_finite_when_the_teacher_spectrum_is_peaked():
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(student.grad).all() and torch.isfinite(teacher.grad).all()
+
+
+def test_several_teachers_combine_predictions_and_project_each_feature():
+    from timedistill.models import MultiTeacherLoss
+
+    torch.manual_seed(0)
+    B, S, C, D = 4, 24, 3, 16
+    student_pred, student_feat, target = torch.randn(B, S, C), torch.randn(B, C, D), torch.randn(B, S, C)
+    preds, feats = [torch.randn(B, S, C), torch.randn(B, S, C)], [torch.randn(B, C, 10), torch.randn(B, C, 12)]
+    # one teacher of weight 1 is the paper's loss, term by term
+    single = TimeDistillLoss(teacher_dim=10, student_dim=D, alpha=2.0, beta=0.5)
+    alone = MultiTeacherLoss([10], D, alpha=2.0, beta=0.5, weights=[1.0])
+    alone.features[0].projection.load_state_dict(single.projection.state_dict())
+    expected, expected_parts = single(student_pred, student_feat, preds[0], feats[0], target)
+    total, parts = alone(student_pred, student_feat, preds[:1], feats[:1], target)
+    assert torch.allclose(total, expected) and all(torch.allclose(parts[k], expected_parts[k]) for k in expected_parts)
+    # two teachers: the prediction target is their weighted mean, each feature has its own projection
+    both = MultiTeacherLoss([10, 12], D, alpha=1.0, beta=0.0, weights=[0.25, 0.75])
+    combined = TimeDistillLoss(teacher_dim=10, student_dim=D, alpha=1.0, beta=0.0)
+    total, parts = both(student_pred, student_feat, preds, feats, target)
+    assert torch.allclose(total, combined(student_pred, student_feat, 0.25 * preds[0] + 0.75 * preds[1], feats[0],
+                                          target)[0])
+    assert [float(parts[f"teacher_weight_{k}"]) for k in (0, 1)] == [0.25, 0.75]
+    projections = MultiTeacherLoss([10, 12], D, alpha=1.0, beta=1.0, weights=[0.5, 0.5]).features
+    assert [p.projection[0].in_features for p in projections] == [10, 12]
+    # learned weights start equal and get gradients through the combined target
+    learned = MultiTeacherLoss([10, 12], D, alpha=1.0, beta=1.0)
+    total, parts = learned(student_pred, student_feat, preds, feats, target)
+    total.backward()
+    assert float(parts["teacher_weight_0"]) == 0.5 and learned.logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="sum to 1"):
+        MultiTeacherLoss([10, 12], D, alpha=1.0, beta=1.0, weights=[0.5, 0.6])

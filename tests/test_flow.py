@@ -133,15 +133,15 @@ def test_changed_data_reruns_everything_downstream(smoke_run, session_root, smok
 
 
 def test_teacher_auto_keeps_the_candidate_with_the_lowest_validation_mse(ray_local, prefect_harness, smoke_csv,
-                                                                         tmp_path):
+                                                                         two_teachers_root):
     from timedistill.conf import load_config
 
-    own_root = [*smoke_overrides(tmp_path, smoke_csv), "teacher.params={}"]
-    auto = ["teacher.name=auto", "teacher.candidates=[dlinear, patchtst]"]
+    own_root = [*smoke_overrides(two_teachers_root, smoke_csv), "teacher.params={}", "teacher.preset=ettm1"]
+    auto = ["teacher.name=auto", "teacher.candidates=[dlinear, itransformer]"]
     summary = retrain(config="smoke", overrides=[*own_root, *auto])
     (choice,) = summary.teacher_choices
     val_mse = {score.name: score.val_mse for score in choice.candidates}
-    assert list(val_mse) == ["dlinear", "patchtst"] and len(set(val_mse.values())) == 2
+    assert list(val_mse) == ["dlinear", "itransformer"] and len(set(val_mse.values())) == 2
     assert choice.chosen == min(val_mse, key=val_mse.get)
     (teacher,) = summary.teachers
     assert teacher.name == summary.results[0].teacher.name == choice.chosen
