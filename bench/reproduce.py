@@ -62,6 +62,8 @@ VARIANTS = {  # by default on ETTh1 h96 with the iTransformer teacher (--on)
     "student-tsmixer": ["student.name=tsmixer"],
     "student-lightts": ["student.name=lightts"],
     "online-teacher": ["distill.use_cache=false"],
+    # the student and the plain MLP at a tenth of the paper's lr: is the MLP baseline under-trained at 0.01?
+    "lr-0.001": ["distill.lr=0.001"],
     # beyond the paper: the teacher with the lower validation MSE of the two, per horizon
     "teacher-auto": ["teacher.name=auto", "teacher.candidates=[itransformer, moderntcn]"],
     # beyond the paper: 10% / 50% / 90% quantiles; its student MSE is the median's

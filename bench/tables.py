@@ -223,6 +223,7 @@ ABLATION_ORDER = [
     "student-tsmixer",
     "student-lightts",
     "online-teacher",
+    "lr-0.001",
     "teacher-auto",
     "quantiles",
 ]
