@@ -282,6 +282,10 @@ class TeacherSet(Record):
             weights = [1.0 / len(members)] * len(members)
         return cls(horizon=members[0].horizon, weighting=weighting, members=members, weights=weights)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"horizon": self.horizon, "weighting": self.weighting, "weights": self.weights,
+                "members": [member.score().to_json() for member in self.members]}
+
     @property
     def primary(self) -> Teacher:
         """The member with the lowest validation MSE: the teacher the results compare against."""
@@ -637,6 +641,7 @@ class RunSummary(Record):
     teachers: list[Teacher]
     # teacher.name auto: per horizon, every candidate's scores and the pick
     teacher_choices: list[TeacherChoice] = Field(default_factory=list)
+    teacher_sets: list[TeacherSet] = Field(default_factory=list)  # teacher.names: per horizon
     students: list[StudentsRun] = Field(exclude=True)
     config: dict[str, Any]
     root: str = Field(exclude=True)  # the storage root as a URI
@@ -664,6 +669,7 @@ class RunSummary(Record):
                          for teacher in self.teachers],
             **({"teacher_choices": [choice.to_json() for choice in self.teacher_choices]}
                if self.teacher_choices else {}),
+            **({"teacher_sets": [ensemble.to_json() for ensemble in self.teacher_sets]} if self.teacher_sets else {}),
             "config": self.config,
         }
 

@@ -242,7 +242,8 @@ class Pipeline:
             dataset=self.dataset.name, run_dir=self.storage.uri(self.run_dir), run_id=self.run_id,
             data_fingerprint=self.dataset.fingerprint, steps=self.log.times(),
             results=self.evaluation.rows if self.evaluation else [], models=self.registrations, caches=self.caches,
-            teachers=self.teachers, teacher_choices=self.teacher_choices, students=self.students_runs,
+            teachers=self.teachers, teacher_choices=self.teacher_choices,
+            teacher_sets=list(self.teacher_sets.values()), students=self.students_runs,
             config=self.config.model_dump(mode="json"), root=self.storage.uri())
         if self.registrations:
             self.storage.write_json(f"{self.run_dir}/metrics.json", summary.to_json())

@@ -77,6 +77,8 @@ def test_one_student_learns_from_every_listed_teacher(ray_local, smoke_csv, two_
     assert [score.name for score in row.teachers] == ["dlinear", "itransformer"]
     assert students.teacher_name == "dlinear+itransformer" and len(students.teacher_dirs) == 2
     assert len(summary.caches) == 2 and {c.teacher_dir for c in summary.caches} == set(students.teacher_dirs)
+    (listed,) = summary.to_json()["teacher_sets"]
+    assert [m["name"] for m in listed["members"]] == ["dlinear", "itransformer"] and listed["weighting"] == "learned"
     history = students.student.history
     weights = [history[-1]["teacher_weight_0"], history[-1]["teacher_weight_1"]]
     assert sum(weights) == pytest.approx(1.0) and weights[0] != pytest.approx(0.5)  # learned away from equal
