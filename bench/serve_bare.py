@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from timedistill.conf import ServeConfig
-from timedistill.serving.api import RegistryView, create_api
+from timedistill.serving.api import Forecasts, RegistryView, create_api
 from timedistill.store.forecaster import ForecastModel
 from timedistill.store.storage import Storage
 
@@ -20,11 +20,11 @@ class InProcess:
     def __init__(self, storage: Storage) -> None:
         self.storage, self.models = storage, {}
 
-    async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> np.ndarray:
+    async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> Forecasts:
         if model_id not in self.models:
             name, version = model_id.split("@", 1)
             self.models[model_id] = ForecastModel.from_registry(self.storage, name, version)
-        return self.models[model_id].forecast(histories)
+        return Forecasts.of(self.models[model_id], histories)
 
 
 storage = Storage(os.environ.get("TIMEDISTILL_STORAGE", "./artifacts"))

@@ -2,10 +2,12 @@
 around a handle to the model pool; the bare benchmark server wraps it around an in-process model.
 
     GET  /healthz                    liveness
-    GET  /v1/models                  registered models: version, lookback, horizon, variables, metrics
-    POST /v1/forecast                {"model", "history": [[C] x L], "version"?} -> one forecast
-    POST /v1/forecast/batch          {"model", "histories": [[[C] x L] x N]} -> N forecasts
-    POST /v1/forecast/npy?model=...  body: .npy of [L, C] or [N, L, C] -> .npy of [S, C] / [N, S, C]
+    GET  /v1/models                  registered models: version, lookback, horizon, variables, metrics,
+                                     quantile levels
+    POST /v1/forecast                {"model", "history": [[C] x L], "version"?} -> one forecast (and its
+                                     quantiles, {"0.1": [S][C], ...}, for a model that has them)
+    POST /v1/forecast/batch          {"model", "histories": [[[C] x L] x N]} -> N forecasts (and quantiles)
+    POST /v1/forecast/npy?model=...  body: .npy of [L, C] or [N, L, C] -> .npy of [S, C] / [N, S, C], the point
     POST /v1/reload                  look for new LATEST versions now
 
 Bad input is a 4xx that says what is wrong, never a 500: a malformed body, the wrong number of
@@ -20,7 +22,7 @@ import io
 import os
 import time
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -53,10 +55,33 @@ TOKEN_ENV = "TIMEDISTILL_SERVE_TOKEN"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class Backend(Protocol):
-    """Where forecasts are computed. Arrays are in data units: [N, L, C] -> [N, S, C]."""
+class Forecasts(NamedTuple):
+    """A model's answer to N histories, in data units. The quantiles come from the same forward
+    pass as the point, so that a quantile model costs the server no second call."""
 
-    async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> np.ndarray: ...
+    point: np.ndarray  # [N, S, C]
+    quantiles: np.ndarray | None  # [N, Q, S, C] at the model's levels; None for a point model
+
+    @classmethod
+    def of(cls, model: ForecastModel, histories: np.ndarray) -> Forecasts:
+        if model.levels:
+            return cls(*model.forecast_quantiles(histories))
+        return cls(model.forecast(histories), None)
+
+    def row(self, index: int) -> Forecasts:
+        """History `index` alone, as an answer to one history (N = 1)."""
+        keep = slice(index, index + 1)
+        return Forecasts(self.point[keep], None if self.quantiles is None else self.quantiles[keep])
+
+    def finite(self) -> bool:
+        return all(np.isfinite(part).all() for part in self if part is not None)
+
+
+class Backend(Protocol):
+    """Where forecasts are computed: [N, L, C] in data units -> `Forecasts` (`Forecasts.of` a
+    loaded model)."""
+
+    async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> Forecasts: ...
 
 
 class RegistryView:
@@ -144,7 +169,7 @@ class RegistryView:
             infos.append(ModelInfo(
                 name=name, version=entry.version, versions=versions(self.storage, name),
                 lookback=config.lookback, horizon=config.horizon, variables=config.variables,
-                teacher=config.teacher, broken=self.broken(name),
+                teacher=config.teacher, quantiles=config.quantiles, broken=self.broken(name),
                 metrics={role: headline.to_json() for role, headline in entry.metrics.headline().items()}))
         return ModelList(models=infos, unavailable=unavailable)
 
@@ -258,9 +283,9 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
                                      "once standardized)")
         return used
 
-    async def forecast_of(entry: RegistryEntry, histories: np.ndarray, *, batched: bool) -> np.ndarray:
+    async def forecast_of(entry: RegistryEntry, histories: np.ndarray, *, batched: bool) -> Forecasts:
         result = await backend.forecast(entry.model_id, histories, batched=batched)
-        if not np.isfinite(result).all():
+        if not result.finite():
             raise HTTPException(422, f"model {entry.model_id} forecast non-finite values for this history: its "
                                      "values are far outside the range it was trained on")
         return result
@@ -314,6 +339,14 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         return json_response({"model": entry.model, "version": entry.version, "horizon": entry.config.horizon,
                               "variables": entry.config.variables, **fields})
 
+    def by_level(entry: RegistryEntry, quantiles: np.ndarray | None) -> dict[str, Any]:
+        """The answer's `quantiles`, {level: an array shaped like the point forecast}, for a model
+        that has them; nothing for a point model, whose answers stay as they were."""
+        if quantiles is None:
+            return {}
+        return {"quantiles": {str(level): np.ascontiguousarray(quantiles[..., q, :, :])  # orjson: contiguous
+                              for q, level in enumerate(entry.config.quantiles)}}
+
     @app.post("/v1/forecast", dependencies=[Depends(authorize)], openapi_extra=json_body(ForecastRequest),
               responses={200: {"model": ForecastResponse}})
     async def forecast(raw: Request) -> Response:
@@ -324,7 +357,9 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
             raise HTTPException(422, "history must be a list of rows")
         times = dates(entry, len(history), request.timestamps, request.start)
         result = await forecast_of(entry, last_rows(history, entry)[None], batched=False)
-        return answer(entry, forecast=result[0], **({"timestamps": times} if times is not None else {}))
+        quantiles = None if result.quantiles is None else result.quantiles[0]
+        return answer(entry, forecast=result.point[0], **by_level(entry, quantiles),
+                      **({"timestamps": times} if times is not None else {}))
 
     @app.post("/v1/forecast/batch", dependencies=[Depends(authorize)], openapi_extra=json_body(BatchForecastRequest),
               responses={200: {"model": BatchForecastResponse}})
@@ -349,13 +384,15 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
             times = [dates(entry, rows, request.timestamps[i] if request.timestamps else None,
                            request.starts[i] if request.starts else None) for i, rows in enumerate(lengths)]
         result = await forecast_of(entry, last_rows(histories, entry), batched=True)
-        return answer(entry, forecasts=result, **({"timestamps": times} if times is not None else {}))
+        return answer(entry, forecasts=result.point, **by_level(entry, result.quantiles),
+                      **({"timestamps": times} if times is not None else {}))
 
     @app.post("/v1/forecast/npy", dependencies=[Depends(authorize)],
               openapi_extra={"requestBody": {"content": {NPY: {"schema": {"type": "string", "format": "binary"}}},
                                              "required": True}},
               responses={200: {"content": {NPY: {"schema": {"type": "string", "format": "binary"}}},
-                               "description": "the forecasts as .npy: [S, C] or [N, S, C] float32"}})
+                               "description": "the point forecasts as .npy: [S, C] or [N, S, C] float32 (a "
+                                              "quantile model's quantiles come from the JSON endpoints only)"}})
     async def forecast_npy(request: Request, model: str = Query(...), version: str | None = Query(None)) -> Response:
         entry = entry_for(model, version)
         histories = read_npy(await request.body())
@@ -364,7 +401,7 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         histories = last_rows(histories.astype(np.float64, copy=False), entry)
         result = await forecast_of(entry, histories, batched=not single)
         buffer = io.BytesIO()
-        np.save(buffer, (result[0] if single else result).astype(np.float32), allow_pickle=False)
+        np.save(buffer, (result.point[0] if single else result.point).astype(np.float32), allow_pickle=False)
         return Response(buffer.getvalue(), media_type=NPY,
                         headers={"x-model": entry.model, "x-model-version": entry.version,
                                  "x-horizon": str(entry.config.horizon),

@@ -26,7 +26,7 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from timedistill.conf import Config, ServeConfig, load_config, storage_root
-from timedistill.serving.api import RegistryView, create_api
+from timedistill.serving.api import Forecasts, RegistryView, create_api
 from timedistill.store.forecaster import ForecastModel
 from timedistill.store.storage import Storage
 
@@ -71,10 +71,10 @@ def model_pool(settings: ServeConfig) -> Any:
             name, version = model_id.split("@", 1)  # built by the ingress from a validated entry
             return ForecastModel.from_registry(self.storage, name, version)
 
-        async def forecast(self, histories: np.ndarray) -> np.ndarray:
-            """[N, L, C] -> [N, S, C] in one forward pass."""
+        async def forecast(self, histories: np.ndarray) -> Forecasts:
+            """[N, L, C] -> the point [N, S, C] (and a quantile model's quantiles) in one forward pass."""
             model = await self.get_model(serve.get_multiplexed_model_id())
-            return model.forecast(histories)
+            return Forecasts.of(model, histories)
 
     return ModelPool
 
@@ -96,7 +96,7 @@ class ForecastAPI:
     def __serve_build_asgi_app__(self) -> Any:
         return create_api(self.settings, self.registry, self)
 
-    async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> np.ndarray:
+    async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> Forecasts:
         if batched:  # a client's own batch goes to the pool as it is
             return await self.pool.options(multiplexed_model_id=model_id).forecast.remote(histories)
         # a batch waits up to serve.batch_wait_timeout_s for company only when there is some: a
@@ -109,12 +109,13 @@ class ForecastAPI:
             self.waiting -= 1
         if isinstance(result, BaseException):
             raise result
-        return result[None]
+        return result
 
     @serve.batch  # sized from the config in __init__
-    async def gathered(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray | BaseException]:
-        """Single histories of any models, (model id, [L, C]) each -> [S, C] each, or the error of
-        that request's model (one model failing to load must not fail the others)."""
+    async def gathered(self, requests: list[tuple[str, np.ndarray]]) -> list[Forecasts | BaseException]:
+        """Single histories of any models, (model id, [L, C]) each -> the answer to that history
+        alone (N = 1) each, or the error of that request's model (one model failing to load must
+        not fail the others)."""
         by_model: dict[str, list[np.ndarray]] = {}
         slots = []  # each request's model id and row in that model's call
         for model_id, history in requests:
@@ -124,7 +125,7 @@ class ForecastAPI:
         calls = [self.pool.options(multiplexed_model_id=m).forecast.remote(np.stack(h))  # [n, L, C]
                  for m, h in by_model.items()]
         outcomes = dict(zip(by_model, await asyncio.gather(*calls, return_exceptions=True), strict=True))
-        return [o if isinstance(o := outcomes[m], BaseException) else o[row] for m, row in slots]
+        return [o if isinstance(o := outcomes[m], BaseException) else o.row(row) for m, row in slots]
 
 
 def http_options(settings: ServeConfig) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 Row = list[float]
 TIMESTAMPS = "the time of each history row (ISO 8601): the response then dates the forecast"
 START = "the time of the first history row; with the model's step it dates the forecast"
+QUANTILES = ("a quantile model's forecast at each of its levels (keys as in /v1/models: \"0.1\", \"0.5\", ...), "
+             "each shaped like the point forecast, which is the median; absent for a point model")
 
 
 class Strict(BaseModel):
@@ -38,6 +40,7 @@ class ForecastResponse(BaseModel):
     horizon: int
     variables: list[str] = Field(description="the name of each column of the forecast")
     forecast: list[Row] = Field(description="`horizon` rows in the units of the history")
+    quantiles: dict[str, list[Row]] | None = Field(None, description=QUANTILES)
     timestamps: list[datetime] | None = Field(None, description="the time of each forecast row, when the "
                                                                 "request dated its history")
 
@@ -48,6 +51,7 @@ class BatchForecastResponse(BaseModel):
     horizon: int
     variables: list[str]
     forecasts: list[list[Row]]
+    quantiles: dict[str, list[list[Row]]] | None = Field(None, description=QUANTILES)
     timestamps: list[list[datetime]] | None = None
 
 
@@ -59,6 +63,8 @@ class ModelInfo(BaseModel):
     horizon: int
     variables: list[str]
     teacher: str | None = None
+    quantiles: list[float] = Field([], exclude_if=lambda levels: not levels,  # a point model's listing as before
+                                   description="the levels its forecasts' `quantiles` hold; absent for a point model")
     metrics: dict[str, dict[str, float | int | None]]
     broken: dict[str, str] = Field({}, description="versions held out of serving, and why")
 

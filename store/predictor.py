@@ -19,6 +19,12 @@ from timedistill.store.registry import read_version
 from timedistill.store.storage import Storage
 
 STEP_COLUMN = "step"  # the forecast's step (1..horizon) when there are no timestamps to give
+MEDIAN = 0.5  # a quantile model's point forecast: its median level has no column of its own
+
+
+def quantile_column(variable: str, level: float) -> str:
+    """The column of a variable's quantile, beside its forecast: "OT_q0.1"."""
+    return f"{variable}_q{level:g}"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,11 @@ class Predictor:
         return self.entry.config.variables
 
     @property
+    def quantile_levels(self) -> tuple[float, ...]:
+        """The levels its forecasts have quantile columns for: all but the median; () for a point model."""
+        return tuple(level for level in self.forecaster.levels if level != MEDIAN)
+
+    @property
     def step(self) -> timedelta | None:
         """The series' time step ("1h" in the registry); None when it is not a plain duration."""
         try:
@@ -68,21 +79,34 @@ class Predictor:
         the timestamp column, or a pandas DatetimeIndex, dates the forecast), or an array
         [rows, variables] in the registered variables' order, with optional `timestamps` of its
         rows. Returns a frame of the same library (Polars for arrays): the forecast's timestamps
-        (or its step, 1..horizon, when there are none) and one column per variable."""
+        (or its step, 1..horizon, when there are none), one column per variable and, for a
+        quantile model, a column per variable and level besides the median ("OT_q0.1")."""
         values, stamps, is_pandas = self._history(data, timestamps)
-        forecast = self.forecaster.forecast(values[None, -self.lookback :])[0]  # [S, C]
-        frame = self._frame(forecast, self.forecast_times(stamps[-1] if stamps is not None else None))
+        forecast, quantiles = self.forecast(values[None, -self.lookback :])
+        frame = self._frame(forecast[0], quantiles, self.forecast_times(stamps[-1] if stamps is not None else None))
         return frame.to_pandas() if is_pandas else frame
+
+    def forecast(self, histories: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """[N, L, C] in data units -> the point forecast [N, S, C] and, for a quantile model, its
+        quantiles as flat [N * S] columns by name (`quantile_column`), from one forward pass."""
+        if not self.quantile_levels:
+            return self.forecaster.forecast(histories), {}
+        point, quantiles = self.forecaster.forecast_quantiles(histories)  # [N, Q, S, C]
+        return point, {quantile_column(name, level): quantiles[:, q, :, c].reshape(-1)
+                       for c, name in enumerate(self.variables)
+                       for q, level in enumerate(self.forecaster.levels) if level != MEDIAN}
 
     def forecast_times(self, last: datetime | None) -> list[datetime] | None:
         if last is None or self.step is None:
             return None
         return forecast_times(last, self.step, self.horizon)
 
-    def _frame(self, forecast: np.ndarray, times: list[datetime] | None) -> pl.DataFrame:
+    def _frame(self, forecast: np.ndarray, quantiles: dict[str, np.ndarray],
+               times: list[datetime] | None) -> pl.DataFrame:
         first = (pl.Series(self.timestamp_name, times, dtype=pl.Datetime("us")) if times is not None
                  else pl.Series(STEP_COLUMN, np.arange(1, self.horizon + 1)))
-        return pl.DataFrame([first, *[pl.Series(name, forecast[:, i]) for i, name in enumerate(self.variables)]])
+        return pl.DataFrame([first, *[pl.Series(name, forecast[:, i]) for i, name in enumerate(self.variables)],
+                             *[pl.Series(name, column) for name, column in quantiles.items()]])
 
     @property
     def timestamp_name(self) -> str:

@@ -5,7 +5,9 @@ and write the forecasts, dated and named, to Parquet.
 An origin is the time of the last history row a forecast starts from. Many origins are spread
 over the Ray cluster with Ray Data's `map_batches`, each actor holding the model once; where the
 truth of a forecast is in the file, it is scored (MSE and MAE in the model's standardized space,
-the scale of its registered test scores).
+the scale of its registered test scores). A quantile model's quantiles come out beside its forecast
+(a column per variable and level, "OT_q0.1"; in the long layout a column per level, "q0.1"); the
+scores are the point forecast's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ray.data
 
 from timedistill.conf import Config
 from timedistill.store.errors import InputError
-from timedistill.store.predictor import STEP_COLUMN, Predictor
+from timedistill.store.predictor import STEP_COLUMN, Predictor, quantile_column
 from timedistill.store.record import Record
 from timedistill.store.storage import Storage
 from timedistill.tasks.ingest import parse_series, read_source
@@ -110,8 +112,11 @@ def predict(config: Config, storage: Storage, name: str, version: str | None, so
               .agg(pl.col(SCORES).first()).sort(ORIGIN))
     forecasts = rows.drop(SCORES).sort(ORIGIN, STEP_COLUMN)
     if layout == "long":
+        # beside the value, a column per quantile level ("q0.1"): its variables stacked as unpivot stacks them
+        levels = {f"q{level:g}": pl.concat([forecasts[quantile_column(name, level)] for name in predictor.variables])
+                  for level in predictor.quantile_levels}
         forecasts = forecasts.unpivot(index=[ORIGIN, data.timestamp, STEP_COLUMN], on=predictor.variables,
-                                      variable_name=data.id_column, value_name=data.value_column)
+                                      variable_name=data.id_column, value_name=data.value_column).with_columns(**levels)
     output.write_parquet(output_name, forecasts.to_arrow())
     scores_name = None
     if scores.height:
@@ -141,7 +146,7 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
         history = x.numpy()
         if not np.isfinite(history).all():
             raise InputError("a history holds missing or infinite values")
-        forecast = predictor.forecaster.forecast(history)  # [B, S, C]
+        forecast, quantiles = predictor.forecast(history)  # [B, S, C], {"OT_q0.1": [B*S], ...}
         error = (forecast - truth.numpy()) / std  # [B, S, C]; NaN where the truth is past the end
         known = np.isfinite(error).all(axis=(1, 2))  # [B]
         elements = horizon * values.shape[1]
@@ -153,6 +158,7 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
             ORIGIN: origins.gather(np.repeat(np.arange(len(chunk)), horizon)),  # [B*S]
             STEP_COLUMN: np.tile(steps, len(chunk)),
             **{name: forecast[:, :, c].reshape(-1) for c, name in enumerate(predictor.variables)},  # [B, S] -> [B*S]
+            **quantiles,
             "mse": np.repeat(squares / elements, horizon), "mae": np.repeat(absolutes / elements, horizon),
             "squares": np.repeat(squares, horizon), "absolutes": np.repeat(absolutes, horizon),
             "count": np.repeat(np.where(known, elements, 0), horizon),
@@ -161,7 +167,8 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
         stamp = (pl.col(ORIGIN) + pl.duration(microseconds=pl.col(STEP_COLUMN) * (step // timedelta(microseconds=1)))
                  if step else pl.lit(None, dtype=timestamps.dtype))
         frames.append(frame.with_columns(stamp.alias(timestamps.name), pl.col("count").replace(0, None))
-                      .fill_nan(None).select(ORIGIN, timestamps.name, STEP_COLUMN, *predictor.variables, *SCORES))
+                      .fill_nan(None).select(ORIGIN, timestamps.name, STEP_COLUMN, *predictor.variables, *quantiles,
+                                             *SCORES))
     return pl.concat(frames)
 
 

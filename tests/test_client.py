@@ -91,3 +91,15 @@ def test_the_async_client_does_the_same(monkeypatch):
             return result
 
     assert asyncio.run(run()).version == "v3" and len(script.requests) == 3
+
+
+def test_a_quantile_answer_becomes_columns_beside_the_forecast():
+    levels = {"0.1": [[0.5, 1.5], [2.5, 3.5]], "0.5": ANSWER["forecast"], "0.9": [[1.5, 2.5], [3.5, 4.5]]}
+    script = Script(httpx.Response(200, json={**ANSWER, "quantiles": levels}), httpx.Response(200, json=ANSWER))
+    with Client("http://server", transport=httpx.MockTransport(script)) as client:
+        result, point = client.forecast("m-2", np.ones((4, 2))), client.forecast("m-2", np.ones((4, 2)))
+    assert list(result.quantiles) == [0.1, 0.5, 0.9] and np.array_equal(result.quantiles[0.9], levels["0.9"])
+    frame = result.to_polars()
+    assert frame.columns == ["timestamp", "a", "OT", "a_q0.1", "a_q0.9", "OT_q0.1", "OT_q0.9"]
+    assert frame["OT_q0.9"].to_list() == [2.5, 4.5] and list(result.to_pandas().columns) == frame.columns
+    assert point.quantiles is None and point.to_polars().columns == ["timestamp", "a", "OT"]

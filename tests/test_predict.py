@@ -91,3 +91,32 @@ def test_bad_predict_input_is_one_line(smoke, tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, (case, result.output)
         assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+def test_a_quantile_model_predicts_its_quantiles_beside_the_forecast(quantile_run, smoke_csv, tmp_path):
+    """load_model(...).predict and `timedistill predict` (both layouts) of the quantile run: a
+    column per variable and level besides the median, ordered around the point forecast, which
+    stays the model's own (its median)."""
+    frame = pl.read_csv(smoke_csv, try_parse_dates=True)
+    model = timedistill.load_model(quantile_run.model, storage=quantile_run.root)
+    bounds = [f"{name}_q{level}" for name in model.variables for level in ("0.1", "0.9")]
+    forecast = model.predict(frame.head(300))
+    assert forecast.columns == ["date", *model.variables, *bounds] and forecast.height == 24
+    expected = model.forecaster.forecast(frame.head(300).select(model.variables).to_numpy()[None, -96:])[0]
+    assert np.allclose(forecast.select(model.variables).to_numpy(), expected, rtol=1e-6, atol=1e-6)
+    for name in model.variables:
+        assert (forecast[f"{name}_q0.1"] <= forecast[name] + 1e-6).all()
+        assert (forecast[name] <= forecast[f"{name}_q0.9"] + 1e-6).all()
+    assert list(model.predict(frame.head(300).to_pandas()).columns) == forecast.columns
+
+    sets = [arg for item in smoke_overrides(quantile_run.root, smoke_csv) for arg in ("--set", item)]
+    for layout in ("wide", "long"):
+        result = runner.invoke(app, ["predict", "smoke", "--model", quantile_run.model, "--input", str(smoke_csv),
+                                     "--output", str(tmp_path / f"{layout}.parquet"), "--layout", layout, *sets])
+        assert result.exit_code == 0, result.output
+    wide, long = pl.read_parquet(tmp_path / "wide.parquet"), pl.read_parquet(tmp_path / "long.parquet")
+    assert wide.columns == ["origin", "date", "step", *model.variables, *bounds]
+    assert long.columns == ["origin", "date", "step", "id", "value", "q0.1", "q0.9"] and long.height == 24 * 7
+    assert (long["q0.1"] <= long["value"] + 1e-6).all() and (long["value"] <= long["q0.9"] + 1e-6).all()
+    ot = long.filter(pl.col("id") == "OT")
+    assert ot["q0.1"].to_list() == wide["OT_q0.1"].to_list() and ot["q0.9"].to_list() == wide["OT_q0.9"].to_list()

@@ -28,12 +28,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+QUANTILE_MODEL = "quantile-24"  # the quantile run's version, served beside smoke-24
+
+
 @pytest.fixture(scope="module")
-def served(smoke_pipeline, session_root, smoke_csv):
+def served(smoke_pipeline, quantile_run, session_root, smoke_csv):
+    """Ray Serve on the smoke registry, with the quantile run's model copied in as QUANTILE_MODEL
+    (trained first: a training run waits for the CPUs that Serve's replicas hold)."""
     from ray import serve
 
     from timedistill.serving.app import APP_NAME, build_app, http_options
+    from timedistill.store.storage import Storage
 
+    source, folder = Storage(str(quantile_run.root)), f"registry/{quantile_run.model}/v1"
+    for name in source.listdir(folder):
+        smoke_pipeline.pipe.storage.write_bytes(f"registry/{QUANTILE_MODEL}/v1/{name}",
+                                                source.read_bytes(f"{folder}/{name}"))
+    smoke_pipeline.pipe.storage.write_bytes(f"registry/{QUANTILE_MODEL}/LATEST", b"v1\n")
     port = free_port()
     config = load_config("smoke", [*smoke_overrides(session_root, smoke_csv), f"serve.port={port}",
                                    f"serve.auth_token={TOKEN}", "serve.reload_interval_s=0.5",
@@ -102,6 +113,47 @@ def test_batch_and_binary_forms(served, history):
     assert binary.status_code == 200 and binary.headers["x-horizon"] == "24"
     result = np.load(io.BytesIO(binary.content), allow_pickle=False)
     assert result.shape == (3, 24, 7) and np.allclose(result, single, rtol=1e-3, atol=1e-3)
+
+
+def test_a_quantile_model_answers_its_quantiles_and_a_point_model_as_before(served, history):
+    """/v1/models lists a quantile model's levels; its single (gathered) and batch answers carry
+    `quantiles` by level, shaped like the forecast, ordered around it, and equal to the in-process
+    model's; .npy answers the point alone; a point model's answers and listing hold no `quantiles`
+    key; the client reads them into columns beside the forecast."""
+    from timedistill import Client
+
+    client, storage = served["client"], served["run"].pipe.storage
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert models[QUANTILE_MODEL]["quantiles"] == [0.1, 0.5, 0.9] and "quantiles" not in models["smoke-24"]
+
+    histories = np.stack([history, history * 1.01])
+    single = client.post("/v1/forecast", json={"model": QUANTILE_MODEL, "history": history.tolist()}).json()
+    batch = client.post("/v1/forecast/batch", json={"model": QUANTILE_MODEL, "histories": histories.tolist()}).json()
+    assert list(single["quantiles"]) == list(batch["quantiles"]) == ["0.1", "0.5", "0.9"]
+    point, quantiles = ForecastModel.from_registry(storage, QUANTILE_MODEL).forecast_quantiles(histories)
+    for answer, key, rows in ((single, "forecast", 0), (batch, "forecasts", slice(None))):
+        forecast = np.asarray(answer[key])  # [S, C] or [N, S, C]
+        levels = {level: np.asarray(values) for level, values in answer["quantiles"].items()}
+        assert all(values.shape == forecast.shape for values in levels.values())
+        np.testing.assert_allclose(forecast, point[rows], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.stack(list(levels.values()), axis=-3), quantiles[rows], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(levels["0.5"], forecast, rtol=1e-6, atol=1e-6)
+        assert (levels["0.1"] <= forecast + 1e-6).all() and (forecast <= levels["0.9"] + 1e-6).all()
+    buffer = io.BytesIO()
+    np.save(buffer, histories)
+    binary = client.post("/v1/forecast/npy", params={"model": QUANTILE_MODEL}, content=buffer.getvalue(),
+                         headers={"content-type": "application/x-npy"})  # the point forecasts only
+    assert binary.status_code == 200 and np.allclose(np.load(io.BytesIO(binary.content)), point, atol=1e-3)
+    for path, body in (("/v1/forecast", {"history": history.tolist()}),
+                       ("/v1/forecast/batch", {"histories": histories.tolist()})):
+        assert "quantiles" not in client.post(path, json={"model": "smoke-24", **body}).json()
+
+    with Client(str(client.base_url), token=TOKEN) as typed:
+        result = typed.forecast(QUANTILE_MODEL, history)
+        assert set(result.quantiles) == {0.1, 0.5, 0.9} and result.quantiles[0.9].shape == (24, 7)
+        frame = result.to_polars()
+        assert {"OT_q0.1", "OT_q0.9"} <= set(frame.columns) and "OT_q0.5" not in frame.columns
+        assert (frame["OT_q0.1"] <= frame["OT"] + 1e-6).all() and typed.forecast("smoke-24", history).quantiles is None
 
 
 def bad_requests(history):

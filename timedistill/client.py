@@ -5,7 +5,8 @@ names, from a program.
     client.models()                                     # what is registered
     result = client.forecast("etth1-96", history)        # history: [rows >= lookback, C]
     result.values, result.timestamps, result.to_polars()
-    many = client.forecast_batch("etth1-96", histories)  # large batches travel as .npy
+    result.quantiles                                     # a quantile model's {0.1: [horizon, C], ...}
+    many = client.forecast_batch("etth1-96", histories)  # large batches travel as .npy; the point only
 
 `AsyncClient` has the same methods as coroutines. A 503 (the server is overloaded) is retried
 after its Retry-After; a 4xx raises `RequestError` with the server's message; connection errors
@@ -28,6 +29,7 @@ import numpy as np
 from timedistill.serving.schema import ModelInfo
 
 NPY = "application/x-npy"
+MEDIAN = 0.5  # a quantile model's point forecast: its median level has no column of its own
 
 
 class ClientError(Exception):
@@ -53,15 +55,20 @@ class Forecast:
     model: str
     version: str
     variables: list[str]
-    values: np.ndarray  # [horizon, variables], the data's units
+    values: np.ndarray  # [horizon, variables], the data's units; a quantile model's median
     timestamps: list[datetime] | None  # when the request dated its history
+    quantiles: dict[float, np.ndarray] | None = None  # level -> [horizon, variables]; None for a point model
 
     def to_polars(self) -> Any:
+        """A row per step: its timestamp (or step number), a column per variable and, for a
+        quantile model, a column per variable and level besides the median ("OT_q0.1")."""
         import polars as pl
 
         columns = {name: self.values[:, i] for i, name in enumerate(self.variables)}
+        bounds = {f"{name}_q{level:g}": values[:, i] for i, name in enumerate(self.variables)
+                  for level, values in (self.quantiles or {}).items() if level != MEDIAN}
         first = {"timestamp": self.timestamps} if self.timestamps else {"step": np.arange(1, len(self.values) + 1)}
-        return pl.DataFrame({**first, **columns})
+        return pl.DataFrame({**first, **columns, **bounds})
 
     def to_pandas(self) -> Any:
         return self.to_polars().to_pandas()
@@ -123,7 +130,10 @@ class _Requests:
     def forecast(response: httpx.Response) -> Forecast:
         body = response.json()
         stamps = [datetime.fromisoformat(t) for t in body["timestamps"]] if body.get("timestamps") else None
-        return Forecast(body["model"], body["version"], body["variables"], np.asarray(body["forecast"]), stamps)
+        quantiles = ({float(level): np.asarray(values) for level, values in body["quantiles"].items()}
+                     if "quantiles" in body else None)
+        return Forecast(body["model"], body["version"], body["variables"], np.asarray(body["forecast"]), stamps,
+                        quantiles)
 
     @staticmethod
     def batch(response: httpx.Response) -> np.ndarray:
@@ -163,7 +173,8 @@ class Client:
         return self._requests.forecast(self._send("POST", "/v1/forecast", json=body))
 
     def forecast_batch(self, model: str, histories: Sequence[Any], version: str | None = None) -> np.ndarray:
-        """[N, horizon, variables]; a batch of at least `npy_min_batch` equal histories travels as .npy."""
+        """[N, horizon, variables], the point forecasts (a quantile model's quantiles come with
+        `forecast`); a batch of at least `npy_min_batch` equal histories travels as .npy."""
         request = self._requests.batch_request(model, histories, version)
         return self._requests.batch(self._send("POST", request.pop("url"), **request))
 
