@@ -47,7 +47,7 @@ class ModelSpec(Record):
     horizon: int
     n_vars: int
     hparams: dict[str, Any] = Field(default_factory=dict)
-    quantiles: list[float] = Field(default_factory=list)  # levels of a QuantileStudent; [] the point alone
+    quantiles: list[float] = Field(default_factory=list, exclude_if=lambda levels: not levels)  # [] the point alone
 
     @classmethod
     def resolve(cls, section: str, name: str, *, lookback: int, horizon: int, n_vars: int, preset: str | None,
@@ -74,9 +74,6 @@ class ModelSpec(Record):
     def point(self) -> ModelSpec:
         """The same model without quantile outputs (the baseline of a quantile student)."""
         return self.model_copy(update={"quantiles": []})
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"quantiles"} if not self.quantiles else set())
 
     def describe(self) -> str:
         return f"{self.name} (lookback {self.lookback}, horizon {self.horizon}, {self.n_vars} variables)"
@@ -107,7 +104,7 @@ class TrainedModel(Record):
 
     name: str
     hparams: dict[str, Any]
-    quantiles: list[float] = Field(default_factory=list)  # student.quantiles; [] the point alone
+    quantiles: list[float] = Field(default_factory=list, exclude_if=lambda levels: not levels)  # student.quantiles
     params: int
     val_mse: float  # the best epoch's, on the whole validation split
     best_epoch: int  # 1-based; its weights are the ones kept
@@ -373,14 +370,14 @@ class StudentsRun(TrainingRun):
 
     teacher_dir: str = Field(alias="teacher")
     teacher_name: str
-    teacher_dirs: list[str] | None = None  # teacher.names: every teacher it learned from
-    teacher_weights: list[float] | None = None  # and their fixed weights (None: one teacher, or learned)
+    teacher_dirs: list[str] | None = Field(None, exclude_if=lambda dirs: dirs is None)  # teacher.names: each teacher
+    teacher_weights: list[float] | None = Field(None, exclude_if=lambda weights: weights is None)  # None: learned
     cache_dir: str | None = Field(alias="cache")
     use_cache: bool
     teacher_forward_batches: int  # teacher batches run online (0 with the cache)
     distill: dict[str, Any]  # the distill section it was trained with
     models: dict[Role, TrainedModel]
-    intervals: Intervals | None = None  # student.quantiles: the calibrated intervals' scores
+    intervals: Intervals | None = Field(None, exclude_if=lambda intervals: intervals is None)  # student.quantiles
     directory: str = Field(exclude=True)
     cached: bool = Field(False, exclude=True)
 
@@ -509,7 +506,7 @@ class RegisteredModel(Record):
     variables: list[str]
     target: str
     step: str  # the series' time step: 1h, 10min, 1d
-    quantiles: list[float] = Field(default_factory=list)  # the levels it forecasts besides the point
+    quantiles: list[float] = Field(default_factory=list, exclude_if=lambda levels: not levels)  # besides the point
     dataset: str
     data_fingerprint: str
     run_id: str

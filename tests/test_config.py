@@ -124,7 +124,7 @@ def test_teacher_auto_needs_candidates_and_no_shared_params(overrides, message):
 def test_a_candidate_of_auto_is_the_teacher_named_alone():
     auto = load_config(None, ["teacher.name=auto", "teacher.candidates=[dlinear, patchtst]"]).teacher
     alone = load_config(None, ["teacher.name=patchtst"]).teacher
-    assert auto.candidate("patchtst").key_payload() == alone.key_payload()
+    assert auto.alone("patchtst").key_payload() == alone.key_payload()
 
 
 @pytest.mark.parametrize(("levels", "message"), [

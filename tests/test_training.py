@@ -93,10 +93,10 @@ def test_cache_loss_equals_online_loss(trained):
     with torch.no_grad():
         online_pred, online_feat = frozen(x)
         reduced = models.reduce_feature_width(online_feat, cache.feature_dim)
-        online_total, online_parts = step(x, y, online_pred, reduced)
+        online_total, online_parts = step(x, y, [online_pred], [reduced])
         stored = read_cache_split(pipe.storage, cache, "train")
-        cached_total, cached_parts = step(x, y, torch.from_numpy(stored.prediction[ids]).float(),
-                                          torch.from_numpy(stored.feature[ids]).float())
+        cached_total, cached_parts = step(x, y, [torch.from_numpy(stored.prediction[ids]).float()],
+                                          [torch.from_numpy(stored.feature[ids]).float()])
     assert torch.allclose(online_total, cached_total, rtol=2e-3, atol=1e-4)
     for name in online_parts:
         assert torch.allclose(online_parts[name], cached_parts[name], rtol=5e-3, atol=1e-4), name
