@@ -304,6 +304,9 @@ class ServeConfig(Section):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_models_per_replica: int = Field(8, ge=1)
+    # models each ingress replica answers itself, the most recently requested: no hop to the pool
+    # for them (serving/app.py, ResidentModels); 0 sends every request to the pool
+    ingress_models: int = Field(4, ge=0)
     max_body_bytes: int = Field(16 * 2**20, gt=0)
     request_timeout_s: float = Field(30.0, gt=0)  # a request (a slow or stalled body included) ends by then
     reload_interval_s: float = Field(5.0, gt=0)  # how often replicas look for new LATEST versions

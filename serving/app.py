@@ -3,6 +3,8 @@ replicas.
 
 - Many models, little memory: every registered model is served by the same pool; a replica
   loads a model on first use and evicts the least recently used one (`@serve.multiplexed`).
+- No hop for the models in use: each ingress replica answers the few models requested most
+  recently itself (`serve.ingress_models`); the pool answers the rest.
 - Request batching per model: the ingress gathers single-history requests (`@serve.batch`) and
   sends the pool one call per model in the batch, so a burst of requests costs one pool call and
   one forward pass, not one of each per request.
@@ -17,6 +19,8 @@ replicas.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -32,6 +36,7 @@ from timedistill.store.storage import Storage
 
 APP_NAME = "timedistill"
 LOOPBACK = "127.0.0.1"
+logger = logging.getLogger("ray.serve")
 
 
 def keep_replica_grpc_on_loopback() -> None:
@@ -79,17 +84,58 @@ def model_pool(settings: ServeConfig) -> Any:
     return ModelPool
 
 
+class ResidentModels:
+    """The models an ingress replica answers itself: the `capacity` most recently requested ones.
+
+    A request for one of them costs no hop to the pool (a Ray call there and back, and each side's
+    serialization: more than the student's own forward pass, BENCHMARKS.md "Serving defaults").
+    A request for another model goes to the pool as before and starts loading that model here in
+    the background, so the next one stays here; the least recently requested is dropped beyond
+    `capacity`. Capacity 0 sends everything to the pool."""
+
+    def __init__(self, storage: Storage, capacity: int) -> None:
+        self.storage, self.capacity = storage, capacity
+        self.models: OrderedDict[str, ForecastModel] = OrderedDict()
+        self.loading: set[str] = set()
+
+    def get(self, model_id: str) -> ForecastModel | None:
+        """The model when it is here; otherwise None, and it starts loading (inside an event loop)."""
+        model = self.models.get(model_id)
+        if model is not None:
+            self.models.move_to_end(model_id)
+        elif self.capacity and model_id not in self.loading:
+            self.loading.add(model_id)
+            asyncio.get_running_loop().create_task(self.load(model_id))
+        return model
+
+    async def load(self, model_id: str) -> None:
+        name, version = model_id.split("@", 1)  # built by the ingress from a validated entry
+        try:
+            model = await asyncio.to_thread(ForecastModel.from_registry, self.storage, name, version)
+        except Exception as exc:  # the pool answers this model's requests, and reports its error
+            logger.warning("model %s stays with the pool: it did not load in the ingress (%s)", model_id, exc)
+            return
+        finally:
+            self.loading.discard(model_id)
+        self.models[model_id] = model
+        while len(self.models) > self.capacity:
+            self.models.popitem(last=False)
+
+
 @serve.deployment(name="ForecastAPI")
 @serve.ingress()
 class ForecastAPI:
-    """The HTTP ingress: validates requests against the registry, then calls the pool."""
+    """The HTTP ingress: validates requests against the registry, then answers them with the
+    models it holds (ResidentModels) or calls the pool."""
 
     def __init__(self, pool: DeploymentHandle, root: str, endpoint_override: str | None,
                  settings: dict[str, Any]) -> None:
         keep_replica_grpc_on_loopback()
         self.pool = pool
         self.settings = ServeConfig(**settings)
-        self.registry = RegistryView(Storage(root, endpoint_override), ttl=self.settings.reload_interval_s)
+        storage = Storage(root, endpoint_override)
+        self.registry = RegistryView(storage, ttl=self.settings.reload_interval_s)
+        self.resident = ResidentModels(storage, self.settings.ingress_models)
         self.gathered.set_max_batch_size(self.settings.max_batch_size)
         self.waiting = 0  # single histories of this replica not yet answered
 
@@ -97,8 +143,8 @@ class ForecastAPI:
         return create_api(self.settings, self.registry, self)
 
     async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> Forecasts:
-        if batched:  # a client's own batch goes to the pool as it is
-            return await self.pool.options(multiplexed_model_id=model_id).forecast.remote(histories)
+        if batched:  # a client's own batch is answered as it is
+            return await self.answer(model_id, histories)
         # a batch waits up to serve.batch_wait_timeout_s for company only when there is some: a
         # lone request goes at once (Ray Serve reads the wait when a batch's first request arrives)
         self.waiting += 1
@@ -122,10 +168,16 @@ class ForecastAPI:
             group = by_model.setdefault(model_id, [])
             slots.append((model_id, len(group)))
             group.append(history)
-        calls = [self.pool.options(multiplexed_model_id=m).forecast.remote(np.stack(h))  # [n, L, C]
-                 for m, h in by_model.items()]
+        calls = [self.answer(m, np.stack(h)) for m, h in by_model.items()]  # [n, L, C] each
         outcomes = dict(zip(by_model, await asyncio.gather(*calls, return_exceptions=True), strict=True))
         return [o if isinstance(o := outcomes[m], BaseException) else o.row(row) for m, row in slots]
+
+    async def answer(self, model_id: str, histories: np.ndarray) -> Forecasts:
+        """[N, L, C] -> Forecasts, here when the model is resident, else from the pool."""
+        model = self.resident.get(model_id)
+        if model is not None:
+            return Forecasts.of(model, histories)
+        return await self.pool.options(multiplexed_model_id=model_id).forecast.remote(histories)
 
 
 def http_options(settings: ServeConfig) -> dict[str, Any]:

@@ -389,7 +389,8 @@ def test_overload_is_a_503_with_retry_after_and_a_full_replica_evicts_its_least_
         storage.write_bytes(f"registry/{name}/LATEST", b"v1\n")
     tight = [f"serve.{key}={value}" for key, value in {
         "min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1, "max_models_per_replica": 1,
-        "max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1, "auth_token": TOKEN}.items()]
+        "max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1, "auth_token": TOKEN,
+        "ingress_models": 0}.items()]  # every request to the pool: its eviction is what is tested
     config = load_config("smoke", [*smoke_overrides(session_root, smoke_csv), *tight])
     serve.run(build_app(config), name="tight", route_prefix="/tight")
     try:
@@ -410,3 +411,30 @@ def test_overload_is_a_503_with_retry_after_and_a_full_replica_evicts_its_least_
         assert refused.headers["retry-after"] == "1", refused.headers
     finally:
         serve.delete("tight")
+
+
+def test_the_ingress_keeps_the_models_in_use_and_loads_others_beside_the_pool(served, history):
+    """ResidentModels: a first request finds nothing (the pool answers it) and starts the load;
+    then the model answers here, the least recently used one leaves beyond capacity, a model that
+    does not load stays with the pool, and capacity 0 keeps nothing."""
+    import asyncio
+
+    from timedistill.serving.app import ResidentModels
+
+    storage = served["run"].pipe.storage
+    ids = [f"smoke-24@{latest(storage, 'smoke-24')}", f"{QUANTILE_MODEL}@v1"]
+
+    async def scenario(capacity: int, requests: list[str]) -> tuple[list[bool], list[str]]:
+        resident, found = ResidentModels(storage, capacity), []
+        for model_id in requests:
+            found.append(resident.get(model_id) is not None)
+            await asyncio.sleep(0)
+            while resident.loading:
+                await asyncio.sleep(0.01)
+        return found, list(resident.models)
+
+    assert asyncio.run(scenario(1, [ids[0], ids[0], ids[1], ids[1], ids[0]])) == (
+        [False, True, False, True, False], [ids[0]])
+    assert asyncio.run(scenario(2, [ids[0], ids[1], ids[0], ids[1]])) == ([False, False, True, True], ids)
+    assert asyncio.run(scenario(0, [ids[0], ids[0]])) == ([False, False], [])
+    assert asyncio.run(scenario(2, ["no-such-model@v1", "no-such-model@v1"])) == ([False, False], [])
