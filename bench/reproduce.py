@@ -66,6 +66,8 @@ VARIANTS = {  # by default on ETTh1 h96 with the iTransformer teacher (--on)
     "lr-0.001": ["distill.lr=0.001"],
     # beyond the paper: the teacher with the lower validation MSE of the two, per horizon
     "teacher-auto": ["teacher.name=auto", "teacher.candidates=[itransformer, moderntcn]"],
+    # beyond the paper: one student from both teachers, weighted by their validation errors
+    "teacher-names": ["teacher.names=[itransformer, moderntcn]"],
     # beyond the paper: 10% / 50% / 90% quantiles; its student MSE is the median's
     "quantiles": ["student.quantiles=[0.1, 0.5, 0.9]"],
 }

@@ -225,6 +225,7 @@ ABLATION_ORDER = [
     "online-teacher",
     "lr-0.001",
     "teacher-auto",
+    "teacher-names",
     "quantiles",
 ]
 DATASET_NAMES = {"etth1": "ETTh1", "ettm1": "ETTm1", "weather": "Weather", "exchange": "Exchange",
