@@ -179,8 +179,9 @@ def teacher(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
         summary = run_pipeline(config, list(set_ or []), ray_address, debug, stop_after="teacher")
         if as_json:
             choices = [choice.to_json() for choice in summary.teacher_choices]  # teacher.name auto
+            sets = [ensemble.to_json() for ensemble in summary.teacher_sets]  # teacher.names
             emit_json({"results": [teacher_record(summary, t) for t in summary.teachers]}
-                      | ({"teacher_choices": choices} if choices else {}))
+                      | ({"teacher_choices": choices} if choices else {}) | ({"teacher_sets": sets} if sets else {}))
             return
         table = Table("dataset", "horizon", "teacher", "params", "epochs", "val MSE", "test MSE", "test MAE")
         for t in summary.teachers:
