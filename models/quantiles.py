@@ -15,10 +15,11 @@ ends of that interval out (or in) by the same amount; it is a buffer, saved with
 Levels are sorted, symmetric around 0.5 and include it (0.1, 0.5, 0.9): level k and level
 Q - 1 - k bound the central interval of nominal coverage ``levels[Q-1-k] - levels[k]``.
 
-The gaps are in the standardized space of the whole series, not rescaled by a window's own
-spread: the head sees the student's feature, which (after the student's instance norm) does not
-carry the window's scale. The conformal correction fixes the average coverage per step and
-variable, not the coverage of unusually calm or wild windows.
+The gaps are in the standardized space of the whole series and are not rescaled by a window's
+own spread. The head sees only what the student's feature carries of that spread: all of it
+under the MLP's default norm (the window mean is subtracted, the amplitude kept), none of it
+under RevIN, which divides it out. Either way the conformal correction fixes the average
+coverage per step and variable, not the coverage of unusually calm or wild windows.
 """
 
 from __future__ import annotations
