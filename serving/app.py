@@ -97,13 +97,14 @@ class ResidentModels:
         self.storage, self.capacity = storage, capacity
         self.models: OrderedDict[str, ForecastModel] = OrderedDict()
         self.loading: set[str] = set()
+        self.failed: set[str] = set()  # versions are immutable: one that did not load is not tried again
 
     def get(self, model_id: str) -> ForecastModel | None:
         """The model when it is here; otherwise None, and it starts loading (inside an event loop)."""
         model = self.models.get(model_id)
         if model is not None:
             self.models.move_to_end(model_id)
-        elif self.capacity and model_id not in self.loading:
+        elif self.capacity and model_id not in self.loading and model_id not in self.failed:
             self.loading.add(model_id)
             asyncio.get_running_loop().create_task(self.load(model_id))
         return model
@@ -114,6 +115,7 @@ class ResidentModels:
             model = await asyncio.to_thread(ForecastModel.from_registry, self.storage, name, version)
         except Exception as exc:  # the pool answers this model's requests, and reports its error
             logger.warning("model %s stays with the pool: it did not load in the ingress (%s)", model_id, exc)
+            self.failed.add(model_id)
             return
         finally:
             self.loading.discard(model_id)

@@ -438,3 +438,14 @@ def test_the_ingress_keeps_the_models_in_use_and_loads_others_beside_the_pool(se
     assert asyncio.run(scenario(2, [ids[0], ids[1], ids[0], ids[1]])) == ([False, False, True, True], ids)
     assert asyncio.run(scenario(0, [ids[0], ids[0]])) == ([False, False], [])
     assert asyncio.run(scenario(2, ["no-such-model@v1", "no-such-model@v1"])) == ([False, False], [])
+
+    async def tried_once() -> set[str]:
+        resident = ResidentModels(storage, 2)
+        resident.get("no-such-model@v1")
+        while resident.loading:
+            await asyncio.sleep(0.01)
+        resident.get("no-such-model@v1")
+        assert not resident.loading  # not loaded again
+        return resident.failed
+
+    assert asyncio.run(tried_once()) == {"no-such-model@v1"}
