@@ -312,6 +312,7 @@ def interval_table(rows: list[dict[str, Any]]) -> str:
                 f"{interval['lower']:g}-{interval['upper']:g}",
                 f"{goal:.0%}", f"{coverage.cell(1)}", f"{coverage.mean - 100 * goal:+.1f}",
                 Spread(tuple(100 * s["test_coverage_raw"] for s in scores)).cell(1),
+                Spread(tuple(100 * s["val_coverage_raw"] for s in scores)).cell(1),
                 Spread(tuple(s["test_width"] for s in scores)).cell(3), median_mse.cell(),
                 spread(point, "student_mse").cell() if point else "",
                 median_mse.versus(spread(point, "student_mse")) if point else "",
@@ -321,9 +322,11 @@ def interval_table(rows: list[dict[str, Any]]) -> str:
     return (
         "Coverage: the share of test values (every element of every window) inside the calibrated interval, "
         "in %; \"vs goal\" in percentage points. Uncorrected: the raw quantiles before the conformal "
-        "correction. Width: mean, standardized units. \"vs point\": + means the quantile student's median "
+        "correction, on the test split and on the validation split (where the correction is set). Width: mean, "
+        "standardized units. \"vs point\": + means the quantile student's median "
         "has the lower MSE. " + SPREAD_NOTE + "\n\n" + markdown_table(
-            ["data", "h", "teacher", "interval", "goal", "test coverage %", "vs goal", "uncorrected %", "width",
+            ["data", "h", "teacher", "interval", "goal", "test coverage %", "vs goal", "uncorrected %",
+             "uncorrected, validation %", "width",
              "median MSE", "point student MSE", "vs point"], table)
     )
 

@@ -97,7 +97,7 @@ def test_quantile_rows_make_the_interval_table_beside_their_point_student():
     weather = [row | {"dataset": "weather"} for row in point]  # another setting: its own ablation table
     markdown = tables.interval_table(point + quantile + weather)
     (line,) = [line for line in markdown.splitlines() if line.startswith("| ETTh1 |")]
-    assert "| 0.1-0.9 | 80% | 79.0 ± 1.0 (n=3) | -1.0 |" in line
+    assert "| 0.1-0.9 | 80% | 79.0 ± 1.0 (n=3) | -1.0 | 70.0 ± 0.0 (n=3) | 70.0 ± 0.0 (n=3) |" in line
     assert "| 0.3730 ± 0.0020 (n=3) | 0.3720 ± 0.0020 (n=3) | ~-0.3% |" in line
     ablations = tables.ablation_tables(point + quantile + weather)
     assert "### ETTh1, horizon 96, itransformer teacher" in ablations and "### Weather, horizon 96" in ablations
