@@ -207,16 +207,16 @@ class StudentsJob(TrainingJob):
             x, y = worker.batcher(train_starts[window_ids[positions]])
             batch = {"x": x.to(device), "y": y.to(device)}
             for k, dim in enumerate(self.teacher_feature_dims):
-                if not teacher_models:
-                    prediction = torch.from_numpy(cached[k].prediction[positions])
-                    feature = torch.from_numpy(cached[k].feature[positions])
-                else:
+                if not teacher_models:  # float16 rows -> new float32 tensors on the device
+                    prediction = torch.from_numpy(cached[k].prediction[positions]).to(device).float()
+                    feature = torch.from_numpy(cached[k].feature[positions]).to(device).float()
+                else:  # inference-mode tensors cannot enter autograd: cloned out of it
                     with torch.inference_mode():
                         prediction, feature = teacher_models[k](batch["x"])
                     forward_batches += 1
-                    feature = reduce_feature_width(feature, dim)
-                batch[f"teacher_prediction_{k}"] = prediction.to(device).float().clone()
-                batch[f"teacher_feature_{k}"] = feature.to(device).float().clone()
+                    prediction = prediction.float().clone()
+                    feature = reduce_feature_width(feature, dim).float().clone()
+                batch[f"teacher_prediction_{k}"], batch[f"teacher_feature_{k}"] = prediction, feature
             return batch
 
         # 2. the trainees: the distilled student, and the baseline from the same initial weights
