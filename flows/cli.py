@@ -545,8 +545,21 @@ def serve_command(config: Annotated[str | None, typer.Argument(help="config (def
             finally:
                 err.print("shutting down Ray Serve")
                 serve.shutdown()
+        exit_now()
 
     run_command(debug, body)
+
+
+def exit_now(status: int = 0) -> None:
+    """Exit without the interpreter's teardown, once Serve has drained and Ray has stopped:
+    the destructors of Ray's core worker and its gRPC threads took about 3 s of each stop,
+    longer than the drain itself (BENCHMARKS.md, "Serving defaults")."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def use_ray_environment(cfg: Config, address: str | None) -> None:
