@@ -319,8 +319,11 @@ def main() -> None:
     logs.mkdir()
 
     bare_port = free_port()
+    # the bare server logs each request when Ray Serve does (uvicorn's default), so that neither
+    # side pays for a log line the other skips
     bare = start([sys.executable, "-m", "uvicorn", "bench.serve_bare:app", "--host", "127.0.0.1",
-                  "--port", str(bare_port), "--log-level", "warning"], logs / "bare.log")
+                  "--port", str(bare_port), "--log-level", "info" if settings.access_log else "warning"],
+                 logs / "bare.log")
     bare_url = f"http://127.0.0.1:{bare_port}"
     results: list[dict] = []
     stops: dict[str, float] = {}
@@ -395,7 +398,9 @@ def report(results: list[dict], args: argparse.Namespace, settings: ServeConfig,
         "default Python HTTP proxy; `haproxy` is Ray Serve's high-throughput mode "
         "(`RAY_SERVE_ENABLE_HA_PROXY=1`, `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`: HAProxy in front of the ingress "
         "replicas, gRPC between replicas). Bare: one uvicorn process, the model in the handler, measured right "
-        "after Ray Serve in every row. 'generator CPU' is the load generator's own CPU use (100% = one core) "
+        f"after Ray Serve in every row; it writes an access log line per request only when Ray Serve does "
+        f"(`serve.access_log`, {'on' if settings.access_log else 'off'} here). 'generator CPU' is the load "
+        "generator's own CPU use (100% = one core) "
         "against Ray Serve / against bare; request bodies are encoded once, before the clock starts.",
     ]
     for ingress, name in INGRESSES.items():
