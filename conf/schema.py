@@ -91,11 +91,7 @@ class DataConfig(Section):
     @field_validator("val_size", "test_size", "train_size")
     @classmethod
     def _size(cls, value: int | str | None) -> int | str | None:
-        if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
-            raise ValueError(f"must be a positive number of steps or a duration such as '14d', got {value!r}")
-        if isinstance(value, str) and not DURATION.match(value.strip()):
-            raise ValueError(f"must be a number of steps or a duration such as 14d, 36h, 90min, got {value!r}")
-        return value.strip() if isinstance(value, str) else value
+        return steps_or_duration(value)
 
     @model_validator(mode="after")
     def _columns(self) -> DataConfig:
@@ -201,8 +197,16 @@ class StudentConfig(Section):
     # ground truth; the distillation terms act on the median), each central interval calibrated
     # on the validation split; [] forecasts the point alone
     quantiles: list[float] = []
+    # the intervals' calibration weighs each validation window by its age: the weight halves
+    # every this many steps, or this long (a duration: 7d); null weighs every window alike
+    calibration_half_life: int | str | None = "7d"
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"quantiles"})
+    late_fields: ClassVar[frozenset[str]] = frozenset({"quantiles", "calibration_half_life"})
+
+    @field_validator("calibration_half_life")
+    @classmethod
+    def _half_life(cls, value: int | str | None) -> int | str | None:
+        return steps_or_duration(value)
 
     @field_validator("quantiles")
     @classmethod
@@ -346,6 +350,15 @@ class Config(Section):
         if salt is not None:
             payload["salt"] = salt
         return stable_hash(payload)[:12]
+
+
+def steps_or_duration(value: int | str | None) -> int | str | None:
+    """A span of a series as a config writes it: a positive count of steps, or a duration."""
+    if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
+        raise ValueError(f"must be a positive number of steps or a duration such as '14d', got {value!r}")
+    if isinstance(value, str) and not DURATION.match(value.strip()):
+        raise ValueError(f"must be a number of steps or a duration such as 14d, 36h, 90min, got {value!r}")
+    return value.strip() if isinstance(value, str) else value
 
 
 def duration(text: str) -> timedelta:

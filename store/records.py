@@ -358,6 +358,7 @@ class Intervals(Record):
     levels: list[float]
     method: str  # how the correction was set
     calibration_windows: int
+    half_life_windows: float | None = None  # a window's weight halves every so many windows of age
     intervals: list[IntervalScore]  # the widest first
 
     def describe(self) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from timedistill.conf import Config, DistillConfig
+from timedistill.conf.schema import duration
 from timedistill.models import (
     MultiTeacherLoss,
     QuantileStudent,
@@ -134,7 +135,8 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teachers:
                               split_datasets=len(teachers) == 1)
     report, intervals = result.report, None
     if spec.quantiles:  # the conformal correction joins the weights that are stored
-        intervals = calibrated(spec, result.weights["student"], ray.get(series), dataset)
+        intervals = calibrated(spec, result.weights["student"], ray.get(series), dataset,
+                               half_life_windows(config.student.calibration_half_life, dataset))
     directory = students_dir(run_dir, horizon)
     students = StudentsRun(
         dataset=dataset.name, data_fingerprint=dataset.fingerprint, lookback=spec.lookback, horizon=horizon,
@@ -155,16 +157,24 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teachers:
     return students
 
 
-def calibrated(spec: ModelSpec, weights: dict[str, torch.Tensor], series: np.ndarray, dataset: Dataset) -> Intervals:
+def calibrated(spec: ModelSpec, weights: dict[str, torch.Tensor], series: np.ndarray, dataset: Dataset,
+               half_life: float | None) -> Intervals:
     """Calibrate a quantile student's intervals on the validation split (tasks/intervals.py), in
     place in `weights`, and score them on the test split."""
     model = spec.build()
     model.load_state_dict(weights)
     batcher = WindowBatcher(series, spec.lookback, spec.horizon)
     starts = {split: window_starts(dataset.splits[split], spec.lookback, spec.horizon) for split in ("val", "test")}
-    intervals = calibrate(model, batcher, starts["val"], starts["test"])
+    intervals = calibrate(model, batcher, starts["val"], starts["test"], half_life)
     weights["widen"] = model.widen.detach().clone()
     return intervals
+
+
+def half_life_windows(half_life: int | str | None, dataset: Dataset) -> float | None:
+    """student.calibration_half_life in windows, which start one step apart."""
+    if half_life is None or isinstance(half_life, int):
+        return half_life
+    return duration(half_life) / duration(dataset.step)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -137,3 +137,13 @@ def test_quantile_levels_make_central_intervals(levels, message):
     with pytest.raises(ConfigError, match=rf"student\.quantiles: levels must .*{message}") as raised:
         load_config(None, [f"student.quantiles={levels}"])
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("half_life", ["0", "-3", "7x", "seven days"])
+def test_a_calibration_half_life_is_steps_or_a_duration(half_life):
+    with pytest.raises(ConfigError, match=r"student\.calibration_half_life: must be a .*number of steps") as raised:
+        load_config(None, [f"student.calibration_half_life={half_life}"])
+    assert "\n" not in str(raised.value)
+    assert load_config(None, ["student.calibration_half_life=36h"]).student.calibration_half_life == "36h"
+    assert load_config(None, []).student.key_payload() == load_config(None, ["student.calibration_half_life=7d"]) \
+        .student.key_payload()  # the default keeps the keys that runs before it had

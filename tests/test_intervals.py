@@ -73,10 +73,25 @@ def test_a_seed_gives_the_point_model_the_same_weights_with_or_without_quantiles
     assert isinstance(build_model("mlp", lookback=48, horizon=12, n_vars=3), MLP)
 
 
+def test_weighted_quantile_with_equal_weights_is_split_conformals_rank():
+    from timedistill.tasks.intervals import recency_weights, weighted_quantile
+
+    score = torch.randn(57, 4, 3)
+    for share in (0.5, 0.8, 0.9):
+        rank = int(np.ceil(58 * share))  # the ceil((n + 1)(1 - a))-th smallest
+        expected = score.kthvalue(rank, dim=0).values
+        assert torch.equal(weighted_quantile(score, recency_weights(57, float("inf")), share), expected)
+    newest_only = weighted_quantile(score, recency_weights(57, 1e-3), 0.5)  # old windows weigh nothing
+    assert torch.equal(newest_only, score[-1])
+
+
 def test_the_calibrated_intervals_cover_the_validation_split_and_are_reported(quantile_run):
-    """Split conformal sets each interval so that, per step and variable, at least its share of
-    the validation values falls inside: so at least that share overall, a property of the stored
-    weights that a wrong correction (sign, rank, interval order) breaks."""
+    """Weighted split conformal sets each interval so that, per step and variable, at least its
+    share of the validation values falls inside, each value counted with its window's recency
+    weight: so at least that share overall, a property of the stored weights that a wrong
+    correction (sign, rank, weights' direction, interval order) breaks."""
+    from timedistill.tasks.intervals import recency_weights
+
     from timedistill.store.records import RegistryEntry
     from timedistill.store.registry import read_version
     from timedistill.store.storage import Storage
@@ -95,7 +110,10 @@ def test_the_calibrated_intervals_cover_the_validation_split_and_are_reported(qu
     series = dataset.standardized(storage)
     x, y = WindowBatcher(series, 96, 24)(window_starts(dataset.splits["val"], 96, 24))
     _, quantiles = model.quantiles(x)
-    assert float(((quantiles[:, 0] <= y) & (y <= quantiles[:, 2])).double().mean()) >= 0.8
+    assert run.intervals.half_life_windows == 7 * 24  # the default, 7d, of an hourly series
+    weight = recency_weights(len(y), run.intervals.half_life_windows)[:, None, None]
+    inside = ((quantiles[:, 0] <= y) & (y <= quantiles[:, 2])).double()
+    assert float((inside * weight).sum() / (weight.sum() * inside[0].numel())) >= 0.8
     # the test scores recorded are those of the stored weights
     x, y = WindowBatcher(series, 96, 24)(window_starts(dataset.splits["test"], 96, 24))
     _, quantiles = model.quantiles(x)
