@@ -70,6 +70,8 @@ VARIANTS = {  # by default on ETTh1 h96 with the iTransformer teacher (--on)
     "teacher-names": ["teacher.names=[itransformer, moderntcn]"],
     # beyond the paper: 10% / 50% / 90% quantiles; its student MSE is the median's
     "quantiles": ["student.quantiles=[0.1, 0.5, 0.9]"],
+    # the same, calibrated with every validation window weighing alike (plain split conformal)
+    "quantiles-unweighted": ["student.quantiles=[0.1, 0.5, 0.9]", "student.calibration_half_life=null"],
 }
 KEY = ("dataset", "horizon", "teacher", "student", "variant", "seed")
 FIRST_SEED = 2021  # DistillConfig.seed's default: a one-seed campaign is the default config

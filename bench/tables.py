@@ -227,6 +227,7 @@ ABLATION_ORDER = [
     "teacher-auto",
     "teacher-names",
     "quantiles",
+    "quantiles-unweighted",
 ]
 DATASET_NAMES = {"etth1": "ETTh1", "ettm1": "ETTm1", "weather": "Weather", "exchange": "Exchange",
                  "illness": "ILI"}
@@ -299,36 +300,50 @@ def interval_table(rows: list[dict[str, Any]]) -> str:
     table = []
     for (dataset, teacher, horizon), group in settings(rows).items():
         point = [r for r in group if r["variant"] == "full"]
-        quantile = [r for r in group if r.get("intervals")]
-        if not quantile:
-            continue
-        median_mse = spread(quantile, "student_mse")
-        for k, interval in enumerate(quantile[0]["intervals"]["intervals"]):
-            scores = [r["intervals"]["intervals"][k] for r in quantile]
-            goal = interval["upper"] - interval["lower"]
-            coverage = Spread(tuple(100 * s["test_coverage"] for s in scores))
-            table.append([
-                DATASET_NAMES.get(dataset, dataset), str(horizon), teacher,
-                f"{interval['lower']:g}-{interval['upper']:g}",
-                f"{goal:.0%}", f"{coverage.cell(1)}", f"{coverage.mean - 100 * goal:+.1f}",
-                Spread(tuple(100 * s["test_coverage_raw"] for s in scores)).cell(1),
-                Spread(tuple(100 * s["val_coverage_raw"] for s in scores)).cell(1),
-                Spread(tuple(s["test_width"] for s in scores)).cell(3), median_mse.cell(),
-                spread(point, "student_mse").cell() if point else "",
-                median_mse.versus(spread(point, "student_mse")) if point else "",
-            ])
+        by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in group:
+            if row.get("intervals"):
+                by_variant[row["variant"]].append(row)
+        for variant in sorted(by_variant, key=ABLATION_ORDER.index):
+            table.extend(interval_rows(by_variant[variant], point, dataset, teacher, horizon))
     if not table:
         return "(no quantile rows yet)"
     return (
-        "Coverage: the share of test values (every element of every window) inside the calibrated interval, "
-        "in %; \"vs goal\" in percentage points. Uncorrected: the raw quantiles before the conformal "
+        "Calibration: how the validation windows weigh in the conformal correction (`quantiles`: the default, "
+        "a window's weight halving every 7 days of age; `quantiles-unweighted`: all alike, plain split "
+        "conformal). Coverage: the share of test values (every element of every window) inside the calibrated "
+        "interval, in %; \"vs goal\" in percentage points. Uncorrected: the raw quantiles before the conformal "
         "correction, on the test split and on the validation split (where the correction is set). Width: mean, "
         "standardized units. \"vs point\": + means the quantile student's median "
         "has the lower MSE. " + SPREAD_NOTE + "\n\n" + markdown_table(
-            ["data", "h", "teacher", "interval", "goal", "test coverage %", "vs goal", "uncorrected %",
-             "uncorrected, validation %", "width",
-             "median MSE", "point student MSE", "vs point"], table)
+            ["data", "h", "teacher", "calibration", "interval", "goal", "test coverage %", "vs goal",
+             "uncorrected %", "uncorrected, validation %", "width", "median MSE", "point student MSE",
+             "vs point"], table)
     )
+
+
+def interval_rows(quantile: list[dict[str, Any]], point: list[dict[str, Any]], dataset: str, teacher: str,
+                  horizon: int) -> list[list[str]]:
+    """One line per interval of one variant's quantile rows (its seeds)."""
+    lines = []
+    half_life = quantile[0]["intervals"].get("half_life_windows")
+    calibration = "all alike" if half_life is None else f"half-life {half_life:g} windows"
+    median_mse = spread(quantile, "student_mse")
+    for k, interval in enumerate(quantile[0]["intervals"]["intervals"]):
+        scores = [r["intervals"]["intervals"][k] for r in quantile]
+        goal = interval["upper"] - interval["lower"]
+        coverage = Spread(tuple(100 * s["test_coverage"] for s in scores))
+        lines.append([
+            DATASET_NAMES.get(dataset, dataset), str(horizon), teacher, calibration,
+            f"{interval['lower']:g}-{interval['upper']:g}",
+            f"{goal:.0%}", f"{coverage.cell(1)}", f"{coverage.mean - 100 * goal:+.1f}",
+            Spread(tuple(100 * s["test_coverage_raw"] for s in scores)).cell(1),
+            Spread(tuple(100 * s["val_coverage_raw"] for s in scores)).cell(1),
+            Spread(tuple(s["test_width"] for s in scores)).cell(3), median_mse.cell(),
+            spread(point, "student_mse").cell() if point else "",
+            median_mse.versus(spread(point, "student_mse")) if point else "",
+        ])
+    return lines
 
 
 def write_tables() -> None:
@@ -352,8 +367,9 @@ def write_tables() -> None:
     write_section(
         "intervals",
         "## Intervals (student.quantiles)\n\n"
-        "From the `quantiles` rows of `bench/results/ablations.json` (`python -m bench.reproduce --ablations "
-        "full quantiles --on DATASET:TEACHER:HORIZON`).\n\n" + interval_table(ablations),
+        "From the `quantiles` and `quantiles-unweighted` rows of `bench/results/ablations.json` "
+        "(`python -m bench.reproduce --ablations full quantiles quantiles-unweighted "
+        "--on DATASET:TEACHER:HORIZON`).\n\n" + interval_table(ablations),
     )
 
 
