@@ -318,6 +318,7 @@ def main() -> None:
     logs = ROOT / "logs"
     logs.mkdir()
 
+    alone = {model: in_process(model, history) for model in (MODEL, TEACHER)}  # before any server starts
     bare_port = free_port()
     # the bare server logs each request when Ray Serve does (uvicorn's default), so that neither
     # side pays for a log line the other skips
@@ -327,7 +328,6 @@ def main() -> None:
     bare_url = f"http://127.0.0.1:{bare_port}"
     results: list[dict] = []
     stops: dict[str, float] = {}
-    alone = {model: in_process(model, history) for model in (MODEL, TEACHER)}
     try:
         wait_healthy(bare_url, bare)
         for ingress in args.ingress:
