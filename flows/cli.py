@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -27,6 +28,8 @@ from timedistill.store.storage import Storage
 from timedistill.tasks.errors import DataError, StepError, interrupt_on_sigterm
 
 if TYPE_CHECKING:  # torch and Ray load only when a command runs: `--help` stays fast
+    from prefect.server.api.server import SubprocessASGIServer
+
     from timedistill.store.records import Dataset, ResultRow, RunSummary, Teacher
 
 app = typer.Typer(
@@ -89,7 +92,12 @@ def run_command(debug: bool, body: Callable[[], Any]) -> Any:
 
 
 def stop_prefect_server() -> None:
-    """Stop the temporary Prefect server this process started, if any (it would outlive us)."""
+    """Stop the temporary Prefect server this process started, if any (it would outlive us).
+
+    Only its process ends: the instance stays registered as running, so a Prefect thread that
+    still calls the API after the interrupt (the runner of `schedule`) fails on the stopped
+    address instead of starting a new server that nothing would stop. At exit Prefect's own
+    handler reaps the process."""
     if "prefect.server.api.server" not in sys.modules:
         return
     from prefect.events.worker import EventsWorker
@@ -101,8 +109,14 @@ def stop_prefect_server() -> None:
         # would be retried against nothing for a minute before the process could exit
         for worker in (APILogWorker, EventsWorker):
             worker.drain_all(timeout=5)
-        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
-            server.stop()
+    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+        if (process := getattr(server, "server_process", None)) is None:
+            continue
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def emit_json(payload: dict[str, Any]) -> None:
@@ -251,23 +265,31 @@ def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, de
     run_command(debug, body)
 
 
+def temporary_prefect_server() -> SubprocessASGIServer | None:
+    """The temporary Prefect server every client of this process will use, or None where
+    PREFECT_API_URL names a server (or the temporary one is not allowed)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    return SubprocessASGIServer()
+
+
 @contextmanager
 def prefect_server_warming() -> Iterator[None]:
     """Without PREFECT_API_URL the first flow run starts Prefect's temporary server and waits
     for it (seconds of CPU on a small machine). Start it in a thread while the body imports
     torch, Ray and the flow, and wait for it on the way out. A failed start here is left to the
     flow run, which starts the server itself and reports the error."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+    if (server := temporary_prefect_server()) is None:
         yield
         return
 
     def start() -> None:
-        from prefect.server.api.server import SubprocessASGIServer
-
         with suppress(Exception):  # the flow run starts it again and reports why
-            SubprocessASGIServer().start()  # the instance the flow run's client will use
+            server.start()
 
     starter = threading.Thread(target=start, name="prefect-server-start", daemon=True)
     starter.start()
@@ -275,6 +297,14 @@ def prefect_server_warming() -> Iterator[None]:
         yield
     finally:
         starter.join()
+
+
+def start_prefect_server() -> None:
+    """Start Prefect's temporary server (where one is used) here, in the main thread. Left to
+    `prefect.serve`, its runner thread starts it, and an interrupt that comes first finds
+    nothing to stop while the thread goes on to start a server that outlives us."""
+    if (server := temporary_prefect_server()) is not None:
+        server.start()
 
 
 @app.command()
@@ -300,11 +330,17 @@ def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron sch
 
             runnable = deployment(config, cron, overrides=list(set_ or []), name=name, ray_address=ray_address)
         what = "drift monitor" if monitor else "retrain flow"
+        start_prefect_server()
         err.print(f"serving the {what} of {cfg.data.name} on '{cron}' as deployment '{runnable.name}'; "
                   "Ctrl-C stops it")
         from prefect import serve
 
-        serve(runnable)
+        # Prefect's runner takes Ctrl-C and SIGTERM itself: it pauses the deployment and returns,
+        # or exits at once (SystemExit 0) when the signal comes before it has started. Either way
+        # the stop reads as every command's interrupt.
+        with suppress(SystemExit):
+            serve(runnable)
+        raise KeyboardInterrupt
 
     run_command(debug, body)
 

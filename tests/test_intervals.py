@@ -90,11 +90,10 @@ def test_the_calibrated_intervals_cover_the_validation_split_and_are_reported(qu
     share of the validation values falls inside, each value counted with its window's recency
     weight: so at least that share overall, a property of the stored weights that a wrong
     correction (sign, rank, weights' direction, interval order) breaks."""
-    from timedistill.tasks.intervals import recency_weights
-
     from timedistill.store.records import RegistryEntry
     from timedistill.store.registry import read_version
     from timedistill.store.storage import Storage
+    from timedistill.tasks.intervals import recency_weights
     from timedistill.tasks.steps import Pipeline
     from timedistill.tasks.windows import WindowBatcher, window_starts
 
