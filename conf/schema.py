@@ -243,12 +243,16 @@ class DistillConfig(Section):
     # uniform; learned: trained with the student from equal weights
     teacher_weighting: Literal["val-softmax", "uniform", "learned"] = "val-softmax"
     feature_max_dim: int = Field(1024, gt=0)  # teacher features wider than this are pooled down
+    # cached teacher rows a training worker holds at most (tasks/stream.py): a cache split that
+    # fits is read once and kept, a larger one is streamed row group by row group every epoch
+    memory_budget_mb: float = Field(1024, gt=0)
     # start the student and the baseline from the run behind the model's registered LATEST
     # version (same architecture and window), for warm_epochs, instead of from scratch
     warm_start: bool = False
     warm_epochs: int = Field(3, gt=0)
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"warm_start", "warm_epochs", "teacher_weighting"})
+    late_fields: ClassVar[frozenset[str]] = frozenset({"warm_start", "warm_epochs", "teacher_weighting",
+                                                       "memory_budget_mb"})
 
 
 class RayConfig(Section):

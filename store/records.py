@@ -135,6 +135,8 @@ class TrainingRun(Record):
     variables: list[str] | None = None
     created: str | None = None
     warm_from: str | None = None  # the folder of the weights it started from (a warm start); None: from scratch
+    # of every rank, before the job's setup (Ray, torch, the worker): the run added peak - start
+    start_memory_mb: list[float] | None = None
 
     def same_shape(self, other: TrainingRun) -> bool:
         """Same window and variables: the weights of one can start the other."""

@@ -123,9 +123,10 @@ class Storage:
     def write_json(self, rel: str, payload: Any) -> None:
         self.write_bytes(rel, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
 
-    def write_parquet(self, rel: str, table: pa.Table, compression: str = "zstd") -> int:
+    def write_parquet(self, rel: str, table: pa.Table, compression: str = "zstd",
+                      row_group_size: int | None = None) -> int:
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression=compression)
+        pq.write_table(table, buffer, compression=compression, row_group_size=row_group_size)
         data = buffer.getvalue()
         self.write_bytes(rel, data)
         return len(data)

@@ -1,6 +1,7 @@
 """The teacher cache: the frozen teacher runs once over every window of every split, as a Ray
 Data batch-inference job, and its predictions and features land in Parquet keyed by window_id.
-Distillation then reads them instead of running the teacher on every batch of every epoch.
+Distillation then streams them (tasks/stream.py) instead of running the teacher on every batch
+of every epoch.
 
 Layout: cache/<key>/<split>/part-<first window_id>.parquet, <split>/_SUCCESS (its row count),
 cache.json and _SUCCESS last. The key hashes the teacher's weights, the data fingerprint, the
@@ -10,6 +11,8 @@ Size is bounded twice: values are stored as float16, and teacher features wider 
 `distill.feature_max_dim` (ModernTCN's and PatchTST's flattened patches) are reduced to that
 width by adaptive average pooling along the feature axis (`models.reduce_feature_width`), the
 same deterministic reduction the online path applies, so both paths see the same features.
+Row groups hold about ROW_GROUP_BYTES each: the unit distillation reads and shuffles, small
+enough that a worker's memory budget holds many of them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from timedistill.tasks.windows import SPLITS, WindowBatcher, window_index
 
 CACHE_META = "cache.json"
 INFERENCE_BATCH = 256
+ROW_GROUP_BYTES = 4 * 2**20
 
 
 def stored_feature_dim(teacher: Teacher, config: Config) -> int:
@@ -47,7 +51,7 @@ def cache_key(config: Config, dataset: Dataset, teacher: Teacher) -> str:
         "horizon": teacher.horizon,
         "feature_dim": stored_feature_dim(teacher, config),
         "dtype": "float16",
-        "format": 1,
+        "format": 2,  # 2: row groups of ROW_GROUP_BYTES
     })[:16]
 
 
@@ -140,8 +144,10 @@ class TeacherPredictor:
                 features.append(feature.to("cpu", torch.float16).numpy())
                 batches += 1
             table = cache_table(window_id, np.concatenate(predictions), np.concatenate(features))
+            row_bytes = table.nbytes // max(table.num_rows, 1)
             written = self.storage.write_parquet(
-                f"{self.directory}/{split}/part-{int(window_id[0]):08d}.parquet", table, compression="none")
+                f"{self.directory}/{split}/part-{int(window_id[0]):08d}.parquet", table, compression="none",
+                row_group_size=max(ROW_GROUP_BYTES // max(row_bytes, 1), 1))
             stats.append({"split": split, "rows": len(window_id), "bytes": written, "batches": batches})
         return pa.Table.from_pylist(stats)
 
@@ -167,9 +173,9 @@ class TeacherOutputs(NamedTuple):
 
 
 def unpack(table: pa.Table, horizon: int, n_vars: int, feature_dim: int) -> TeacherOutputs:
-    """Arrow rows of the cache as arrays, sorted by window_id: Ray Data hands a shard's part
-    files over in whatever order their reads finish, and the order of the rows decides every
-    batch a seeded distillation sees."""
+    """Arrow rows of the cache as arrays, sorted by window_id: several files or row groups read
+    together arrive in whatever order they were read, and the caches of several teachers are
+    joined by window_id (tasks/stream.py)."""
     if np.any(np.diff(table.column("window_id").to_numpy()) < 0):
         table = table.sort_by("window_id")
 
@@ -186,18 +192,3 @@ def read_cache_split(storage: Storage, cache: Cache, split: str) -> TeacherOutpu
     """One whole split of the cache (for evaluation and tests)."""
     table = storage.read_parquet(cache.split_dir(split))
     return unpack(table, cache.horizon, cache.n_vars, cache.feature_dim)
-
-
-def cache_dataset(storage: Storage, cache: Cache, split: str = "train") -> ray.data.Dataset:
-    """Ray: the cache of one split as a Ray Dataset (what the distillation workers shard).
-
-    Read through Ray Data's first Parquet datasource: the default one provisions a pool of
-    FooterReader actors per read, each a new process, which on a small machine costs more than
-    the read itself (measured in the notes of commit 77b590c)."""
-    context = ray.data.DataContext.get_current()
-    use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
-    try:
-        return ray.data.read_parquet(storage.path(cache.split_dir(split)), filesystem=storage.fs,
-                                     file_extensions=["parquet"])
-    finally:
-        context.use_datasource_v2 = use_v2

@@ -110,6 +110,27 @@ def shard_epoch(n: int, rank: int, world: int, seed: int) -> np.ndarray:
     return order[rank::world]
 
 
+class EpochBatches(NamedTuple):
+    """One rank's training batches of one epoch, and how many there are (every rank runs the
+    same number: DDP needs that)."""
+
+    steps: int
+    batches: Iterator[dict[str, torch.Tensor]]
+
+
+def sharded_epochs(n: int, rank: int, world: int, seed: int, batch_size: int,
+                   make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]]) -> Callable[[int], EpochBatches]:
+    """Epochs over n windows held in memory: each one a fresh seeded shard (shard_epoch), cut
+    into full batches that `make_batch(positions)` turns into tensors."""
+
+    def epoch_batches(epoch: int) -> EpochBatches:
+        positions = shard_epoch(n, rank, world, seed + epoch)
+        return EpochBatches(steps=max(len(positions) // batch_size, 1),
+                            batches=(make_batch(chunk) for chunk in batches(positions, batch_size, drop_last=True)))
+
+    return epoch_batches
+
+
 def batches(positions: np.ndarray, batch_size: int, drop_last: bool = False) -> Iterator[np.ndarray]:
     """Consecutive batches; training drops a short last batch (the Time-Series-Library's
     convention, and BatchNorm cannot train on a batch of one), evaluation keeps every window."""
@@ -134,9 +155,9 @@ def worker_nodes() -> list[str]:
     return gather(ray.get_runtime_context().get_node_id())
 
 
-def peak_memory_mb() -> list[float]:
-    """Peak resident memory of every rank's process, in MiB."""
-    return gather(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+def own_peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -215,15 +236,12 @@ class Callback:
         """After the epoch's checkpoint was reported, with what was reported."""
 
 
-def train(trainees: list[Trainee], *, epochs: int, batch_size: int,
-          train_windows: Callable[[int], np.ndarray],
-          make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], val_batcher: WindowBatcher,
-          val_starts: np.ndarray, device: torch.device, mixed_precision: bool = False,
+def train(trainees: list[Trainee], *, epochs: int, epoch_batches: Callable[[int], EpochBatches],
+          val_batcher: WindowBatcher, val_starts: np.ndarray, device: torch.device, mixed_precision: bool = False,
           callbacks: Sequence[Callback] = ()) -> tuple[int, int]:
     """Train every trainee until its early stopping fires or `epochs` run out; returns (epochs
     run in all, the epoch this attempt resumed from: 0 unless a checkpoint was restored).
-    `train_windows(epoch)` gives this rank's positions for an epoch; `make_batch(positions)`
-    turns them into tensors on the device."""
+    `epoch_batches(epoch)` gives this rank's training batches of an epoch, on the device."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     start = load_checkpoint(trainees)
@@ -245,12 +263,10 @@ def train(trainees: list[Trainee], *, epochs: int, batch_size: int,
         steps = 0
         for trainee in active:
             trainee.module.train()
-        positions_this_epoch = train_windows(epoch)
-        n_steps = max(len(positions_this_epoch) // batch_size, 1)
-        for step, positions in enumerate(batches(positions_this_epoch, batch_size, drop_last=True)):
+        this_epoch = epoch_batches(epoch)
+        for step, batch in enumerate(this_epoch.batches):
             for callback in callbacks:
-                callback.on_batch(epoch, step, n_steps, rank)
-            batch = make_batch(positions)
+                callback.on_batch(epoch, step, this_epoch.steps, rank)
             for trainee in active:
                 with autocast(device, mixed_precision):
                     loss, parts = trainee.loss_fn(batch)

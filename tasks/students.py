@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-import pyarrow as pa
 import ray
-import ray.train
 import torch
 from torch import nn
 
@@ -33,11 +31,12 @@ from timedistill.store.registry import RegistryError, read_version
 from timedistill.store.storage import SUCCESS, Storage
 from timedistill.store.weights import read_state, state_bytes
 from timedistill.tasks import loops
-from timedistill.tasks.cache import TeacherOutputs, cache_dataset, stored_feature_dim, unpack
+from timedistill.tasks.cache import stored_feature_dim
 from timedistill.tasks.errors import StepError
 from timedistill.tasks.events import Listener
 from timedistill.tasks.intervals import calibrate
 from timedistill.tasks.progress import relay
+from timedistill.tasks.stream import CachedRows, CacheStream
 from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training
 from timedistill.tasks.windows import WindowBatcher, window_starts
 
@@ -118,21 +117,24 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teachers:
     spec = student_spec(config, dataset, horizon)
     epochs = distill.warm_epochs if base else distill.epochs
     init = {role: read_state(storage, base.weights_path(role)) for role in base.models} if base else {}
-    # Ray: read the caches before the workers take their CPUs; the workers then only split the
-    # materialized blocks (read tasks competing with training workers for CPUs can wait forever)
-    names = teacher_datasets(len(teachers))
-    datasets = {name: cache_dataset(storage, cache, "train").materialize()
-                for name, cache in zip(names, caches, strict=True)} if distill.use_cache else None
+    # the caches' layout, checked against the student's shapes and the memory budget before any
+    # worker starts; each worker then streams its rows (tasks/stream.py)
+    for cache in caches if distill.use_cache else []:
+        window, expected = (cache.lookback, cache.horizon, cache.n_vars), (spec.lookback, spec.horizon, spec.n_vars)
+        if window != expected:
+            raise StepError(f"teacher cache {storage.uri(cache.directory)} holds (lookback, horizon, variables) "
+                            f"{window}, but the student needs {expected}")
+    stream = CacheStream.plan(storage, caches, "train", budget_mb=distill.memory_budget_mb,
+                              batch_size=distill.batch_size, seed=distill.seed) if distill.use_cache else None
     with relay(listener, stage="distill", horizon=horizon, epochs=epochs) as progress:
         job = StudentsJob(model=spec, settings=distill, epochs=epochs, series=series, splits=dataset.splits,
                           mixed_precision=config.ray.mixed_precision, init=init, callbacks=(*progress, *callbacks),
-                          teachers=tuple(teachers), storage=storage, weights=tuple(weights) if weights else None,
+                          teachers=tuple(teachers), storage=storage, stream=stream,
+                          weights=tuple(weights) if weights else None,
                           teacher_feature_dims=tuple(cache.feature_dim if cache else stored_feature_dim(t, config)
                                                      for t, cache in zip(teachers, caches, strict=True)))
-        # several caches: each worker reads all of each and keeps the same windows of every one
         result = run_training(job, config, storage,
-                              f"students-{dataset.name}-h{horizon}-{run_dir.rsplit('/', 1)[-1]}", datasets=datasets,
-                              split_datasets=len(teachers) == 1)
+                              f"students-{dataset.name}-h{horizon}-{run_dir.rsplit('/', 1)[-1]}")
     report, intervals = result.report, None
     if spec.quantiles:  # the conformal correction joins the weights that are stored
         intervals = calibrated(spec, result.weights["student"], ray.get(series), dataset,
@@ -146,6 +148,7 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teachers:
         cache_dir=caches[0].directory if caches[0] else None, use_cache=distill.use_cache,
         teacher_forward_batches=report.teacher_forward_batches, device=report.device,
         resumed_from=report.resumed_from, worker_nodes=report.worker_nodes, peak_memory_mb=report.peak_memory_mb,
+        start_memory_mb=report.start_memory_mb,
         distill=distill.model_dump(mode="json"), models=report.models, intervals=intervals, ray_run=result.ray_run,
         variables=dataset.variables, created=datetime.now(UTC).isoformat(timespec="microseconds"),
         warm_from=base.directory if base else None, directory=directory)
@@ -185,6 +188,7 @@ class StudentsJob(TrainingJob):
     settings: DistillConfig
     teachers: tuple[Teacher, ...]  # run online when distill.use_cache is off
     storage: Storage  # where the teachers' weights are
+    stream: CacheStream | None  # the teachers' cached outputs (None: the teachers run online)
     teacher_feature_dims: tuple[int, ...]  # the width of each teacher's features the loss projects from
     weights: tuple[float, ...] | None  # several teachers: how their predictions combine (None: learned)
 
@@ -192,42 +196,42 @@ class StudentsJob(TrainingJob):
         settings, device = self.settings, worker.device
         train_starts = worker.starts["train"]
 
-        # 1. this worker's train windows, with the teachers' outputs from the caches or from the teachers
+        # 1. this worker's batches, with the teachers' outputs from the caches or from the teachers
         teacher_models, forward_batches = [], 0
-        if settings.use_cache:
-            names, world = teacher_datasets(len(self.teachers)), worker.world
-            every = (worker.rank, world) if len(names) > 1 else None  # unsplit datasets: keep this rank's windows
-            cached = [read_shard(name, self.model.horizon, self.model.n_vars, dim, every)
-                      for name, dim in zip(names, self.teacher_feature_dims, strict=True)]
-            window_ids = cached[0].window_id
-            if any(not np.array_equal(other.window_id, window_ids) for other in cached[1:]):
-                raise RuntimeError("the teachers' caches do not hold the same training windows")
 
-            def train_windows(epoch: int) -> np.ndarray:  # a fixed shard, shuffled locally every epoch
-                return np.random.default_rng(settings.seed + epoch * 1009 + worker.rank).permutation(len(window_ids))
+        def with_windows(window_ids: np.ndarray) -> Batch:
+            x, y = worker.batcher(train_starts[window_ids])
+            return {"x": x.to(device), "y": y.to(device)}
+
+        if self.stream is not None:
+            stream = self.stream
+
+            def cached_batch(rows: CachedRows) -> Batch:  # float16 rows -> new float32 tensors on the device
+                batch = with_windows(rows.window_id)
+                for k, outputs in enumerate(rows.teachers):
+                    batch[f"teacher_prediction_{k}"] = torch.from_numpy(outputs.prediction).to(device).float()
+                    batch[f"teacher_feature_{k}"] = torch.from_numpy(outputs.feature).to(device).float()
+                return batch
+
+            def epoch_batches(epoch: int) -> loops.EpochBatches:
+                return loops.EpochBatches(stream.steps(epoch, worker.world),
+                                          map(cached_batch, stream.epoch(epoch, worker.rank, worker.world)))
         else:
             teacher_models = [teacher.load(self.storage, device) for teacher in self.teachers]
-            window_ids = np.arange(len(train_starts))
 
-            def train_windows(epoch: int) -> np.ndarray:
-                return loops.shard_epoch(len(window_ids), worker.rank, worker.world, settings.seed + epoch)
-
-        def make_batch(positions: np.ndarray) -> Batch:
-            nonlocal forward_batches
-            x, y = worker.batcher(train_starts[window_ids[positions]])
-            batch = {"x": x.to(device), "y": y.to(device)}
-            for k, dim in enumerate(self.teacher_feature_dims):
-                if not teacher_models:  # float16 rows -> new float32 tensors on the device
-                    prediction = torch.from_numpy(cached[k].prediction[positions]).to(device).float()
-                    feature = torch.from_numpy(cached[k].feature[positions]).to(device).float()
-                else:  # inference-mode tensors cannot enter autograd: cloned out of it
+            def online_batch(positions: np.ndarray) -> Batch:  # inference-mode tensors cannot enter autograd
+                nonlocal forward_batches
+                batch = with_windows(positions)
+                for k, (model, dim) in enumerate(zip(teacher_models, self.teacher_feature_dims, strict=True)):
                     with torch.inference_mode():
-                        prediction, feature = teacher_models[k](batch["x"])
+                        prediction, feature = model(batch["x"])
                     forward_batches += 1
-                    prediction = prediction.float().clone()
-                    feature = reduce_feature_width(feature, dim).float().clone()
-                batch[f"teacher_prediction_{k}"], batch[f"teacher_feature_{k}"] = prediction, feature
-            return batch
+                    batch[f"teacher_prediction_{k}"] = prediction.float().clone()
+                    batch[f"teacher_feature_{k}"] = reduce_feature_width(feature, dim).float().clone()
+                return batch
+
+            epoch_batches = loops.sharded_epochs(len(train_starts), worker.rank, worker.world, settings.seed,
+                                                 settings.batch_size, online_batch)
 
         # 2. the trainees: the distilled student, and the baseline from the same initial weights
         def build(spec: ModelSpec) -> nn.Module:
@@ -260,8 +264,7 @@ class StudentsJob(TrainingJob):
 
             trainees.append(self.trainee("baseline", baseline_module, loops.unwrap(baseline_module), plain_loss))
         # 3. early stopping (in the loop) watches the validation MSE against the ground truth only
-        return Plan(trainees=trainees, train_windows=train_windows, make_batch=make_batch,
-                    forward_batches=lambda: forward_batches)
+        return Plan(trainees=trainees, epoch_batches=epoch_batches, forward_batches=lambda: forward_batches)
 
     def spec_of(self, trainee: str) -> ModelSpec:
         """The baseline forecasts the point alone, whatever the student's quantiles."""
@@ -274,25 +277,3 @@ class StudentsJob(TrainingJob):
             name=name, module=module, model=model, loss_fn=loss_fn,
             optimizer=torch.optim.Adam(module.parameters(), lr=settings.lr), lr=settings.lr, decay=0.5,
             hold_epochs=settings.lr_hold_epochs, early=loops.EarlyStopping(settings.patience))
-
-
-def teacher_datasets(count: int) -> list[str]:
-    """The names the teachers' caches go to the workers under."""
-    return ["teacher"] if count == 1 else [f"teacher{k}" for k in range(count)]
-
-
-def read_shard(name: str, horizon: int, n_vars: int, feature_dim: int,
-               every: tuple[int, int] | None = None) -> TeacherOutputs:
-    """Ray: this worker's shard of one teacher's cached outputs, read once (Ray Data would re-read
-    its source every epoch); rows are joined to windows by window_id, never by position.
-    `every` (rank, world): the dataset came unsplit, keep the windows with window_id % world ==
-    rank, the same ones for every teacher."""
-    shard = ray.train.get_dataset_shard(name)
-    tables = [batch for batch in shard.iter_batches(batch_format="pyarrow", batch_size=None)]
-    table = pa.concat_tables(tables) if tables else None
-    if table is not None and every is not None:
-        rank, world = every
-        table = table.filter(pa.array(table.column("window_id").to_numpy() % world == rank))
-    if table is None or table.num_rows == 0:
-        raise RuntimeError("this worker received no cached teacher windows")
-    return unpack(table, horizon, n_vars, feature_dim)

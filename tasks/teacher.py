@@ -122,7 +122,8 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
         **report.models["teacher"].model_dump(), dataset=dataset.name, data_fingerprint=dataset.fingerprint,
         lookback=spec.lookback, horizon=horizon, n_vars=spec.n_vars, feature_dim=report.feature_dim,
         device=report.device, resumed_from=report.resumed_from, worker_nodes=report.worker_nodes,
-        peak_memory_mb=report.peak_memory_mb, sha256=hashlib.sha256(weights).hexdigest(), ray_run=result.ray_run,
+        peak_memory_mb=report.peak_memory_mb, start_memory_mb=report.start_memory_mb,
+        sha256=hashlib.sha256(weights).hexdigest(), ray_run=result.ray_run,
         variables=dataset.variables, created=datetime.now(UTC).isoformat(timespec="microseconds"),
         warm_from=base.directory if base else None, directory=directory, key=key)
     with storage.publish_dir(directory) as staging:
@@ -156,7 +157,5 @@ class TeacherJob(TrainingJob):
             name="teacher", module=module, model=loops.unwrap(module), loss_fn=loss_fn,
             optimizer=torch.optim.Adam(module.parameters(), lr=settings.lr), lr=settings.lr,
             decay=settings.lr_decay, hold_epochs=1, early=loops.EarlyStopping(settings.patience))
-        return Plan(
-            trainees=[trainee], make_batch=make_batch,
-            train_windows=lambda epoch: loops.shard_epoch(len(train_starts), worker.rank, worker.world,
-                                                          settings.seed + epoch))
+        return Plan(trainees=[trainee], epoch_batches=loops.sharded_epochs(
+            len(train_starts), worker.rank, worker.world, settings.seed, settings.batch_size, make_batch))

@@ -21,7 +21,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from timedistill.conf import Config, DistillConfig, TeacherConfig
@@ -65,8 +65,7 @@ class Plan:
     """What a job trains, and on which batches."""
 
     trainees: list[loops.Trainee]
-    train_windows: Callable[[int], np.ndarray]  # epoch -> this rank's positions
-    make_batch: Callable[[np.ndarray], Batch]  # positions -> tensors on the device
+    epoch_batches: Callable[[int], loops.EpochBatches]  # epoch -> this rank's batches, on the device
     forward_batches: Callable[[], int] = lambda: 0  # teacher batches this rank ran online
 
 
@@ -101,6 +100,7 @@ class WorkerReport(Record):
     resumed_from: int
     worker_nodes: list[str]
     peak_memory_mb: list[float]
+    start_memory_mb: list[float]  # peak before the job's setup: what the run added is the difference
     device: str
 
 
@@ -116,6 +116,7 @@ def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
     job = loop_config["job"]
     # 1. set up: this worker, what the job trains, and the weights a warm start begins from
     torch.set_num_threads(job.threads)
+    start_memory_mb = loops.own_peak_memory_mb()
     worker = Worker.start(job)
     plan = job.setup(worker)
     for trainee in plan.trainees:
@@ -123,8 +124,7 @@ def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
             trainee.model.load_state_dict(job.init[trainee.name])
     # 2. train, from the run's last checkpoint if there is one
     _, resumed_from = loops.train(
-        plan.trainees, epochs=job.epochs, batch_size=job.settings.batch_size,
-        train_windows=plan.train_windows, make_batch=plan.make_batch, val_batcher=worker.batcher,
+        plan.trainees, epochs=job.epochs, epoch_batches=plan.epoch_batches, val_batcher=worker.batcher,
         val_starts=worker.starts["val"], device=worker.device, mixed_precision=job.mixed_precision,
         callbacks=job.callbacks)
     # 3. test: each trainee's best weights on the whole test split
@@ -133,7 +133,8 @@ def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
     forward_batches = loops.all_reduce_sum([float(plan.forward_batches())], worker.device)[0]
     return WorkerReport(models=models, feature_dim=plan.trainees[0].model.feature_dim,
                         teacher_forward_batches=int(forward_batches), resumed_from=resumed_from,
-                        worker_nodes=loops.worker_nodes(), peak_memory_mb=loops.peak_memory_mb(),
+                        worker_nodes=loops.worker_nodes(), peak_memory_mb=loops.gather(loops.own_peak_memory_mb()),
+                        start_memory_mb=loops.gather(start_memory_mb),
                         device=worker.device_name)
 
 
@@ -176,11 +177,9 @@ def fit_interruptibly(trainer: TorchTrainer, checkpoints: str) -> ray.train.Resu
     return done.result()
 
 
-def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
-                 datasets: dict[str, ray.data.Dataset] | None = None, split_datasets: bool = True) -> TrainingResult:
+def run_training(job: TrainingJob, config: Config, storage: Storage, name: str) -> TrainingResult:
     """Ray: run `job` on Ray Train workers (`Workers.of(config)`). Checkpoints go to
-    <storage root>/ray/<name>, so starting the same name again resumes a killed run.
-    `split_datasets` False hands every worker the whole of each dataset."""
+    <storage root>/ray/<name>, so starting the same name again resumes a killed run."""
     workers = Workers.of(config)
     job = dataclasses.replace(job, threads=workers.threads)
     trainer = TorchTrainer(
@@ -195,8 +194,6 @@ def run_training(job: TrainingJob, config: Config, storage: Storage, name: str,
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all" if split_datasets else []),
     )
     result = fit_interruptibly(trainer, storage.uri(f"ray/{name}"))
     with result.checkpoint.as_directory() as folder:
