@@ -59,6 +59,9 @@ VARIANTS = {  # by default on ETTh1 h96 with the iTransformer teacher (--on)
     "no-period": ["distill.period=false"],
     "no-scale": ["distill.multiscale=false"],
     "no-feature": ["distill.beta=0"],
+    # the teacher's features at their full width (ModernTCN's flattened patches: 11,520 at ETTh1),
+    # where the default pools those wider than distill.feature_max_dim (1,024) down to it
+    "unpooled-features": ["distill.feature_max_dim=1000000"],
     "student-tsmixer": ["student.name=tsmixer"],
     "student-lightts": ["student.name=lightts"],
     "online-teacher": ["distill.use_cache=false"],

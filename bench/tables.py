@@ -220,6 +220,7 @@ ABLATION_ORDER = [
     "no-period",
     "no-scale",
     "no-feature",
+    "unpooled-features",
     "student-tsmixer",
     "student-lightts",
     "online-teacher",
