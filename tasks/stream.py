@@ -22,7 +22,7 @@ same student twice, and a Ray Data read inside the training workers competes wit
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -113,7 +113,7 @@ def gather(pieces: list[CachedRows], offsets: np.ndarray, positions: np.ndarray)
     one new piece: the buffer itself is never concatenated, so it is never held twice."""
     piece_of = np.searchsorted(offsets, positions, side="right") - 1
 
-    def take(select) -> np.ndarray:  # one array of every piece, at the positions
+    def take(select: Callable[[CachedRows], np.ndarray]) -> np.ndarray:  # one array of the pieces, at positions
         first = select(pieces[0])
         out = np.empty((len(positions), *first.shape[1:]), first.dtype)
         for k in np.unique(piece_of):
