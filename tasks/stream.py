@@ -112,12 +112,12 @@ def gather(pieces: list[CachedRows], offsets: np.ndarray, positions: np.ndarray)
     """Rows at `positions` of the pieces laid end to end (offsets: where each piece starts), as
     one new piece: the buffer itself is never concatenated, so it is never held twice."""
     piece_of = np.searchsorted(offsets, positions, side="right") - 1
+    sources = [(k, piece_of == k) for k in np.unique(piece_of)]  # each piece, and where its rows go
 
     def take(select: Callable[[CachedRows], np.ndarray]) -> np.ndarray:  # one array of the pieces, at positions
         first = select(pieces[0])
         out = np.empty((len(positions), *first.shape[1:]), first.dtype)
-        for k in np.unique(piece_of):
-            mask = piece_of == k
+        for k, mask in sources:
             out[mask] = select(pieces[k])[positions[mask] - offsets[k]]
         return out
 
@@ -181,10 +181,10 @@ class CacheStream:
 
     def _batches(self, units: np.ndarray, rng: np.random.Generator, steps: int) -> Iterator[CachedRows]:
         pieces: list[CachedRows] = []
-        emitted = 0
+        emitted = held = 0
         for position, unit in enumerate(units):
             pieces.append(self._read(int(unit)))
-            held = sum(piece.rows for piece in pieces)
+            held += pieces[-1].rows
             if held < self.buffer_rows and position < len(units) - 1:
                 continue
             offsets = np.cumsum([0] + [piece.rows for piece in pieces[:-1]])
@@ -196,7 +196,7 @@ class CacheStream:
                 yield gather(pieces, offsets, order[begin : begin + self.batch_size])
                 emitted += 1
             rest = order[full * self.batch_size :]  # fewer than a batch: they wait for the next fill
-            pieces = [gather(pieces, offsets, rest)] if len(rest) else []
+            pieces, held = ([gather(pieces, offsets, rest)] if len(rest) else []), len(rest)
 
     def _read(self, unit: int) -> CachedRows:
         """One unit's rows from every teacher's cache, joined by window_id."""

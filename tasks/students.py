@@ -1,5 +1,5 @@
-"""Distillation on Ray Train: the student learns from the ground truth and the teacher (read from
-the Parquet cache with Ray Data, or run online), and the plain-MLP baseline (same architecture,
+"""Distillation on Ray Train: the student learns from the ground truth and the teacher (streamed
+from the Parquet cache, tasks/stream.py, or run online), and the plain-MLP baseline (same architecture,
 same protocol, ground truth only) trains beside it in the same run, on the same windows.
 
 Outputs: runs/<dataset>/<run-id>/h<S>/ with student.pt and baseline.pt (plain state dicts),
