@@ -265,6 +265,9 @@ class RayConfig(Section):
     gpus_per_worker: float = Field(1.0, ge=0)
     mixed_precision: bool = False  # bfloat16 autocast on GPU workers
     max_failures: int = Field(2, ge=0)  # worker failures a training run survives
+    # horizons whose teachers (then students) train at once; None: as many as the cluster's free
+    # resources fit (one on a local Ray, whose run has every CPU unless cpus_per_worker is set)
+    parallel_runs: int | None = Field(None, ge=1)
 
 
 class StorageConfig(Section):

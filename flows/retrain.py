@@ -167,11 +167,11 @@ def retrain(config: str = "smoke", overrides: list[str] | None = None, ray_addre
     with Pipeline(settings, ray_address=ray_address, quiet=_quiet.get(), terminal=terminal,
                   train_teachers=train_teachers) as pipe:
         ingest(pipe)
-        teachers = [train_teacher(pipe, horizon) for horizon in settings.data.horizons]
+        teachers = pipe.map(train_teacher, settings.data.horizons)  # horizons in parallel where Ray has room
         if stop_after == "teacher":
             return pipe.finish()
-        caches = [cache_teacher(pipe, teacher) for teacher in teachers]
-        students = [distill(pipe, teacher, cache) for teacher, cache in zip(teachers, caches, strict=True)]
+        caches = pipe.map(cache_teacher, teachers)
+        students = pipe.map(distill, teachers, caches)
         evaluation = evaluate(pipe, teachers, students)
         if stop_after == "register":
             for run, row in zip(students, evaluation.rows, strict=True):

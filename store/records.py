@@ -133,7 +133,8 @@ class TrainingRun(Record):
     ray_run: str  # Ray Train's run folder (its checkpoints)
     # (none in files written before these were recorded)
     variables: list[str] | None = None
-    created: str | None = None
+    started: str | None = None  # when its training began (horizons in parallel overlap)
+    created: str | None = None  # when it finished
     warm_from: str | None = None  # the folder of the weights it started from (a warm start); None: from scratch
     # of every rank, before the job's setup (Ray, torch, the worker): the run added peak - start
     start_memory_mb: list[float] | None = None

@@ -38,6 +38,10 @@ CACHE_META = "cache.json"
 INFERENCE_BATCH = 256
 ROW_GROUP_BYTES = 4 * 2**20
 
+# Ray 2.60 has no named parameter for map_batches' max_restarts yet, and says so on every call.
+# A filter for the whole process, not catch_warnings: caches of several horizons build at once.
+warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+
 
 def stored_feature_dim(teacher: Teacher, config: Config) -> int:
     return min(teacher.feature_dim, config.distill.feature_max_dim)
@@ -72,25 +76,23 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
     workers = Workers.of(config)
     storage.delete(directory)  # an earlier attempt that did not finish
     # Ray: batch inference with a pool of actors, each holding the frozen teacher once
-    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_restarts yet
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        inference = ray.data.from_arrow(index).map_batches(
-            TeacherPredictor,
-            fn_constructor_kwargs={  # small records only: each actor reads the series itself
-                "storage": storage, "dataset": dataset, "teacher": teacher, "directory": directory,
-                "feature_dim": stored_feature_dim(teacher, config), "use_gpu": workers.gpus > 0,
-                "threads": workers.threads,
-            },
-            batch_size=4 * INFERENCE_BATCH,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=workers.count),
-            num_cpus=workers.cpus,
-            num_gpus=workers.gpus,
-            # a lost actor fails the step, which is retried whole (the cache is rebuilt from
-            # scratch): Ray Data's own actor restarts keep their arguments in the object store,
-            # which Ray reports on the terminal as an error line (ray issue 53727)
-            max_restarts=0,
-        )
+    inference = ray.data.from_arrow(index).map_batches(
+        TeacherPredictor,
+        fn_constructor_kwargs={  # small records only: each actor reads the series itself
+            "storage": storage, "dataset": dataset, "teacher": teacher, "directory": directory,
+            "feature_dim": stored_feature_dim(teacher, config), "use_gpu": workers.gpus > 0,
+            "threads": workers.threads,
+        },
+        batch_size=4 * INFERENCE_BATCH,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers.count),
+        num_cpus=workers.cpus,
+        num_gpus=workers.gpus,
+        # a lost actor fails the step, which is retried whole (the cache is rebuilt from
+        # scratch): Ray Data's own actor restarts keep their arguments in the object store,
+        # which Ray reports on the terminal as an error line (ray issue 53727)
+        max_restarts=0,
+    )
     stats = inference.to_arrow_refs()
     table = pa.concat_tables(ray.get(stats))
     rows = {split: 0 for split in SPLITS}

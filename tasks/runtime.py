@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,6 +22,7 @@ log = logging.getLogger("timedistill")
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # see single_machine_node
+_local_gcs: set[str] = set()  # the GCS addresses of the Rays this process started (is_local_ray)
 
 
 def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> str | None:
@@ -50,6 +51,7 @@ def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> str |
         with single_machine_node():
             context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
                                logging_level=logging.WARNING, log_to_driver=not quiet)
+        _local_gcs.add(ray.get_runtime_context().gcs_address)
         return context.dashboard_url or None
     finally:
         for key, value in saved.items():
@@ -81,6 +83,12 @@ def single_machine_node() -> Iterator[None]:
 
 def ray_address(config: Config, override: str | None = None) -> str | None:
     return override or config.ray.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def is_local_ray() -> bool:
+    """Whether the Ray this process is connected to is one it started itself (start_local_ray),
+    where a run may take the whole machine, rather than a cluster that others share."""
+    return ray.is_initialized() and ray.get_runtime_context().gcs_address in _local_gcs
 
 
 @contextmanager
@@ -136,7 +144,7 @@ class Workers:
         """What the config asks for; what it leaves unset (None) sized to a local Ray (every CPU,
         a worker per GPU) or, on a cluster, one worker with one CPU. On a cluster smaller than
         asked for, the CPU request shrinks to fit instead of waiting forever."""
-        settings, local = config.ray, ray_address(config) is None
+        settings, local = config.ray, is_local_ray()
         free, gpus = cluster_cpus(), float(ray.cluster_resources().get("GPU", 0))
         use_gpu = settings.use_gpu if settings.use_gpu is not None else (local and gpus >= 1)
         count = settings.num_workers or (max(int(gpus), 1) if local and use_gpu else 1)
@@ -146,6 +154,27 @@ class Workers:
             log.info("asking %.2f CPU per worker (%s workers do not fit %s CPUs otherwise)", cpus, count, free)
         return cls(count=count, cpus=cpus, gpus=settings.gpus_per_worker if use_gpu else 0.0,
                    threads=max(int(cpus), 1))
+
+
+def parallel_runs(config: Config, runs: int, address: str | None, connect: Callable[[], None]) -> int:
+    """How many of `runs` training runs (one per horizon) go at once: `ray.parallel_runs`, or
+    as many as the cluster's free resources fit. A local Ray that sizes the workers itself gives
+    one run every CPU (Workers.of), so it runs one at a time, and is not started to find out;
+    otherwise `connect` starts or connects Ray, whose free resources decide."""
+    settings = config.ray
+    if runs < 2 or settings.parallel_runs == 1:
+        return 1
+    if settings.parallel_runs is not None:  # runs beyond what is free wait for Ray to place them
+        return min(runs, settings.parallel_runs)
+    local = is_local_ray() if ray.is_initialized() else ray_address(config, address) is None
+    if local and settings.cpus_per_worker is None:
+        return 1
+    connect()
+    workers, free = Workers.of(config), ray.available_resources()
+    fits = free.get("CPU", 0.0) // (workers.count * workers.cpus)
+    if workers.gpus:
+        fits = min(fits, free.get("GPU", 0.0) // (workers.count * workers.gpus))
+    return int(min(max(fits, 1), runs))
 
 
 def quiet_ray_data() -> None:

@@ -4,10 +4,15 @@ in order; the step commands run the same flow body with a stopping point."""
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import ray
 
@@ -28,18 +33,19 @@ from timedistill.store.records import (
 from timedistill.store.storage import Storage
 from timedistill.tasks import loops
 from timedistill.tasks.cache import build_cache, find_cache
-from timedistill.tasks.errors import StepError
+from timedistill.tasks.errors import Interrupted, StepError
 from timedistill.tasks.evaluate import evaluate
 from timedistill.tasks.events import Event
 from timedistill.tasks.ingest import ingest
 from timedistill.tasks.registry import register
-from timedistill.tasks.runtime import ray_session
+from timedistill.tasks.runtime import parallel_runs, ray_session
 from timedistill.tasks.students import find_students, train_students
 from timedistill.tasks.students import warm_base as students_warm_base
 from timedistill.tasks.teacher import find_teacher, member_configs, train_teacher
 from timedistill.tasks.teacher import warm_base as teacher_warm_base
 
 STEPS = ("ingest", "teacher", "cache", "distill", "evaluate", "register")
+Result = TypeVar("Result")
 
 
 class StepResult(Protocol):
@@ -64,23 +70,39 @@ class Terminal(Protocol):
 
 class StepLog:
     """How long each step took and whether it was reused, folded over the horizons: a step
-    counts as cached only when every horizon's part of it was."""
+    counts as cached only when every horizon's part of it was, and its time is the wall time its
+    parts covered (horizons that ran at once count once)."""
 
     def __init__(self, on_step: Callable[[str, float, bool, str], None] | None = None) -> None:
         self.on_step = on_step
-        self._times: dict[str, StepTime] = {}
+        self._spans: dict[str, list[tuple[float, float]]] = {}  # step -> (start, end) of each part
+        self._cached: dict[str, bool] = {}
+        self._lock = threading.Lock()  # horizons in parallel record from threads of their own
 
     def record(self, name: str, seconds: float, result: StepResult | None) -> None:
-        """`result` None: the step had nothing to do (the cache step without distill.use_cache)."""
-        cached = result is None or result.cached
-        before = self._times.get(name, StepTime(cached=True, seconds=0.0))
-        self._times[name] = StepTime(cached=before.cached and cached, seconds=before.seconds + seconds)
+        """A part of step `name` that ended now, after `seconds`. `result` None: the step had
+        nothing to do (the cache step without distill.use_cache)."""
+        cached, end = result is None or result.cached, time.perf_counter()
+        with self._lock:
+            self._spans.setdefault(name, []).append((end - seconds, end))
+            self._cached[name] = self._cached.get(name, True) and cached
         if self.on_step is not None:
             self.on_step(name, seconds, cached, result.describe() if result is not None else "skipped")
 
     def times(self) -> dict[str, StepTime]:
-        return {name: self._times[name].model_copy(update={"seconds": round(self._times[name].seconds, 3)})
-                for name in STEPS if name in self._times}
+        with self._lock:
+            return {name: StepTime(cached=self._cached[name], seconds=round(covered(self._spans[name]), 3))
+                    for name in STEPS if name in self._spans}
+
+
+def covered(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of the (start, end) spans."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 class Pipeline:
@@ -136,6 +158,17 @@ class Pipeline:
             dashboard = self._stack.enter_context(ray_session(self.config, self.ray_address, quiet=self.quiet))
             if dashboard and self.terminal is not None:
                 self.terminal.note(f"Ray dashboard: http://{dashboard}")
+
+    def map(self, step: Callable[..., Result], *columns: Sequence[Any]) -> list[Result]:
+        """`step(self, *row)` for every row of `columns` (one row per horizon), in the rows' order:
+        one after another, or, where the Ray cluster has room for several training runs
+        (`ray.parallel_runs`), that many at once, each in a thread of its own."""
+        rows = list(zip(*columns, strict=True))
+        runs = parallel_runs(self.config, len(rows), self.ray_address, connect=self.ensure_ray)
+        if runs == 1:
+            return [step(self, *row) for row in rows]
+        self.series()  # the series in the object store before the threads share it
+        return run_concurrently([functools.partial(step, self, *row) for row in rows], runs, self.storage.uri())
 
     def series(self) -> ray.ObjectRef:
         """Ray: the standardized series, put in the object store once per pipeline."""
@@ -237,7 +270,10 @@ class Pipeline:
 
     def finish(self) -> RunSummary:
         """What this run did, from the records its steps made; written to the run folder's
-        metrics.json when the run went all the way (registration included)."""
+        metrics.json when the run went all the way (registration included). Records are listed
+        by horizon, however the horizons ran."""
+        for records in (self.teachers, self.teacher_choices, self.caches, self.students_runs):
+            records.sort(key=lambda record: record.horizon)
         summary = RunSummary(
             dataset=self.dataset.name, run_dir=self.storage.uri(self.run_dir), run_id=self.run_id,
             data_fingerprint=self.dataset.fingerprint, steps=self.log.times(),
@@ -248,3 +284,31 @@ class Pipeline:
         if self.registrations:
             self.storage.write_json(f"{self.run_dir}/metrics.json", summary.to_json())
         return summary
+
+
+def run_concurrently(calls: list[Callable[[], Result]], limit: int, resume_from: str) -> list[Result]:
+    """Every call, at most `limit` at a time, each in a daemon thread that carries the caller's
+    context (Prefect's run context among it); results in the calls' order. A call that fails
+    does not stop the others (what they finish is stored for the next run); the first failure
+    is raised once all have ended. Ctrl-C reaches the waiting thread and raises Interrupted at
+    once: the Ray session closing on the way out stops the training runs still in flight."""
+    futures: list[Future[Result]] = [Future() for _ in calls]
+    slots = threading.BoundedSemaphore(limit)
+
+    def run(call: Callable[[], Result], future: Future[Result]) -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # re-raised in the caller's thread below
+            future.set_exception(exc)
+        finally:
+            slots.release()
+
+    try:
+        for call, future in zip(calls, futures, strict=True):
+            slots.acquire()
+            threading.Thread(target=contextvars.copy_context().run, args=(run, call, future), daemon=True,
+                             name="timedistill-horizon").start()
+        wait(futures)
+    except KeyboardInterrupt:
+        raise Interrupted(resume_from) from None
+    return [future.result() for future in futures]

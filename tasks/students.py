@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import ray
@@ -37,7 +36,7 @@ from timedistill.tasks.events import Listener
 from timedistill.tasks.intervals import calibrate
 from timedistill.tasks.progress import relay
 from timedistill.tasks.stream import CachedRows, CacheStream
-from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training
+from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training, timestamp
 from timedistill.tasks.windows import WindowBatcher, window_starts
 
 STUDENTS_META = "students.json"
@@ -150,7 +149,7 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teachers:
         resumed_from=report.resumed_from, worker_nodes=report.worker_nodes, peak_memory_mb=report.peak_memory_mb,
         start_memory_mb=report.start_memory_mb,
         distill=distill.model_dump(mode="json"), models=report.models, intervals=intervals, ray_run=result.ray_run,
-        variables=dataset.variables, created=datetime.now(UTC).isoformat(timespec="microseconds"),
+        variables=dataset.variables, started=result.started, created=timestamp(),
         warm_from=base.directory if base else None, directory=directory)
     with storage.publish_dir(directory) as staging:
         for role in students.models:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import ray
@@ -28,7 +27,7 @@ from timedistill.store.weights import read_state, state_bytes
 from timedistill.tasks import loops
 from timedistill.tasks.events import Listener
 from timedistill.tasks.progress import relay
-from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training
+from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training, timestamp
 
 TEACHER_META = "teacher.json"
 
@@ -124,7 +123,7 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
         device=report.device, resumed_from=report.resumed_from, worker_nodes=report.worker_nodes,
         peak_memory_mb=report.peak_memory_mb, start_memory_mb=report.start_memory_mb,
         sha256=hashlib.sha256(weights).hexdigest(), ray_run=result.ray_run,
-        variables=dataset.variables, created=datetime.now(UTC).isoformat(timespec="microseconds"),
+        variables=dataset.variables, started=result.started, created=timestamp(),
         warm_from=base.directory if base else None, directory=directory, key=key)
     with storage.publish_dir(directory) as staging:
         storage.write_bytes(f"{staging}/{TEACHER_WEIGHTS}", weights)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 import ray
@@ -109,6 +110,11 @@ class TrainingResult:
     report: WorkerReport
     weights: dict[str, dict[str, torch.Tensor]]  # trainee -> its best state dict
     ray_run: str  # Ray Train's run folder
+    started: str  # when the run was handed to Ray Train (ISO 8601, UTC)
+
+
+def timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def train_worker(loop_config: dict[str, TrainingJob]) -> WorkerReport:
@@ -195,8 +201,9 @@ def run_training(job: TrainingJob, config: Config, storage: Storage, name: str) 
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+    started = timestamp()
     result = fit_interruptibly(trainer, storage.uri(f"ray/{name}"))
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, loops.STATE_FILE), map_location="cpu", weights_only=True)
     weights = {name: trainee["early"]["best_state"] for name, trainee in state["trainees"].items()}
-    return TrainingResult(result.return_value, weights, result.path)
+    return TrainingResult(result.return_value, weights, result.path, started)

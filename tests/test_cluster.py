@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -135,12 +136,21 @@ def s3_settings(cluster: dict, prefix: str) -> list[str]:
             "--set", f"storage.endpoint_override={cluster['endpoint']}"]
 
 
-def test_retrain_on_two_nodes_into_object_storage_then_serve_from_it(cluster):
-    summary = timedistill(cluster, "retrain", "smoke", *s3_settings(cluster, "run"),
-                          "--set", "ray.num_workers=2", "--set", "ray.cpus_per_worker=1")
-    # training ran data-parallel with one worker on each node
-    (teacher,) = summary["teachers"]
-    assert len(teacher["worker_nodes"]) == 2 and len(set(teacher["worker_nodes"])) == 2
+# two horizons, each run one worker with one CPU: on two nodes of one CPU, both fit at once
+TWO_HORIZONS = ["--set", "data.horizons=[24, 48]", "--set", "ray.num_workers=1", "--set", "ray.cpus_per_worker=1"]
+
+
+@pytest.fixture(scope="module")
+def parallel_run(cluster) -> dict:
+    """The retrain flow on the cluster with horizons in parallel (ray.parallel_runs unset: as
+    many as fit), into the bucket under run/."""
+    return timedistill(cluster, "retrain", "smoke", *s3_settings(cluster, "run"), *TWO_HORIZONS)
+
+
+def test_retrain_on_two_nodes_into_object_storage_then_serve_from_it(cluster, parallel_run):
+    summary = parallel_run
+    # the two horizons' teachers trained at the same time, one on each node
+    assert len({node for teacher in summary["teachers"] for node in teacher["worker_nodes"]}) == 2
     assert summary["run_dir"].startswith(f"s3://{BUCKET}/run/runs/smoke/")
     # every artifact landed in the bucket, nothing on the local disk
     storage = Storage(f"s3://{BUCKET}/run", cluster["endpoint"])
@@ -175,6 +185,32 @@ def test_retrain_on_two_nodes_into_object_storage_then_serve_from_it(cluster):
     finally:
         status = procs.stop("serve", signal.SIGTERM, timeout=60)
     assert status == 0, f"timedistill serve did not shut down cleanly on SIGTERM (exit {status})"
+
+
+def test_horizons_train_at_once_with_the_results_of_one_after_the_other(cluster, parallel_run):
+    """The two horizons' teachers, then their students, overlap in time, and score what the same
+    config scores with one horizon after the other (ray.parallel_runs=1)."""
+    sequential = timedistill(cluster, "retrain", "smoke", *s3_settings(cluster, "sequential"), *TWO_HORIZONS,
+                             "--set", "ray.parallel_runs=1")
+
+    def spans(summary: dict, kind: str) -> list[tuple[datetime, datetime]]:
+        """When each horizon's run of `kind` began and ended."""
+        prefix = summary["run_dir"].split("/runs/")[0]
+        storage = Storage(prefix, cluster["endpoint"])
+        folder = summary["run_dir"].removeprefix(prefix + "/")
+        runs = summary["teachers"] if kind == "teachers" else [
+            storage.read_json(f"{folder}/h{horizon}/students.json") for horizon in (24, 48)]
+        return [(datetime.fromisoformat(run["started"]), datetime.fromisoformat(run["created"])) for run in runs]
+
+    for kind in ("teachers", "students"):
+        (first, second) = spans(parallel_run, kind)
+        assert first[0] < second[1] and second[0] < first[1], f"the {kind} of the two horizons did not overlap"
+        (first, second) = spans(sequential, kind)
+        assert first[1] <= second[0], f"ray.parallel_runs=1 ran the {kind} at once"
+    assert [row["horizon"] for row in parallel_run["results"]] == [24, 48]
+    for ours, theirs in zip(parallel_run["results"], sequential["results"], strict=True):
+        for role in ("teacher", "student", "baseline"):
+            assert ours[role]["test_mse"] == pytest.approx(theirs[role]["test_mse"], rel=1e-6), role
 
 
 def test_losing_a_worker_node_resumes_from_the_last_checkpoint(cluster):
