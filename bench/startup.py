@@ -1,0 +1,130 @@
+"""Where a CLI run's fixed costs go (issue 25, item 2), each timed alone: the imports of the
+command, Prefect's temporary server, a local Ray, and, on that Ray, a Ray Train run and a Ray
+Data actor job that do no work at all (twice each: the first run of a kind pays for what later
+runs reuse). Every round is a fresh process; the table holds the medians.
+
+    python -m bench.startup [--rounds 3] [--no-write]
+
+`timedistill retrain` pays the imports and Prefect's server side by side (the server starts in a
+thread while the command imports), then Ray's start, one Ray Train run for the teacher, a Ray
+Data job for the cache and one Ray Train run for the students: bench/bench_overhead.py has the
+whole run against a plain script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+from bench.report import markdown_table, write_section
+
+
+def timed(action: Callable[[], Any]) -> float:
+    began = time.perf_counter()
+    action()
+    return round(time.perf_counter() - began, 2)
+
+
+def empty_train_loop(config: dict) -> None:
+    """A Ray Train worker that returns at once: what is left is the run's own cost."""
+
+
+class Idle:
+    """A Ray Data actor that passes its batches through."""
+
+    def __call__(self, batch: Any) -> Any:
+        return batch
+
+
+def probe() -> dict[str, float]:
+    """One round, in this process: every fixed cost, in the order a CLI run meets them."""
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+    seconds = {"imports of `timedistill retrain` (a new process)": timed(lambda: subprocess.run(
+        [sys.executable, "-c", "import timedistill.flows.cli, timedistill.flows.retrain, timedistill.tasks.steps"],
+        check=True))}
+
+    from timedistill.flows.cli import temporary_prefect_server
+
+    server = temporary_prefect_server()
+    if server is not None:
+        seconds["Prefect's temporary server: start"] = timed(server.start)
+
+    import pyarrow as pa
+    import ray
+    import ray.data
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from timedistill.tasks.runtime import quiet_ray_data, start_local_ray
+
+    checkpoints = tempfile.mkdtemp(prefix="timedistill-startup-")
+    seconds["a local Ray: start"] = timed(start_local_ray)
+    quiet_ray_data()
+    cpus = ray.cluster_resources()["CPU"]
+    for attempt in ("first", "second"):
+        trainer = TorchTrainer(empty_train_loop, scaling_config=ScalingConfig(num_workers=1,
+                                                                              resources_per_worker={"CPU": cpus}),
+                               run_config=RunConfig(name=f"empty-{attempt}-{time.time_ns()}",
+                                                    storage_path=checkpoints))
+        seconds[f"Ray Train: an empty run ({attempt})"] = timed(trainer.fit)
+    table = pa.table({"x": list(range(1000))})
+    for attempt in ("first", "second"):
+        seconds[f"Ray Data: an empty actor job ({attempt})"] = timed(lambda: ray.get(
+            ray.data.from_arrow(table).map_batches(Idle, batch_format="pyarrow",
+                                                    compute=ray.data.ActorPoolStrategy(size=1), num_cpus=cpus,
+                                                    max_restarts=0).to_arrow_refs()))
+    seconds["a local Ray: stop"] = timed(ray.shutdown)
+    if server is not None:
+        seconds["Prefect's temporary server: stop"] = timed(server.stop)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # one round, as JSON
+    args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe()))
+        return
+    rounds = []
+    for round_ in range(args.rounds):
+        done = subprocess.run([sys.executable, "-m", "bench.startup", "--probe"], capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"round {round_ + 1} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        rounds.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"round {round_ + 1}: " + ", ".join(f"{value:.1f}" for value in rounds[-1].values()), flush=True)
+    rows = [[name, f"{statistics.median(run[name] for run in rounds):.1f}",
+             f"{min(run[name] for run in rounds):.1f} - {max(run[name] for run in rounds):.1f}"]
+            for name in rounds[0]]
+    text = "\n".join([
+        "## Start-up: the fixed costs of a CLI run, each alone",
+        "",
+        f"Command: `python -m bench.startup --rounds {args.rounds}` ({date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores). Each round a fresh process; the Ray Train run and the Ray Data job do no work "
+        "(one worker or actor with every CPU), so what they take is their own cost.",
+        "",
+        markdown_table(["fixed cost", "seconds (median)", "range"], rows),
+    ])
+    print(text)
+    if not args.no_write:
+        write_section("startup", text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
