@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import ray
 from ray._private import ray_constants
 
 from timedistill.conf import Config
-from timedistill.tasks.errors import StepError, interrupt_on_sigterm
+from timedistill.tasks.errors import Interrupted, StepError, interrupt_on_sigterm
 
 log = logging.getLogger("timedistill")
 
@@ -22,6 +26,7 @@ log = logging.getLogger("timedistill")
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # see single_machine_node
+Result = TypeVar("Result")
 _local_gcs: set[str] = set()  # the GCS addresses of the Rays this process started (is_local_ray)
 
 
@@ -175,6 +180,36 @@ def parallel_runs(config: Config, runs: int, address: str | None, connect: Calla
     if workers.gpus:
         fits = min(fits, free.get("GPU", 0.0) // (workers.count * workers.gpus))
     return int(min(max(fits, 1), runs))
+
+
+def run_concurrently(calls: list[Callable[[], Result]], limit: int, resume_from: str) -> list[Result]:
+    """Every call, at most `limit` at a time, each in a daemon thread that carries the caller's
+    context (Prefect's run context among it); results in the calls' order. A call that fails
+    does not stop the others (what they finish is stored for the next run); the first failure
+    is raised once all have ended. Ctrl-C reaches the waiting thread and raises Interrupted at
+    once: the Ray session closing on the way out stops the training runs still in flight."""
+    futures: list[Future[Result]] = [Future() for _ in calls]
+    slots = threading.BoundedSemaphore(limit)
+
+    def run(call: Callable[[], Result], future: Future[Result]) -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # re-raised in the caller's thread below
+            future.set_exception(exc)
+        finally:
+            slots.release()
+
+    try:
+        for call, future in zip(calls, futures, strict=True):
+            while not slots.acquire(timeout=0.5):  # short waits: Ctrl-C lands between them
+                pass
+            threading.Thread(target=contextvars.copy_context().run, args=(run, call, future), daemon=True,
+                             name="timedistill-run").start()
+        while wait(futures, timeout=0.5).not_done:
+            pass
+    except KeyboardInterrupt:
+        raise Interrupted(resume_from) from None
+    return [future.result() for future in futures]
 
 
 def quiet_ray_data() -> None:

@@ -4,12 +4,10 @@ in order; the step commands run the same flow body with a stopping point."""
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -33,12 +31,12 @@ from timedistill.store.records import (
 from timedistill.store.storage import Storage
 from timedistill.tasks import loops
 from timedistill.tasks.cache import build_cache, find_cache
-from timedistill.tasks.errors import Interrupted, StepError
+from timedistill.tasks.errors import StepError
 from timedistill.tasks.evaluate import evaluate
 from timedistill.tasks.events import Event
 from timedistill.tasks.ingest import ingest
 from timedistill.tasks.registry import register
-from timedistill.tasks.runtime import parallel_runs, ray_session
+from timedistill.tasks.runtime import parallel_runs, ray_session, run_concurrently
 from timedistill.tasks.students import find_students, train_students
 from timedistill.tasks.students import warm_base as students_warm_base
 from timedistill.tasks.teacher import find_teacher, member_configs, train_teacher
@@ -285,30 +283,3 @@ class Pipeline:
             self.storage.write_json(f"{self.run_dir}/metrics.json", summary.to_json())
         return summary
 
-
-def run_concurrently(calls: list[Callable[[], Result]], limit: int, resume_from: str) -> list[Result]:
-    """Every call, at most `limit` at a time, each in a daemon thread that carries the caller's
-    context (Prefect's run context among it); results in the calls' order. A call that fails
-    does not stop the others (what they finish is stored for the next run); the first failure
-    is raised once all have ended. Ctrl-C reaches the waiting thread and raises Interrupted at
-    once: the Ray session closing on the way out stops the training runs still in flight."""
-    futures: list[Future[Result]] = [Future() for _ in calls]
-    slots = threading.BoundedSemaphore(limit)
-
-    def run(call: Callable[[], Result], future: Future[Result]) -> None:
-        try:
-            future.set_result(call())
-        except BaseException as exc:  # re-raised in the caller's thread below
-            future.set_exception(exc)
-        finally:
-            slots.release()
-
-    try:
-        for call, future in zip(calls, futures, strict=True):
-            slots.acquire()
-            threading.Thread(target=contextvars.copy_context().run, args=(run, call, future), daemon=True,
-                             name="timedistill-horizon").start()
-        wait(futures)
-    except KeyboardInterrupt:
-        raise Interrupted(resume_from) from None
-    return [future.result() for future in futures]

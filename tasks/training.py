@@ -8,12 +8,9 @@ trainee's best weights on the test split, and what goes back to the driver.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -30,8 +27,7 @@ from timedistill.store.record import Record
 from timedistill.store.records import ModelSpec, TrainedModel
 from timedistill.store.storage import Storage
 from timedistill.tasks import loops
-from timedistill.tasks.errors import Interrupted
-from timedistill.tasks.runtime import Workers
+from timedistill.tasks.runtime import Workers, run_concurrently
 from timedistill.tasks.windows import Span, WindowBatcher, window_starts
 
 Batch = dict[str, torch.Tensor]
@@ -165,22 +161,8 @@ def fit_interruptibly(trainer: TorchTrainer, checkpoints: str) -> ray.train.Resu
     checkpoints the same command resumes from; the Ray session around the step shuts down on
     the way out, which stops the training workers. The thread carries the caller's context
     (Prefect's run context among it) and is a daemon, so it never holds the process open."""
-    done: Future[ray.train.Result] = Future()
-
-    def fit() -> None:
-        try:
-            done.set_result(trainer.fit())
-        except BaseException as exc:  # raised in the caller's thread by done.result()
-            done.set_exception(exc)
-
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(fit,), name="ray-train-fit", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.5)
-    except KeyboardInterrupt:
-        raise Interrupted(checkpoints) from None
-    return done.result()
+    (result,) = run_concurrently([trainer.fit], 1, checkpoints)
+    return result
 
 
 def run_training(job: TrainingJob, config: Config, storage: Storage, name: str) -> TrainingResult:

@@ -10,8 +10,8 @@ from contextvars import ContextVar
 import pytest
 
 from timedistill.conf import load_config
-from timedistill.tasks.runtime import parallel_runs
-from timedistill.tasks.steps import covered, run_concurrently
+from timedistill.tasks.runtime import parallel_runs, run_concurrently
+from timedistill.tasks.steps import covered
 
 where: ContextVar[str] = ContextVar("where", default="not carried")
 
