@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,6 +27,7 @@ log = logging.getLogger("timedistill")
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # see single_machine_node
+STOP_WAIT_S = 10.0  # how long an interrupt waits for the runs in flight to end (stop_training_runs)
 Result = TypeVar("Result")
 _local_gcs: set[str] = set()  # the GCS addresses of the Rays this process started (is_local_ray)
 
@@ -186,8 +188,9 @@ def run_concurrently(calls: list[Callable[[], Result]], limit: int, resume_from:
     """Every call, at most `limit` at a time, each in a daemon thread that carries the caller's
     context (Prefect's run context among it); results in the calls' order. A call that fails
     does not stop the others (what they finish is stored for the next run); the first failure
-    is raised once all have ended. Ctrl-C reaches the waiting thread and raises Interrupted at
-    once: the Ray session closing on the way out stops the training runs still in flight."""
+    is raised once all have ended. Ctrl-C reaches the waiting thread, which stops the training
+    runs still in flight (stop_training_runs), gives their threads STOP_WAIT_S to return, and
+    raises Interrupted."""
     futures: list[Future[Result]] = [Future() for _ in calls]
     slots = threading.BoundedSemaphore(limit)
 
@@ -208,8 +211,45 @@ def run_concurrently(calls: list[Callable[[], Result]], limit: int, resume_from:
         while wait(futures, timeout=0.5).not_done:
             pass
     except KeyboardInterrupt:
+        if not all(future.done() for future in futures):
+            try:
+                stop_training_runs()
+                wait(futures, timeout=STOP_WAIT_S)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+                pass
         raise Interrupted(resume_from) from None
     return [future.result() for future in futures]
+
+
+def stop_training_runs() -> int:
+    """End this job's Ray Train runs that are still in flight, so that the threads blocked in
+    their fit() return (ActorDiedError) before the Ray session closes. Returns how many it ended.
+
+    Closing the session while such a thread still waits is a race: the thread can wake inside
+    a core worker that ray.shutdown() is tearing down, and the process then exits (1, once
+    SIGSEGV) before it can say where to resume. Each run's controller owns its training workers,
+    which die with it; killing it is what ray.shutdown() would do a moment later, in an order
+    that lets the threads leave first. Ray Train pins the controller to the driver's node, so its
+    pid, from Ray's state API (asked at this session's address, not the machine's latest Ray),
+    is ours to signal. Fit runs in a thread (fit_interruptibly), where
+    Ray Train's own Ctrl-C handling, which holds the controller's handle, is not installed."""
+    from ray.util.state import list_actors
+
+    context = ray.get_runtime_context()
+    try:
+        controllers = list_actors(address=context.gcs_address, timeout=10, detail=True, raise_on_missing_output=False,
+                                  filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE"),
+                                           ("job_id", "=", context.get_job_id())])
+    except Exception as exc:  # no state API (no dashboard): ray.shutdown() stops them, as before
+        log.debug("cannot list the training runs in flight: %s", exc)
+        return 0
+    ended = 0
+    for controller in controllers:
+        if controller.node_id == context.get_node_id() and controller.pid:
+            with suppress(ProcessLookupError):
+                os.kill(controller.pid, signal.SIGKILL)
+                ended += 1
+    return ended
 
 
 def quiet_ray_data() -> None:

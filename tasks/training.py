@@ -158,8 +158,8 @@ def fit_interruptibly(trainer: TorchTrainer, checkpoints: str) -> ray.train.Resu
     Called in the main thread, fit() installs Ray Train's SIGINT handler, which aborts the run
     and then exits the process (SystemExit, past every step's error handling), and leaves that
     handler installed after fit returns. Here an interrupt raises Interrupted, naming the
-    checkpoints the same command resumes from; the Ray session around the step shuts down on
-    the way out, which stops the training workers. The thread carries the caller's context
+    checkpoints the same command resumes from, once the run in flight has been stopped
+    (run_concurrently). The thread carries the caller's context
     (Prefect's run context among it) and is a daemon, so it never holds the process open."""
     (result,) = run_concurrently([trainer.fit], 1, checkpoints)
     return result

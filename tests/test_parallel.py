@@ -1,15 +1,20 @@
-"""Horizons in parallel: how many runs go at once, and the runner that keeps them in order.
+"""Horizons in parallel: how many runs go at once, and the runner that keeps them in order (and
+stops them on Ctrl-C).
 The two-node run that shows horizons overlapping is in tests/test_cluster.py."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from contextvars import ContextVar
+from pathlib import Path
 
 import pytest
 
 from timedistill.conf import load_config
+from timedistill.tasks.errors import Interrupted
 from timedistill.tasks.runtime import parallel_runs, run_concurrently
 from timedistill.tasks.steps import covered
 
@@ -81,3 +86,35 @@ def test_a_step_whose_horizons_overlap_counts_its_wall_time_once():
     assert covered([(0.0, 4.0), (1.0, 3.0), (2.0, 6.0)]) == 6.0  # two horizons at once, a third later
     assert covered([(0.0, 1.0), (2.0, 3.0)]) == 2.0  # one after the other: the sum
     assert covered([]) == 0.0
+
+
+def wait_forever_in_training(config: dict) -> None:
+    Path(config["started"]).touch()
+    while True:
+        time.sleep(0.1)
+
+
+def test_an_interrupt_ends_the_training_run_in_flight_before_the_session_closes(ray_local, tmp_path):
+    """Ctrl-C while a fit() waits in a thread: the run's controller is stopped and the thread
+    has returned by the time Interrupted is raised, so ray.shutdown() never races with it."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.state import list_actors
+
+    started = tmp_path / "started"
+    trainer = TorchTrainer(wait_forever_in_training, train_loop_config={"started": str(started)},
+                           scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                           run_config=RunConfig(name="interrupted", storage_path=str(tmp_path / "ray")))
+
+    def interrupt_once_training() -> None:
+        while not started.exists():
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_training, daemon=True).start()
+    with pytest.raises(Interrupted, match="resume here"):
+        run_concurrently([trainer.fit], 1, "resume here")
+    assert not [thread for thread in threading.enumerate() if thread.name == "timedistill-run"]
+    context = ray_local.get_runtime_context()
+    assert not list_actors(address=context.gcs_address, filters=[
+        ("class_name", "=", "TrainController"), ("state", "=", "ALIVE"), ("job_id", "=", context.get_job_id())])
