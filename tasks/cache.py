@@ -32,10 +32,9 @@ from timedistill.models import reduce_feature_width
 from timedistill.store.records import Cache, Dataset, Teacher
 from timedistill.store.storage import SUCCESS, Storage
 from timedistill.tasks.runtime import Workers
-from timedistill.tasks.windows import SPLITS, WindowBatcher, window_index
+from timedistill.tasks.windows import SPLITS, WindowBatcher, inference_batch, window_index
 
 CACHE_META = "cache.json"
-INFERENCE_BATCH = 256
 ROW_GROUP_BYTES = 4 * 2**20
 
 # Ray 2.60 has no named parameter for map_batches' max_restarts yet, and says so on every call.
@@ -83,7 +82,7 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
             "feature_dim": stored_feature_dim(teacher, config), "use_gpu": workers.gpus > 0,
             "threads": workers.threads,
         },
-        batch_size=4 * INFERENCE_BATCH,
+        batch_size=4 * inference_batch(teacher.lookback, teacher.n_vars),  # windows per part file
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers.count),
         num_cpus=workers.cpus,
@@ -138,8 +137,9 @@ class TeacherPredictor:
             window_id = part["window_id"].to_numpy()
             starts = part["start"].to_numpy()
             predictions, features, batches = [], [], 0
-            for begin in range(0, len(starts), INFERENCE_BATCH):
-                x, _ = self.batcher(starts[begin : begin + INFERENCE_BATCH])
+            step = self.batcher.inference_batch
+            for begin in range(0, len(starts), step):
+                x, _ = self.batcher(starts[begin : begin + step])
                 prediction, feature = self.model(x.to(self.device))
                 feature = reduce_feature_width(feature, self.feature_dim)
                 predictions.append(prediction.to("cpu", torch.float16).numpy())

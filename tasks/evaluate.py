@@ -46,16 +46,15 @@ def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teac
     return Evaluation(dataset=dataset.name, run_id=run_id, rows=rows, run_dir=storage.uri(run_dir), markdown=markdown)
 
 
-def score_windows(model: ForecastModel, values: np.ndarray, starts: np.ndarray, scaler: Scaler,
-                  batch_size: int = 256) -> float:
+def score_windows(model: ForecastModel, values: np.ndarray, starts: np.ndarray, scaler: Scaler) -> float:
     """The MSE of a model's forecasts over windows of a series in data units [T, C], measured in
     the standardized space of `scaler`: models trained with other scalers (a champion trained on
     older data) are compared on one scale."""
     batcher = WindowBatcher(values, model.lookback, model.horizon)
     std = np.asarray(scaler.std, dtype=np.float64)
-    squares, count = 0.0, 0
-    for begin in range(0, len(starts), batch_size):
-        x, y = batcher(starts[begin : begin + batch_size])
+    squares, count, batch = 0.0, 0, batcher.inference_batch
+    for begin in range(0, len(starts), batch):
+        x, y = batcher(starts[begin : begin + batch])
         error = (model.forecast(x.numpy()) - y.numpy()) / std  # [B, S, C]
         squares += float(np.square(error).sum())
         count += error.size

@@ -43,13 +43,13 @@ def method(half_life: float | None) -> str:
 
 @torch.inference_mode()
 def calibrate(model: QuantileStudent, batcher: WindowBatcher, val_starts: np.ndarray, test_starts: np.ndarray,
-              half_life: float | None = None, batch_size: int = 256) -> Intervals:
+              half_life: float | None = None) -> Intervals:
     """Set `model.widen` from the validation windows (in time order, the newest last) and score
     the intervals on the test ones. `half_life`: in windows; None weighs every window alike."""
     model.eval()
     levels, m = model.levels, model.median_index
     scores, raw_inside = [], torch.zeros(m, dtype=torch.float64)
-    for chunk in batches(np.arange(len(val_starts)), batch_size):
+    for chunk in batches(np.arange(len(val_starts)), batcher.inference_batch):
         x, y = batcher(val_starts[chunk])
         _, quantiles = model.quantiles(x, calibrated=False)  # [B, Q, S, C]
         below, above = quantiles[:, :m], quantiles[:, m + 1 :].flip(1)  # interval k: [B, m, S, C] each
@@ -67,7 +67,7 @@ def calibrate(model: QuantileStudent, batcher: WindowBatcher, val_starts: np.nda
         model.widen.copy_(torch.stack([weighted_quantile(score[:, k], weight, levels[-1 - k] - levels[k])
                                        for k in range(m)]))  # [m, S, C]
     val_coverage_raw = (raw_inside / (score[:, 0].numel())).tolist()
-    test = score_intervals(model, batcher, test_starts, batch_size)
+    test = score_intervals(model, batcher, test_starts)
     intervals = [IntervalScore(lower=levels[k], upper=levels[-1 - k], val_coverage_raw=val_coverage_raw[k],
                                test_coverage_raw=test["raw"][k], test_coverage=test["calibrated"][k],
                                test_width=test["width"][k]) for k in range(m)]
@@ -91,14 +91,13 @@ def weighted_quantile(score: torch.Tensor, weight: torch.Tensor, share: float) -
     return ordered.gather(0, rank).squeeze(0)
 
 
-def score_intervals(model: QuantileStudent, batcher: WindowBatcher, starts: np.ndarray,
-                    batch_size: int) -> dict[str, list[float]]:
+def score_intervals(model: QuantileStudent, batcher: WindowBatcher, starts: np.ndarray) -> dict[str, list[float]]:
     """Per interval: the share of values inside it, uncorrected ("raw") and corrected, and the
     corrected interval's mean width."""
     m = model.median_index
     sums = {name: torch.zeros(m, dtype=torch.float64) for name in ("raw", "calibrated", "width")}
     count = 0
-    for chunk in batches(np.arange(len(starts)), batch_size):
+    for chunk in batches(np.arange(len(starts)), batcher.inference_batch):
         x, y = batcher(starts[chunk])
         for name, calibrated in (("raw", False), ("calibrated", True)):
             _, quantiles = model.quantiles(x, calibrated=calibrated)

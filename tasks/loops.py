@@ -174,13 +174,14 @@ class Scores(NamedTuple):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batcher: WindowBatcher, starts: np.ndarray, rank: int, world: int,
-             device: torch.device, batch_size: int = 256) -> Scores:
+             device: torch.device) -> Scores:
     """MSE and MAE over every element of every window of a split (each rank scores a contiguous
-    share; sums are all-reduced, so the result is the whole split's, identical on every rank)."""
+    share; sums are all-reduced, so the result is the whole split's, identical on every rank),
+    in batches whose size bounds the memory however many variables the series has."""
     model.eval()
     mine = np.array_split(np.arange(len(starts)), world)[rank]
     sums = [0.0, 0.0, 0.0]
-    for chunk in batches(mine, batch_size):
+    for chunk in batches(mine, batcher.inference_batch):
         x, y = batcher(starts[chunk])
         prediction = model(x.to(device)).prediction.float()
         error = prediction - y.to(device)

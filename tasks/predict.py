@@ -30,7 +30,7 @@ from timedistill.tasks.ingest import parse_series, read_source
 from timedistill.tasks.windows import WindowBatcher
 
 ORIGIN = "origin"
-BATCH = 256  # origins per forecast call
+BATCH = 256  # origins per actor call (the Ray Data path); each forward takes batcher.inference_batch
 SCORES = ["mse", "mae", "squares", "absolutes", "count"]  # per origin, where its truth is known
 Layout = Literal["wide", "long"]
 
@@ -139,9 +139,9 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
     padded = np.concatenate([values, np.full((horizon, values.shape[1]), np.nan)])  # truth past the end: unknown
     batcher = WindowBatcher(padded, lookback, horizon)
     std = np.asarray(predictor.entry.scaler.std)
-    frames = []
-    for begin in range(0, len(ends), BATCH):
-        chunk = ends[begin : begin + BATCH]
+    frames, step = [], batcher.inference_batch
+    for begin in range(0, len(ends), step):
+        chunk = ends[begin : begin + step]
         x, truth = batcher(chunk - lookback)
         history = x.numpy()
         if not np.isfinite(history).all():

@@ -20,6 +20,7 @@ from timedistill.tasks.errors import DataError
 
 SPLITS = ("train", "val", "test")
 ETT_MONTH_DAYS = 30
+INFERENCE_VALUES = 2**24  # input values of one forward-only batch: 64 MiB of float32
 Span = tuple[int, int]
 
 
@@ -80,6 +81,16 @@ def window_index(rows: dict[str, Span], lookback: int, horizon: int) -> pa.Table
     return pa.concat_tables(parts)
 
 
+def inference_batch(lookback: int, variables: int, most: int = 256) -> int:
+    """Windows per batch where a model only runs forward (validation, test, the teacher cache):
+    `most`, or fewer where `most` windows of this many variables would hold more than
+    INFERENCE_VALUES input values. Activations grow with windows x variables (an iTransformer's
+    attention with the variables squared): 256 windows of 862 variables took gigabytes in one
+    evaluation pass. At lookback 720 the batch stays `most` up to 91 variables (every shipped
+    config); Electricity's 321 get 72 windows, Traffic's 862 get 27."""
+    return max(1, min(most, INFERENCE_VALUES // (lookback * variables)))
+
+
 class WindowBatcher:
     """Builds (x [B, L, C], y [B, S, C]) batches from the series without copying it per window.
 
@@ -103,6 +114,10 @@ class WindowBatcher:
 
     def __len__(self) -> int:
         return self._x.shape[0]
+
+    @property
+    def inference_batch(self) -> int:
+        return inference_batch(self.lookback, self.series.shape[1])
 
     def __call__(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         starts = np.asarray(starts)

@@ -8,10 +8,13 @@ from hypothesis import strategies as st
 
 from timedistill.store.scaler import Scaler
 from timedistill.tasks.errors import DataError
+from timedistill.tasks.evaluate import score_windows
 from timedistill.tasks.windows import (
+    INFERENCE_VALUES,
     WindowBatcher,
     WindowDataset,
     batch_ranges,
+    inference_batch,
     split_rows,
     window_counts,
     window_index,
@@ -117,3 +120,29 @@ def test_standardize_roundtrip():
     assert z.dtype == np.float32 and z.flags.c_contiguous
     assert np.allclose(z.mean(0), 0, atol=1e-5) and np.allclose(np.delete(z.std(0), 2), 1, atol=1e-5)
     assert np.allclose(scaler.unstandardize(z), values, atol=1e-4)
+
+
+def test_forward_only_batches_shrink_with_the_variables():
+    assert inference_batch(720, 7) == inference_batch(720, 21) == inference_batch(720, 91) == 256  # shipped data
+    assert (inference_batch(720, 321), inference_batch(720, 862)) == (72, 27)  # Electricity, Traffic
+    assert inference_batch(720, 862) * 720 * 862 <= INFERENCE_VALUES < (inference_batch(720, 862) + 1) * 720 * 862
+    assert inference_batch(10**6, 100) == 1  # never none
+    assert WindowBatcher(np.zeros((900, 321), np.float32), 720, 96).inference_batch == 72
+
+
+class LastValue:
+    """A forecaster that repeats each variable's last observed value."""
+
+    lookback, horizon = 720, 24
+
+    def forecast(self, history: np.ndarray) -> np.ndarray:  # [B, L, C] -> [B, S, C]
+        return np.repeat(history[:, -1:], self.horizon, axis=1)
+
+
+def test_a_score_over_many_forward_batches_is_the_score_over_all_windows():
+    values = np.random.default_rng(3).standard_normal((1000, 400)).astype(np.float32)
+    starts = window_starts((0, 1000), 720, 24)  # 257 windows: 5 batches of 58 (at 400 variables)
+    scaler = Scaler.fit(values)
+    x, y = WindowBatcher(values, 720, 24)(starts)
+    error = (LastValue().forecast(x.numpy()) - y.numpy()) / np.asarray(scaler.std)
+    assert score_windows(LastValue(), values, starts, scaler) == pytest.approx(float(np.square(error).mean()), rel=1e-6)
