@@ -111,9 +111,14 @@ def test_an_interrupt_ends_the_training_run_in_flight_before_the_session_closes(
             time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # Ctrl-C as the command line has it: an earlier test in this process may have left another handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_once_training, daemon=True).start()
-    with pytest.raises(Interrupted, match="resume here"):
-        run_concurrently([trainer.fit], 1, "resume here")
+    try:
+        with pytest.raises(Interrupted, match="resume here"):
+            run_concurrently([trainer.fit], 1, "resume here")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not [thread for thread in threading.enumerate() if thread.name == "timedistill-run"]
     context = ray_local.get_runtime_context()
     assert not list_actors(address=context.gcs_address, filters=[
