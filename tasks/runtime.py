@@ -231,8 +231,8 @@ def stop_training_runs() -> int:
     which die with it; killing it is what ray.shutdown() would do a moment later, in an order
     that lets the threads leave first. Ray Train pins the controller to the driver's node, so its
     pid, from Ray's state API (asked at this session's address, not the machine's latest Ray),
-    is ours to signal. Fit runs in a thread (fit_interruptibly), where
-    Ray Train's own Ctrl-C handling, which holds the controller's handle, is not installed."""
+    is ours to signal. Ray Train's own Ctrl-C handling, which holds the controller's handle, is
+    not installed for a fit in a thread (fit_interruptibly)."""
     from ray.util.state import list_actors
 
     context = ray.get_runtime_context()
