@@ -100,7 +100,7 @@ def watch(command: list[str]) -> tuple[float, dict[int, Seen]]:
                     continue
                 if pid in seen:  # an actor's title changes as it runs: keep the most specific
                     seen[pid].cpu_s = cpu
-                    if seen[pid].kind in ("ray", "IDLE") and kind not in ("ray", "IDLE"):
+                    if seen[pid].kind in DAEMON_KINDS and kind not in DAEMON_KINDS:
                         seen[pid].kind = kind
                 else:
                     seen[pid] = Seen(kind, cpu)
