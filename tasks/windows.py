@@ -20,7 +20,8 @@ from timedistill.tasks.errors import DataError
 
 SPLITS = ("train", "val", "test")
 ETT_MONTH_DAYS = 30
-INFERENCE_VALUES = 2**24  # input values of one forward-only batch: 64 MiB of float32
+INFERENCE_WINDOWS = 256  # windows of one forward-only batch, at most
+INFERENCE_VALUES = 2**24  # input values of one forward-only batch, at most: 64 MiB of float32
 Span = tuple[int, int]
 
 
@@ -81,14 +82,14 @@ def window_index(rows: dict[str, Span], lookback: int, horizon: int) -> pa.Table
     return pa.concat_tables(parts)
 
 
-def inference_batch(lookback: int, variables: int, most: int = 256) -> int:
+def inference_batch(lookback: int, variables: int) -> int:
     """Windows per batch where a model only runs forward (validation, test, the teacher cache):
-    `most`, or fewer where `most` windows of this many variables would hold more than
-    INFERENCE_VALUES input values. Activations grow with windows x variables (an iTransformer's
+    INFERENCE_WINDOWS, or fewer where that many windows of this many variables would hold more
+    than INFERENCE_VALUES input values. Activations grow with windows x variables (an iTransformer's
     attention with the variables squared): 256 windows of 862 variables took gigabytes in one
-    evaluation pass. At lookback 720 the batch stays `most` up to 91 variables (every shipped
+    evaluation pass. At lookback 720 the batch stays at 256 up to 91 variables (every shipped
     config); Electricity's 321 get 72 windows, Traffic's 862 get 27."""
-    return max(1, min(most, INFERENCE_VALUES // (lookback * variables)))
+    return max(1, min(INFERENCE_WINDOWS, INFERENCE_VALUES // (lookback * variables)))
 
 
 class WindowBatcher:
