@@ -111,7 +111,8 @@ def test_an_interrupt_ends_the_training_run_in_flight_before_the_session_closes(
             time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGINT)
 
-    # Ctrl-C as the command line has it: an earlier test in this process may have left another handler
+    # Ctrl-C as the command line has it: pytest started in the background by a shell (`make test &`)
+    # inherits SIGINT ignored, and the signal would never arrive
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_once_training, daemon=True).start()
     try:
