@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint clean gpu-check
+.PHONY: demo test install lint clean gpu-check gpu-kit
 
 demo: install
 	$(BIN)/timedistill retrain conf/smoke.yaml
@@ -28,6 +28,11 @@ $(VENV)/.installed: pyproject.toml
 # the GPU path against a CPU run of the same work; without CUDA it says so and exits 0
 gpu-check: install
 	$(BIN)/python -m bench.gpu_check
+
+# the same check's dependencies for an offline GPU machine with its own torch (default: the H200
+# this project borrows, Python 3.12), in .kit/; bench/offline_kit.py says how to carry them
+gpu-kit: install
+	$(BIN)/python -m bench.offline_kit build --have bench/gpu_machine_packages.txt
 
 lint: install
 	$(BIN)/ruff check .
