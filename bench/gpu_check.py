@@ -9,6 +9,11 @@ has two GPUs, on 2 GPU workers (DDP over NCCL). Each GPU run's distilled student
 MSE within 2% of the CPU run's; the script prints every run's MSEs, step seconds and training
 throughput (windows per second of the distill step), and exits 1 when a check fails. Without CUDA
 it says so and exits 0, so that `make gpu-check` can run anywhere.
+
+On a GPU machine without a package index (the accelerator this project borrows has Python 3.12,
+torch 2.11 with CUDA and no network), `make gpu-kit` here and bench/offline_kit.py there stand in
+for `make install`: `cd /tmp && PYTHONPATH=/tmp/timedistill-site python3 "$OLDPWD/bench/gpu_check.py"`
+(outside the checkout, whose root `timedistill/` would shadow the unpacked package).
 """
 
 from __future__ import annotations
