@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             lines = (line.split("#")[0].strip() for line in args.have.read_text().splitlines())
             have = {canonical(line) for line in lines if line}
         manifest = build(args.python, have, args.part_mib, args.out)
-    except KitError as error:
+    except (KitError, OSError) as error:  # OSError: a --have, --kit or --out path that cannot be read or written
         print(f"kit: {error}", file=sys.stderr)
         return 1
     total = sum(part.bytes for part in manifest.parts) / 2**20

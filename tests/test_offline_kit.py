@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.offline_kit import MANIFEST, WAITING, KitError, Manifest, split, unpack
+from bench.offline_kit import MANIFEST, WAITING, KitError, Manifest, main, split, unpack
 
 
 def packed_kit(tmp_path: Path) -> tuple[Path, Path]:
@@ -70,3 +70,11 @@ def test_a_part_of_another_build_is_refused_by_name(tmp_path):
     with pytest.raises(KitError, match=rf"{first}: sha256 does not match"):
         unpack(carried, tmp_path / "into", tmp_path / "stash")
     assert not (tmp_path / "stash" / first).exists()
+
+
+def test_a_missing_have_file_is_one_line_naming_it(tmp_path, capsys):
+    missing = tmp_path / "packages.txt"
+    assert main(["build", "--have", str(missing), "--out", str(tmp_path / "kit")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(missing) in error
+    assert not (tmp_path / "kit").exists()
