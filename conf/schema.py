@@ -23,6 +23,15 @@ DURATION = re.compile(r"^(\d+)(w|d|h|min|s)$")  # a span of time: 14d, 36h, 90mi
 DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "min": "minutes", "s": "seconds"}
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent
 AUTO = "auto"  # teacher.name: choose among teacher.candidates by validation MSE
+REDACTED = "***"  # a secret, where a config is written down
+
+
+def dataset_name(path: str) -> str:
+    """A plain dataset name from a file's name: `data/My Load.csv.gz` -> `my-load`."""
+    stem = path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+    name = re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-_")[:64]
+    return name or "data"
+
 
 
 class ConfigError(ValueError):
@@ -50,15 +59,22 @@ class DataConfig(Section):
     # a long file's ids may be numbers: `target: 7` names the variable "7"
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
-    name: str = "etth1"  # dataset name: used in storage paths and model names
+    name: str = "etth1"  # dataset name: used in storage paths and model names; unset: from the file's name
     path: str = "../data/ETTh1.csv"  # CSV or Parquet; local path or URI (s3://, gs://, file://)
-    timestamp: str = "date"  # timestamp column
+    # the time column; None finds it: the one column of a date type, or of text that reads as dates
+    # (a name such as ds, date or timestamp settles a tie)
+    timestamp: str | None = None
     timestamp_format: str | None = None  # strftime format; None infers it from the first row
-    target: str = "OT"  # target variable: kept last, as in the Time-Series-Library
+    # a variable kept last, the Time-Series-Library's convention for its target (OT in the ETT
+    # configs); None keeps the file's order. Every variable is forecast either way.
+    target: str | None = None
     columns: list[str] | None = None  # variables to keep, in this order; None keeps every column
-    format: Literal["wide", "long"] = "wide"  # long: one row per (id, time), one variable per id
-    id_column: str = "id"  # format=long: the column naming the series
-    value_column: str = "value"  # format=long: the column holding the value
+    # wide: a column per variable; long: one row per (id, time, value), one variable per id;
+    # auto: long when the file has an id and a value column (unique_id and y, id and value, or
+    # the configured ones), else wide
+    format: Literal["auto", "wide", "long"] = "auto"
+    id_column: str | None = None  # format=long: the column naming the series; None: unique_id or id
+    value_column: str | None = None  # format=long: the column holding the value; None: y or value
     align: Literal["inner", "outer"] = "inner"  # format=long, ids on different times: keep the common
     # times (inner), or every time (outer; data.missing fills the holes)
     max_series: int = Field(1000, gt=0)  # format=long: more ids than this is an error
@@ -73,9 +89,20 @@ class DataConfig(Section):
     # the previous version's (a changed or shorter history is an error)
     lookback: int = Field(720, gt=0)
     horizons: list[int] = [96, 192, 336, 720]
-    missing: Literal["error", "ffill", "interpolate"] = "error"  # gaps in the time index and NaNs
+    missing: Literal["error", "ffill", "interpolate"] = "error"  # gaps in the time index, NaN and empty cells
     duplicates: Literal["error", "drop"] = "error"  # drop: remove rows identical to the one before
-    max_rows: int | None = Field(None, gt=0)  # keep only the first N rows (smoke runs)
+    # keep only the first N time steps (quick looks); ingest says how many it kept of how many.
+    # Training only: a forecast reads its whole input.
+    max_rows: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_from_path(cls, values: Any) -> Any:
+        """An unnamed dataset takes its file's name: data/my load.csv is `my-load`."""
+        if isinstance(values, dict) and values.get("name") is None:
+            path = values.get("path") or cls.model_fields["path"].get_default()
+            return {**values, "name": dataset_name(str(path))}
+        return values
 
     late_fields: ClassVar[frozenset[str]] = frozenset({
         "format", "id_column", "value_column", "align", "max_series", "val_size", "test_size", "train_size",
@@ -99,7 +126,7 @@ class DataConfig(Section):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"data.columns names {repeated} more than once")
-        if self.timestamp in (*names, self.target):
+        if self.timestamp is not None and self.timestamp in (*names, self.target):
             raise ValueError(f"data.timestamp {self.timestamp!r} is also named as a variable (data.columns or "
                              "data.target)")
         return self
@@ -344,6 +371,14 @@ class Config(Section):
             raise ValueError("serve.min_replicas must not exceed serve.max_replicas")
         return self
 
+    def public(self) -> dict[str, Any]:
+        """The config as JSON, its secrets (serve.auth_token) shown as '***': what a run folder,
+        a registered version and `--json` keep of it."""
+        dumped = self.model_dump(mode="json")
+        if dumped["serve"]["auth_token"] is not None:
+            dumped["serve"]["auth_token"] = REDACTED
+        return dumped
+
     def model_name(self, horizon: int) -> str:
         return self.registry.model_name or f"{self.data.name}-{horizon}"
 
@@ -357,6 +392,22 @@ class Config(Section):
         if salt is not None:
             payload["salt"] = salt
         return stable_hash(payload)[:12]
+
+
+# What `--data FILE` (and `timedistill.fit`) set: the file, and nothing of the config's own data
+# (its name, its time column and layout, its variables, its calendar split) but what fits any file.
+DATA_FILE_RESETS = ("timestamp", "timestamp_format", "target", "columns", "id_column", "value_column")
+
+
+def data_file_overrides(path: str, data: DataConfig | None = None) -> list[str]:
+    """`--set` overrides that point a config at another file: named after it, its time column,
+    layout and variables found in it, and a calendar split of the config's own data (ett-hour,
+    ett-minute) replaced by the default ratio split."""
+    overrides = [f"data.path={json.dumps(path)}", f"data.name={json.dumps(dataset_name(path))}", "data.format=auto",
+                 *[f"data.{key}=null" for key in DATA_FILE_RESETS]]
+    if data is not None and data.split.startswith("ett-"):
+        overrides.append("data.split=ratio")
+    return overrides
 
 
 def steps_or_duration(value: int | str | None) -> int | str | None:

@@ -17,14 +17,17 @@ Each record describes itself in one line (`describe()`) for the terminal, the lo
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from timedistill import models
 from timedistill.conf import ConfigError
+from timedistill.conf.schema import duration
+from timedistill.store.contract import Card
 from timedistill.store.record import Record
 from timedistill.store.scaler import NamedScaler, Scaler
 from timedistill.store.storage import Storage
@@ -33,6 +36,7 @@ from timedistill.store.weights import load_forecaster
 Role = Literal["student", "baseline"]
 ROLES: tuple[Role, ...] = ("student", "baseline")
 SERIES = "series.parquet"
+RUN_CONFIG = "config.yaml"  # runs/<name>/<run-id>/config.yaml: the whole config a run used
 TEACHER_WEIGHTS = "teacher.pt"
 _WINDOW = ("lookback", "horizon", "n_vars")
 
@@ -165,6 +169,16 @@ class Lineage(Record):
     first_changed: str | None = None  # the first timestamp that differs
 
 
+class RowCut(Record):
+    """Rows of the source that ingestion did not keep, and the setting that removed them."""
+
+    setting: str  # data.max_rows, data.align (ids on different times), data.duplicates
+    rows: int
+
+    def describe(self) -> str:
+        return f"{self.setting} removed {self.rows:,}"
+
+
 class Dataset(Lineage):
     """An ingested series: its manifest (manifest.json) and where it lives in storage."""
 
@@ -172,10 +186,17 @@ class Dataset(Lineage):
     fingerprint: str
     source: str
     source_sha256: str
-    rows: int
-    variables: list[str]  # the target last
-    target: str
-    timestamp: str
+    rows: int  # stored: the rows kept, and those inserted into gaps
+    source_rows: int  # time steps of the source, before any setting removed some
+    cuts: list[RowCut] = Field(default_factory=list)  # what removed the others
+    variables: list[str]  # in the file's order (data.target, when set, last)
+    target: str | None
+    timestamp: str  # the time column
+    format: Literal["wide", "long"] = "wide"  # as the file was read
+    id_column: str | None = None  # format long: the columns of the ids and the values
+    value_column: str | None = None
+    found: str | None = None  # what was read off the file rather than set: the time column, the layout
+    ignored_columns: list[str] = Field(default_factory=list)  # columns of the file that were not read
     step: str
     start: str
     end: str
@@ -204,8 +225,27 @@ class Dataset(Lineage):
         """The whole series, standardized with the train-split scaler: [T, C] float32."""
         return self.scaler.standardize(self.values(storage))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_rows(cls, values: Any) -> Any:
+        """Manifests written before rows were counted kept every row of their source."""
+        if isinstance(values, dict) and "source_rows" not in values and "rows" in values:
+            return {**values, "source_rows": values["rows"]}
+        return values
+
+    @property
+    def kept_rows(self) -> int:
+        return self.source_rows - sum(cut.rows for cut in self.cuts)
+
+    def kept(self) -> str:
+        """'800 of 17,420 rows kept (data.max_rows removed 16,620)', or '' when all were."""
+        if not self.cuts:
+            return ""
+        return f"{self.kept_rows:,} of {self.source_rows:,} rows kept ({', '.join(c.describe() for c in self.cuts)})"
+
     def describe(self) -> str:
-        return f"{self.name}: {self.rows} rows x {len(self.variables)} variables, {self.fingerprint}"
+        kept = f" ({self.kept()})" if self.cuts else ""
+        return f"{self.name}: {self.rows} rows x {len(self.variables)} variables{kept}, {self.fingerprint}"
 
 
 class Teacher(TrainingRun, TrainedModel):
@@ -508,7 +548,7 @@ class RegisteredModel(Record):
     lookback: int
     horizon: int
     variables: list[str]
-    target: str
+    target: str | None
     step: str  # the series' time step: 1h, 10min, 1d
     quantiles: list[float] = Field(default_factory=list, exclude_if=lambda levels: not levels)  # besides the point
     dataset: str
@@ -518,6 +558,8 @@ class RegisteredModel(Record):
     created: str
     timedistill_config: dict[str, Any]  # the whole config of the run that trained it
     timestamp: str | None = None  # the data's timestamp column (not recorded before 2026-12)
+    # columns of its training data that were not variables: a history may hold them too
+    ignored_columns: list[str] = Field(default_factory=list)
 
     @property
     def spec(self) -> ModelSpec:
@@ -549,6 +591,17 @@ class RegistryEntry(Record):
 
     def load(self, storage: Storage, device: str = "cpu") -> nn.Module:
         return load_forecaster(storage, self.weights_path, self.config.spec, device)
+
+    @property
+    def card(self) -> Card:
+        """What a history must be to be forecast by it (the forecast contract)."""
+        held = self.config
+        try:
+            step: timedelta | None = duration(held.step)
+        except ValueError:
+            step = None
+        return Card(model=self.model, variables=held.variables, time_column=held.timestamp, step=step,
+                    ignored_columns=tuple(held.ignored_columns))
 
     def describe(self) -> str:
         return f"{self.model_id}: {self.config.spec.describe()}, student test MSE {self.metrics.student.test_mse:.4f}"

@@ -102,13 +102,16 @@ def test_fingerprint_changes_with_content_and_settings(tmp_path):
     assert ingest(config_for(path, tmp_path / "art"), storage).fingerprint != first.fingerprint
 
 
-def test_target_is_moved_last_and_columns_can_be_selected(tmp_path):
+def test_variables_keep_the_files_order_a_target_goes_last_and_columns_can_be_selected(tmp_path):
     text = "date,OT,b,a\n" + "\n".join(f"{line},{i}" for i, line in enumerate(hourly(40))) + "\n"
     path = write_csv(tmp_path, text)
     dataset = ingest(config_for(path, tmp_path / "art"), Storage(str(tmp_path / "art")))
-    assert dataset.variables == ["b", "a", "OT"]
-    picked = ingest(config_for(path, tmp_path / "art", "data.columns=[a]"), Storage(str(tmp_path / "art")))
-    assert picked.variables == ["a", "OT"]
+    assert dataset.variables == ["OT", "b", "a"] and dataset.target is None
+    targeted = ingest(config_for(path, tmp_path / "art", "data.target=OT"), Storage(str(tmp_path / "art")))
+    assert targeted.variables == ["b", "a", "OT"]
+    picked = ingest(config_for(path, tmp_path / "art", "data.columns=[a]", "data.target=OT"),
+                    Storage(str(tmp_path / "art")))
+    assert picked.variables == ["a", "OT"] and picked.ignored_columns == ["b"]
 
 
 def test_parquet_input_and_bom_crlf_header(tmp_path):
@@ -127,7 +130,8 @@ def test_parquet_input_and_bom_crlf_header(tmp_path):
 BAD_INPUTS = {
     "missing file": (None, "file not found"),
     "empty file": ("", "file is empty"),
-    "no timestamp column": ("when,a,OT\n2020-01-01 00:00:00,1,2\n", "no timestamp column 'date'"),
+    "no timestamp column": ("a,OT\n1,2\n3,4\n", r"no column holds dates \(columns: \['a', 'OT'\]\); set "
+                            "data.timestamp"),
     "unparseable timestamp": (toy_text().replace("2020-01-01 05:00:00", "yesterday"),
                               "line 7: cannot parse timestamp 'yesterday'"),
     "duplicated timestamp": (toy_text().replace("2020-01-01 05:00:00", "2020-01-01 04:00:00"),
@@ -211,7 +215,7 @@ def test_a_parquet_column_of_lists_is_a_one_line_error(tmp_path):
 
 @pytest.mark.parametrize(("override", "message"), [
     ("data.columns=[HUFL,HUFL]", r"data.columns names \['HUFL'\] more than once"),
-    ("data.target=date", "data.timestamp 'date' is also named as a variable"),
+    ("data.target=date", "the time column 'date' is also named as a variable"),
 ])
 def test_config_mistakes_that_used_to_be_tracebacks(override, message):
     result = runner.invoke(app, ["ingest", "smoke", "--set", override])

@@ -128,8 +128,10 @@ def replace(rows: list[tuple[str, str, str]], index: int, row: tuple[str, str, s
 BASE = records()
 HOUR5_A = 3 * 5 + 1  # row of (hour 5, 'a'): line 18
 BAD_LONG = {
-    "no id column": ((BASE, "date,name,value"), (), r"no id column 'id' \(columns: \['date', 'name', 'value'\]\)"),
-    "no value column": ((BASE, "date,id,reading"), (), r"no value column 'value' \(columns: .*'reading'\]\)"),
+    "no id column": ((BASE, "date,name,value"), (), r"no column 'id' \(data.id_column\) \(columns: \['date', 'name', "
+                     r"'value'\]\)"),
+    "no value column": ((BASE, "date,id,reading"), (),
+                        r"no column 'value' \(data.value_column\) \(columns: .*'reading'\]\)"),
     "unparseable timestamp": ((replace(BASE, HOUR5_A, ("yesterday", "a", "1")),), (),
                               "line 18: cannot parse timestamp 'yesterday' in column 'date'"),
     "non-numeric value": ((replace(BASE, HOUR5_A, (stamp(5), "a", "ten")),), (),

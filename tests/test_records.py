@@ -124,18 +124,24 @@ def test_the_commands_json_keeps_every_field(smoke_pipeline, session_root, smoke
         same_fields(json.loads(result.stdout.strip().splitlines()[-1]), legacy)
 
 
-def test_the_keys_of_legacy_artifacts_do_not_move(tmp_path):
-    """The smoke config of 6fd532a keys its dataset, teacher and run as then: new config fields
-    at their defaults must not make an upgrade retrain everything."""
+def test_an_upgrade_reads_the_older_root_and_keys_its_own_artifacts_anew(tmp_path):
+    """Keys changed once, when the data section learned to read a file's columns off it (a target
+    of none, a time column found): the older root's dataset is a previous version the new one is
+    compared with, and nothing of it is taken for the new one."""
+    import shutil
+
+    import polars as pl
+
     from timedistill.conf import load_config
     from timedistill.tasks.ingest import ingest
-    from timedistill.tasks.teacher import teacher_key
 
+    shutil.copytree(LEGACY / "root", tmp_path, dirs_exist_ok=True)
+    (legacy_dataset,) = (LEGACY / "root" / "datasets" / "smoke").iterdir()
+    (tmp_path / "datasets" / "smoke" / "LATEST").write_text(f"{legacy_dataset.name}\n")
+    series = pl.read_csv(ROOT / "data" / "ETTh1.csv", try_parse_dates=True).head(800)  # as that version stored it
+    series.with_columns(pl.exclude("date").cast(pl.Float32)).write_parquet(
+        tmp_path / "datasets" / "smoke" / legacy_dataset.name / "series.parquet")
     config = load_config("smoke", [f"storage.root={tmp_path}"])
     dataset = ingest(config, Storage(str(tmp_path)))
-    (legacy_dataset,) = (LEGACY / "root" / "datasets" / "smoke").iterdir()
-    (legacy_teacher,) = (LEGACY / "root" / "teachers" / "smoke").iterdir()
-    (legacy_run,) = (LEGACY / "root" / "runs" / "smoke").iterdir()
-    assert dataset.fingerprint == legacy_dataset.name
-    assert teacher_key(config, dataset, 24) == legacy_teacher.name
-    assert config.run_id(dataset.fingerprint) == legacy_run.name
+    assert dataset.fingerprint != legacy_dataset.name and not dataset.cached
+    assert (dataset.previous, dataset.appended_rows, dataset.history_changed) == (legacy_dataset.name, 0, False)
