@@ -4,8 +4,9 @@ around a handle to the model pool; the bare benchmark server wraps it around an 
     GET  /healthz                    liveness
     GET  /v1/models                  registered models: version, lookback, horizon, variables, metrics,
                                      quantile levels
-    POST /v1/forecast                {"model", "history": [[C] x L], "version"?} -> one forecast (and its
-                                     quantiles, {"0.1": [S][C], ...}, for a model that has them)
+    POST /v1/forecast                {"model", "history", "version"?} -> one forecast (and its quantiles,
+                                     {"0.1": [S][C], ...}, for a model that has them); a history is
+                                     [[C] x L] in the model's order, or columns named as its variables
     POST /v1/forecast/batch          {"model", "histories": [[[C] x L] x N]} -> N forecasts (and quantiles)
     POST /v1/forecast/npy?model=...  body: .npy of [L, C] or [N, L, C] -> .npy of [S, C] / [N, S, C], the point
     POST /v1/reload                  look for new LATEST versions now
@@ -39,10 +40,12 @@ from timedistill.serving.schema import (
     BatchForecastResponse,
     ForecastRequest,
     ForecastResponse,
+    HistoryBody,
     ModelInfo,
     ModelList,
 )
-from timedistill.store.errors import InvalidModelName, ModelUnavailable, RegistryError
+from timedistill.store.contract import History, check_times, from_frame, from_json_columns
+from timedistill.store.errors import InputError, InvalidModelName, ModelUnavailable, RegistryError
 from timedistill.store.forecaster import ForecastModel
 from timedistill.store.predictor import forecast_times
 from timedistill.store.records import RegistryEntry
@@ -169,7 +172,8 @@ class RegistryView:
             infos.append(ModelInfo(
                 name=name, version=entry.version, versions=versions(self.storage, name),
                 lookback=config.lookback, horizon=config.horizon, variables=config.variables,
-                teacher=config.teacher, quantiles=config.quantiles, broken=self.broken(name),
+                time_column=config.timestamp, teacher=config.teacher, quantiles=config.quantiles,
+                broken=self.broken(name),
                 metrics={role: headline.to_json() for role, headline in entry.metrics.headline().items()}))
         return ModelList(models=infos, unavailable=unavailable)
 
@@ -337,7 +341,7 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
 
     def answer(entry: RegistryEntry, **fields: Any) -> Response:
         return json_response({"model": entry.model, "version": entry.version, "horizon": entry.config.horizon,
-                              "variables": entry.config.variables, **fields})
+                              "variables": entry.config.variables, "time_column": entry.config.timestamp, **fields})
 
     def by_level(entry: RegistryEntry, quantiles: np.ndarray | None) -> dict[str, Any]:
         """The answer's `quantiles`, {level: an array shaped like the point forecast}, for a model
@@ -347,15 +351,45 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         return {"quantiles": {str(level): np.ascontiguousarray(quantiles[..., q, :, :])  # orjson: contiguous
                               for q, level in enumerate(entry.config.quantiles)}}
 
+    def read_history(entry: RegistryEntry, given: HistoryBody, timestamps: list[datetime] | None,
+                     start: datetime | None, field: str) -> tuple[np.ndarray, list[datetime] | None]:
+        """A history as the model's input [rows, C] and the forecast's times (when it is dated):
+        named columns are matched to the model's variables by name (the forecast contract), a
+        list of rows is taken in the model's order."""
+        card = entry.card
+        if isinstance(given, list) and all(isinstance(row, list) for row in given):  # rows: positional
+            values = to_array(given, field)
+            if values.ndim != 2:
+                raise HTTPException(422, f"{field} must be a list of rows, or named columns")
+            history = History(values, timestamps)
+            if start is not None and timestamps is None:
+                return values, dates(entry, len(values), None, start)
+        else:
+            try:
+                history = from_frame(from_json_columns(given), card)
+            except InputError as exc:
+                raise HTTPException(422, f"{field}: {exc}") from None
+            if history.times is not None and (timestamps is not None or start is not None):
+                raise HTTPException(422, f"{field} has a time column: give no timestamps or start beside it")
+            if history.times is None:
+                return history.values, dates(entry, len(history.values), timestamps, start)
+        if history.times is None:
+            return history.values, None
+        if len(history.times) != len(history.values):
+            raise HTTPException(422, f"timestamps has {len(history.times)} entries for {len(history.values)} "
+                                     "history rows")
+        try:
+            check_times(history.times, card, entry.config.lookback)
+        except InputError as exc:
+            raise HTTPException(422, f"{field}: {exc}") from None
+        return history.values, dates(entry, len(history.values), history.times, None)
+
     @app.post("/v1/forecast", dependencies=[Depends(authorize)], openapi_extra=json_body(ForecastRequest),
               responses={200: {"model": ForecastResponse}})
     async def forecast(raw: Request) -> Response:
         request = await parse_json(raw, ForecastRequest)
         entry = entry_for(request.model, request.version)
-        history = to_array(request.history, "history")
-        if history.ndim != 2:
-            raise HTTPException(422, "history must be a list of rows")
-        times = dates(entry, len(history), request.timestamps, request.start)
+        history, times = read_history(entry, request.history, request.timestamps, request.start, "history")
         result = await forecast_of(entry, last_rows(history, entry)[None], batched=False)
         quantiles = None if result.quantiles is None else result.quantiles[0]
         return answer(entry, forecast=result.point[0], **by_level(entry, quantiles),
@@ -366,26 +400,30 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
     async def forecast_batch(raw: Request) -> Response:
         request = await parse_json(raw, BatchForecastRequest)
         entry = entry_for(request.model, request.version)
-        if not request.histories:
-            raise HTTPException(422, "histories must be a non-empty list of histories (lists of rows)")
+        count = len(request.histories)
+        if not count:
+            raise HTTPException(422, "histories must be a non-empty list of histories")
+        for given in (request.timestamps, request.starts):
+            if given is not None and len(given) != count:
+                raise HTTPException(422, f"{len(given)} timestamps or starts for {count} histories")
+        read = [read_history(entry, history, request.timestamps[i] if request.timestamps else None,
+                             request.starts[i] if request.starts else None, f"histories[{i}]")
+                for i, history in enumerate(request.histories)]
         lookback = entry.config.lookback
-        histories = to_array([history[-lookback:] for history in request.histories], "histories")
-        if histories.ndim != 3:
-            raise HTTPException(422, "histories must be a non-empty list of histories (lists of rows)")
-        lengths = [len(history) for history in request.histories]
+        lengths = [len(values) for values, _ in read]
         if min(lengths) < lookback:
             raise HTTPException(422, f"a history has {min(lengths)} rows; model {entry.model} needs at least "
                                      f"{lookback} (its lookback), oldest first")
-        for given in (request.timestamps, request.starts):
-            if given is not None and len(given) != len(lengths):
-                raise HTTPException(422, f"{len(given)} timestamps or starts for {len(lengths)} histories")
-        times = None
-        if request.timestamps is not None or request.starts is not None:
-            times = [dates(entry, rows, request.timestamps[i] if request.timestamps else None,
-                           request.starts[i] if request.starts else None) for i, rows in enumerate(lengths)]
+        columns = {values.shape[1] for values, _ in read}
+        if len(columns) > 1:
+            raise HTTPException(422, f"histories have rows of {sorted(columns)} values; model {entry.model} needs "
+                                     f"{len(entry.config.variables)}")
+        histories = np.stack([values[-lookback:] for values, _ in read])
+        times = [dated for _, dated in read]
         result = await forecast_of(entry, last_rows(histories, entry), batched=True)
+        dated = any(stamps is not None for stamps in times)
         return answer(entry, forecasts=result.point, **by_level(entry, result.quantiles),
-                      **({"timestamps": times} if times is not None else {}))
+                      **({"timestamps": times} if dated else {}))
 
     @app.post("/v1/forecast/npy", dependencies=[Depends(authorize)],
               openapi_extra={"requestBody": {"content": {NPY: {"schema": {"type": "string", "format": "binary"}}},

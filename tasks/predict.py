@@ -2,12 +2,17 @@
 as ingestion does, forecast from its last window or from every origin of a range (a backtest),
 and write the forecasts, dated and named, to Parquet.
 
+The file is read with the config's reading settings (time format, missing values, duplicates,
+alignment of a long file's ids) and none of its training ones: every row of it counts, whatever
+data.max_rows says. Its columns are matched to the model's variables by name, as the forecast
+contract says (store/contract.py); the time column is the model's, where the file has it.
+
 An origin is the time of the last history row a forecast starts from. Many origins are spread
 over the Ray cluster with Ray Data's `map_batches`, each actor holding the model once; where the
 truth of a forecast is in the file, it is scored (MSE and MAE in the model's standardized space,
 the scale of its registered test scores). A quantile model's quantiles come out beside its forecast
-(a column per variable and level, "OT_q0.1"; in the long layout a column per level, "q0.1"); the
-scores are the point forecast's.
+(a column per variable and level, "OT_q0.1"; in the long layout a column per level, "y_q0.1");
+the scores are the point forecast's.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import ray
 import ray.data
 
 from timedistill.conf import Config
+from timedistill.store.contract import LONG_ID, LONG_TIME, LONG_VALUE, MEDIAN, STEP_COLUMN, from_frame, quantile_column
 from timedistill.store.errors import InputError
-from timedistill.store.predictor import STEP_COLUMN, Predictor, quantile_column
+from timedistill.store.predictor import Predictor
 from timedistill.store.record import Record
 from timedistill.store.storage import Storage
-from timedistill.tasks.ingest import parse_series, read_source
+from timedistill.tasks.ingest import parse_series
+from timedistill.tasks.reading import read_source
+from timedistill.tasks.values import format_step
 from timedistill.tasks.windows import WindowBatcher
 
 ORIGIN = "origin"
@@ -48,11 +56,19 @@ class Predictions(Record):
     mse: float | None  # over every scored element (the model's standardized space)
     mae: float | None
     scores_output: str | None  # per-origin MSE and MAE
+    source_rows: int  # rows of the input series, all of them read
+    first_origin: str
+    last_origin: str
+    found: str | None  # what was read off the file (its time column, its layout)
+    ignored_columns: list[str]  # the file's columns that the model's training data ignored too
 
     def describe(self) -> str:
         scores = f"; MSE {self.mse:.4f}, MAE {self.mae:.4f} over {self.scored} origin(s) with truth" if self.scored \
             else ""
-        return f"{self.model} {self.version}: {self.origins} origin(s), {self.rows} rows in {self.output}{scores}"
+        span = self.last_origin if self.origins == 1 else f"{self.first_origin} to {self.last_origin}"
+        ignored = f"; ignored {', '.join(self.ignored_columns)} (as in training)" if self.ignored_columns else ""
+        return (f"{self.model} {self.version}: {self.origins} origin(s) ({span}) of a {self.source_rows}-row series"
+                f"{ignored}, {self.rows} rows in {self.output}{scores}")
 
 
 def origin_rows(spec: str, timestamps: pl.Series, lookback: int) -> np.ndarray:
@@ -95,28 +111,31 @@ def predict(config: Config, storage: Storage, name: str, version: str | None, so
     """Forecast from every chosen origin of `source` and write the forecasts (and the scores, when
     there is truth) as Parquet under `output`."""
     predictor = Predictor.load(storage, name, version)
-    data = config.data.model_copy(update={"path": source})
-    frame, _, _ = parse_series(read_source(source, config.storage.endpoint_override), data)
-    missing = [variable for variable in predictor.variables if variable not in frame.columns]
-    if missing:
-        raise InputError(f"{source}: no variable {missing[0]!r}; model {predictor.name} forecasts "
-                         f"{predictor.variables} (variables: {frame.columns[1:]})")
-    timestamps = frame[data.timestamp]
-    values = frame.select(predictor.variables).to_numpy().astype(np.float64)  # [T, C]
+    data = config.data.model_copy(update={"path": source, "max_rows": None, "columns": None, "target": None})
+    series = parse_series(read_source(source, config.storage.endpoint_override), data,
+                          time_hint=predictor.entry.config.timestamp)
+    if predictor.step is not None and series.step != predictor.step:
+        raise InputError(f"{source}: its step is {format_step(series.step)}; model {predictor.name} forecasts steps "
+                         f"of {predictor.entry.config.step}")
+    history = from_frame(series.frame, predictor.card)
+    timestamps = series.frame[series.layout.timestamp]
     ends = origin_rows(origins, timestamps, predictor.lookback)
     if len(ends) == 1:  # one forecast: no cluster needed
-        rows = forecast_origins(predictor, values, timestamps, ends)
+        rows = forecast_origins(predictor, history.values, timestamps, ends)
     else:
-        rows = spread(storage, predictor, values, timestamps, ends)
+        rows = spread(storage, predictor, history.values, timestamps, ends)
     scores = (rows.filter(pl.col("count").is_not_null()).group_by(ORIGIN, maintain_order=True)
               .agg(pl.col(SCORES).first()).sort(ORIGIN))
     forecasts = rows.drop(SCORES).sort(ORIGIN, STEP_COLUMN)
-    if layout == "long":
-        # beside the value, a column per quantile level ("q0.1"): its variables stacked as unpivot stacks them
-        levels = {f"q{level:g}": pl.concat([forecasts[quantile_column(name, level)] for name in predictor.variables])
-                  for level in predictor.quantile_levels}
-        forecasts = forecasts.unpivot(index=[ORIGIN, data.timestamp, STEP_COLUMN], on=predictor.variables,
-                                      variable_name=data.id_column, value_name=data.value_column).with_columns(**levels)
+    time_column = forecasts.columns[1]
+    if layout == "long":  # a row per variable: unique_id, ds, y and a column per quantile level (y_q0.1)
+        levels = {quantile_column(LONG_VALUE, level): pl.concat([forecasts[quantile_column(name, level)]
+                                                                 for name in predictor.variables])
+                  for level in predictor.levels if level != MEDIAN}
+        forecasts = (forecasts.rename({time_column: LONG_TIME})
+                     .unpivot(index=[ORIGIN, LONG_TIME, STEP_COLUMN], on=predictor.variables, variable_name=LONG_ID,
+                              value_name=LONG_VALUE)
+                     .with_columns(**levels).select(ORIGIN, LONG_ID, LONG_TIME, STEP_COLUMN, LONG_VALUE, *levels))
     output.write_parquet(output_name, forecasts.to_arrow())
     scores_name = None
     if scores.height:
@@ -128,7 +147,9 @@ def predict(config: Config, storage: Storage, name: str, version: str | None, so
         output=output.uri(output_name), layout=layout, scored=scores.height,
         mse=float(scores["squares"].sum()) / count if count else None,
         mae=float(scores["absolutes"].sum()) / count if count else None,
-        scores_output=output.uri(scores_name) if scores_name else None)
+        scores_output=output.uri(scores_name) if scores_name else None, source_rows=len(timestamps),
+        first_origin=str(timestamps[int(ends[0]) - 1]), last_origin=str(timestamps[int(ends[-1]) - 1]),
+        found=series.layout.found, ignored_columns=list(history.ignored))
 
 
 def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Series,
@@ -146,7 +167,7 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
         history = x.numpy()
         if not np.isfinite(history).all():
             raise InputError("a history holds missing or infinite values")
-        forecast, quantiles = predictor.forecast(history)  # [B, S, C], {"OT_q0.1": [B*S], ...}
+        forecast, quantile_values = predictor.forecast(history)  # [B, S, C], [B, Q, S, C] or None
         error = (forecast - truth.numpy()) / std  # [B, S, C]; NaN where the truth is past the end
         known = np.isfinite(error).all(axis=(1, 2))  # [B]
         elements = horizon * values.shape[1]
@@ -154,6 +175,10 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
         absolutes = np.where(known, np.abs(error).sum(axis=(1, 2)), np.nan)
         origins = timestamps.gather(chunk - 1)  # [B]
         steps = np.arange(1, horizon + 1)
+        quantiles = {} if quantile_values is None else {  # [B, S] -> [B*S] per variable and level
+            quantile_column(name, level): quantile_values[:, q, :, c].reshape(-1)
+            for c, name in enumerate(predictor.variables) for q, level in enumerate(predictor.levels)
+            if level != MEDIAN}
         frame = pl.DataFrame({
             ORIGIN: origins.gather(np.repeat(np.arange(len(chunk)), horizon)),  # [B*S]
             STEP_COLUMN: np.tile(steps, len(chunk)),
@@ -163,11 +188,11 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
             "squares": np.repeat(squares, horizon), "absolutes": np.repeat(absolutes, horizon),
             "count": np.repeat(np.where(known, elements, 0), horizon),
         })
-        step = predictor.step
+        step, time_column = predictor.step, predictor.entry.config.timestamp or timestamps.name
         stamp = (pl.col(ORIGIN) + pl.duration(microseconds=pl.col(STEP_COLUMN) * (step // timedelta(microseconds=1)))
                  if step else pl.lit(None, dtype=timestamps.dtype))
-        frames.append(frame.with_columns(stamp.alias(timestamps.name), pl.col("count").replace(0, None))
-                      .fill_nan(None).select(ORIGIN, timestamps.name, STEP_COLUMN, *predictor.variables, *quantiles,
+        frames.append(frame.with_columns(stamp.alias(time_column), pl.col("count").replace(0, None))
+                      .fill_nan(None).select(ORIGIN, time_column, STEP_COLUMN, *predictor.variables, *quantiles,
                                              *SCORES))
     return pl.concat(frames)
 

@@ -99,9 +99,9 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
     registered = RegisteredModel(
         model=model, version=version, student=student.name, hparams=student.hparams, lookback=students.lookback,
         horizon=students.horizon, variables=dataset.variables, target=dataset.target, step=dataset.step,
-        timestamp=dataset.timestamp, quantiles=student.quantiles,
+        timestamp=dataset.timestamp, ignored_columns=dataset.ignored_columns, quantiles=student.quantiles,
         dataset=dataset.name, data_fingerprint=dataset.fingerprint, run_id=run_id, teacher=students.teacher_name,
-        created=datetime.now(UTC).isoformat(timespec="seconds"), timedistill_config=config.model_dump(mode="json"))
+        created=datetime.now(UTC).isoformat(timespec="seconds"), timedistill_config=config.public())
     scaler = NamedScaler(variables=dataset.variables, mean=dataset.scaler.mean, std=dataset.scaler.std)
     with storage.publish_dir(folder) as staging:
         storage.write_bytes(f"{staging}/student.pt", storage.read_bytes(students.weights_path("student")))

@@ -44,7 +44,7 @@ def test_load_model_predicts_a_dated_named_frame(smoke):
     assert from_array["step"].to_list() == list(range(1, 25))
     with pytest.raises(InputError, match="needs at least 96"):
         model.predict(history.head(50))
-    with pytest.raises(InputError, match="no column 'OT'"):
+    with pytest.raises(InputError, match="lacks 'OT'"):
         model.predict(history.drop("OT"))
 
 
@@ -60,7 +60,8 @@ def test_predict_from_the_last_window(smoke, tmp_path):
     long = runner.invoke(app, ["predict", "smoke", "--model", "smoke-24", "--input", str(smoke["csv"]),
                                "--output", str(tmp_path / "long.parquet"), "--layout", "long", *smoke["sets"]])
     assert long.exit_code == 0, long.output
-    assert pl.read_parquet(tmp_path / "long.parquet").shape == (24 * 7, 5)  # origin, date, step, id, value
+    long_columns = pl.read_parquet(tmp_path / "long.parquet").columns
+    assert long_columns == ["origin", "unique_id", "ds", "step", "y"]  # the forecast contract's long names
 
 
 def test_a_backtest_over_the_test_windows_reproduces_the_registered_test_mse(smoke, tmp_path, ray_local):
@@ -116,7 +117,7 @@ def test_a_quantile_model_predicts_its_quantiles_beside_the_forecast(quantile_ru
         assert result.exit_code == 0, result.output
     wide, long = pl.read_parquet(tmp_path / "wide.parquet"), pl.read_parquet(tmp_path / "long.parquet")
     assert wide.columns == ["origin", "date", "step", *model.variables, *bounds]
-    assert long.columns == ["origin", "date", "step", "id", "value", "q0.1", "q0.9"] and long.height == 24 * 7
-    assert (long["q0.1"] <= long["value"] + 1e-6).all() and (long["value"] <= long["q0.9"] + 1e-6).all()
-    ot = long.filter(pl.col("id") == "OT")
-    assert ot["q0.1"].to_list() == wide["OT_q0.1"].to_list() and ot["q0.9"].to_list() == wide["OT_q0.9"].to_list()
+    assert long.columns == ["origin", "unique_id", "ds", "step", "y", "y_q0.1", "y_q0.9"] and long.height == 24 * 7
+    assert (long["y_q0.1"] <= long["y"] + 1e-6).all() and (long["y"] <= long["y_q0.9"] + 1e-6).all()
+    ot = long.filter(pl.col("unique_id") == "OT")
+    assert ot["y_q0.1"].to_list() == wide["OT_q0.1"].to_list() and ot["y_q0.9"].to_list() == wide["OT_q0.9"].to_list()

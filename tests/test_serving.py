@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import smoke_overrides
 from timedistill.conf import load_config
@@ -289,7 +291,7 @@ def test_the_python_client_against_the_server(served, history):
         plain = client.forecast("smoke-24", history, version=dated.version)
         assert np.allclose(dated.values, plain.values, rtol=1e-6) and plain.timestamps is None
         assert dated.timestamps[0] == stamps[-1] + timedelta(hours=1) and len(dated.timestamps) == 24
-        assert dated.variables[-1] == "OT" and dated.to_polars().columns[0] == "timestamp"
+        assert dated.variables[-1] == "OT" and dated.to_polars().columns[0] == "date"  # the data's time column
         started = client.forecast("smoke-24", history, start=stamps[0], version=dated.version)
         assert started.timestamps[0] == stamps[0] + timedelta(hours=96)
         batch = client.forecast_batch("smoke-24", [history, history * 1.01], version=dated.version)  # as .npy
@@ -302,6 +304,71 @@ def test_the_python_client_against_the_server(served, history):
                for scheme in spec["components"]["securitySchemes"].values())
     answer = spec["paths"]["/v1/forecast"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer["$ref"].endswith("/ForecastResponse")
+
+
+@pytest.fixture(scope="module")
+def named_history(smoke_pipeline, smoke_csv):
+    """The smoke rows before the test split as a frame with names, the date column as text."""
+    import polars as pl
+
+    start = smoke_pipeline.pipe.dataset.splits["test"][0]
+    return pl.read_csv(smoke_csv).slice(start - 120, 120)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.permutations(["date", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]))
+def test_any_column_order_gives_the_same_forecast_through_the_client(served, named_history, order):
+    """A frame is sent with its names and matched by them on the server: reversed or shuffled
+    columns give the forecast load_model gives (the date column, text, dates it)."""
+    import timedistill
+    from timedistill import Client
+
+    expected = timedistill.load_model("smoke-24", version="v1", storage=served["run"].pipe.storage.root).predict(
+        named_history)
+    with Client(str(served["client"].base_url), token=TOKEN) as client:
+        got = client.forecast("smoke-24", named_history.select(order), version="v1").to_polars()
+        batch = client.forecast_batch("smoke-24", [named_history.select(order)] * 2, version="v1")
+    assert got.columns == expected.columns and got["date"].to_list() == expected["date"].to_list()
+    assert np.allclose(got.drop("date").to_numpy(), expected.drop("date").to_numpy(), rtol=1e-6)
+    assert np.allclose(batch[1], expected.drop("date").to_numpy(), rtol=1e-6)
+
+
+def test_named_histories_over_http(served, named_history):
+    """JSON with names, as an object of columns or as records; what does not match is a 422 that
+    names it; a long frame answers in the long layout through the client."""
+    from datetime import datetime, timedelta
+
+    client, expected = served["client"], None
+    first = datetime.fromisoformat(named_history["date"][-1]) + timedelta(hours=1)
+    columns = {name: named_history[name].to_list() for name in reversed(named_history.columns)}
+    records = named_history.select(reversed(named_history.columns)).to_dicts()
+    answers = [client.post("/v1/forecast", json={"model": "smoke-24", "version": "v1", "history": history})
+               for history in (columns, records)]
+    for response in answers:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["time_column"] == "date" and body["timestamps"][0] == first.isoformat()
+        expected = expected if expected is not None else body["forecast"]
+        assert np.allclose(body["forecast"], expected)
+    for broken, message in (({k: v for k, v in columns.items() if k != "OT"}, "lacks 'OT'"),
+                            ({**columns, "Oil": columns["OT"]}, "'Oil' is not a variable"),
+                            ({**columns, "date": columns["date"][::-1]}, "not in increasing order"),
+                            ({**columns, "OT": [None, *columns["OT"][1:]]}, None)):
+        response = client.post("/v1/forecast", json={"model": "smoke-24", "version": "v1", "history": broken})
+        if message is None:  # a missing value before the last lookback rows is not read
+            assert response.status_code == 200, response.text
+            continue
+        assert response.status_code == 422 and message in response.json()["detail"], response.text
+    both = client.post("/v1/forecast", json={"model": "smoke-24", "history": columns,
+                                             "start": "2020-01-01T00:00:00"})
+    assert both.status_code == 422 and "time column" in both.json()["detail"]
+    from timedistill import Client
+
+    long = named_history.unpivot(index="date", variable_name="unique_id", value_name="y").rename({"date": "ds"})
+    with Client(str(client.base_url), token=TOKEN) as python_client:
+        result = python_client.forecast("smoke-24", long, version="v1")
+    assert result.to_polars("long").columns == ["unique_id", "ds", "y"]
+    assert np.allclose(result.values, np.asarray(expected))
 
 
 def test_a_rollback_is_picked_up_like_a_new_version(served, history):

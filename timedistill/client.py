@@ -3,10 +3,14 @@ names, from a program.
 
     client = timedistill.Client("http://127.0.0.1:8000", token=None)
     client.models()                                     # what is registered
-    result = client.forecast("etth1-96", history)        # history: [rows >= lookback, C]
+    result = client.forecast("etth1-96", frame)          # a frame: columns matched to variables by name
     result.values, result.timestamps, result.to_polars()
     result.quantiles                                     # a quantile model's {0.1: [horizon, C], ...}
-    many = client.forecast_batch("etth1-96", histories)  # large batches travel as .npy; the point only
+    many = client.forecast_batch("etth1-96", histories)  # large batches of arrays travel as .npy; the point only
+
+A history is a Polars or pandas frame (or a long one: unique_id, ds, y), sent with its column
+names and matched to the model's variables by name on the server, its time column dating the
+forecast; or an array [rows >= lookback, C] whose columns are taken in the model's order.
 
 `AsyncClient` has the same methods as coroutines. A 503 (the server is overloaded) is retried
 after its Retry-After; a 4xx raises `RequestError` with the server's message; connection errors
@@ -27,9 +31,9 @@ import httpx
 import numpy as np
 
 from timedistill.serving.schema import ModelInfo
+from timedistill.store.contract import Layout, forecast_frame, is_frame, to_polars
 
 NPY = "application/x-npy"
-MEDIAN = 0.5  # a quantile model's point forecast: its median level has no column of its own
 
 
 class ClientError(Exception):
@@ -58,20 +62,16 @@ class Forecast:
     values: np.ndarray  # [horizon, variables], the data's units; a quantile model's median
     timestamps: list[datetime] | None  # when the request dated its history
     quantiles: dict[float, np.ndarray] | None = None  # level -> [horizon, variables]; None for a point model
+    time_column: str | None = None  # the time column of the model's data
 
-    def to_polars(self) -> Any:
-        """A row per step: its timestamp (or step number), a column per variable and, for a
-        quantile model, a column per variable and level besides the median ("OT_q0.1")."""
-        import polars as pl
+    def to_polars(self, layout: Layout = "wide") -> Any:
+        """Wide, a row per step: the data's time column (or the step number), a column per
+        variable and, for a quantile model, a column per variable and level besides the median
+        ("OT_q0.1"); long, unique_id, ds, y (and y_q0.1, ...): as `load_model(...).predict`."""
+        return forecast_frame(self.values, self.quantiles, self.variables, self.timestamps, self.time_column, layout)
 
-        columns = {name: self.values[:, i] for i, name in enumerate(self.variables)}
-        bounds = {f"{name}_q{level:g}": values[:, i] for i, name in enumerate(self.variables)
-                  for level, values in (self.quantiles or {}).items() if level != MEDIAN}
-        first = {"timestamp": self.timestamps} if self.timestamps else {"step": np.arange(1, len(self.values) + 1)}
-        return pl.DataFrame({**first, **columns, **bounds})
-
-    def to_pandas(self) -> Any:
-        return self.to_polars().to_pandas()
+    def to_pandas(self, layout: Layout = "wide") -> Any:
+        return self.to_polars(layout).to_pandas()
 
 
 class _Requests:
@@ -82,7 +82,7 @@ class _Requests:
 
     @staticmethod
     def forecast_body(model: str, history: Any, timestamps: Any, start: Any, version: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "history": _rows(history)}
+        body: dict[str, Any] = {"model": model, "history": _history(history)}
         if version is not None:
             body["version"] = version
         if timestamps is not None:
@@ -92,14 +92,15 @@ class _Requests:
         return body
 
     def batch_request(self, model: str, histories: Sequence[Any], version: str | None) -> dict[str, Any]:
-        arrays = [np.asarray(h, dtype=np.float32) for h in histories]
+        named = any(is_frame(history) for history in histories)  # names travel as JSON, matched by the server
+        arrays = [] if named else [np.asarray(h, dtype=np.float32) for h in histories]
         if len(arrays) >= self.npy_min_batch and len({a.shape for a in arrays}) == 1:  # one binary body
             buffer = io.BytesIO()
             np.save(buffer, np.stack(arrays), allow_pickle=False)
             params = {"model": model} | ({"version": version} if version else {})
             return {"url": "/v1/forecast/npy", "params": params, "content": buffer.getvalue(),
                     "headers": {"content-type": NPY}}
-        body: dict[str, Any] = {"model": model, "histories": [_rows(h) for h in histories]}
+        body: dict[str, Any] = {"model": model, "histories": [_history(h) for h in histories]}
         if version is not None:
             body["version"] = version
         return {"url": "/v1/forecast/batch", "json": body}
@@ -133,7 +134,7 @@ class _Requests:
         quantiles = ({float(level): np.asarray(values) for level, values in body["quantiles"].items()}
                      if "quantiles" in body else None)
         return Forecast(body["model"], body["version"], body["variables"], np.asarray(body["forecast"]), stamps,
-                        quantiles)
+                        quantiles, body.get("time_column"))
 
     @staticmethod
     def batch(response: httpx.Response) -> np.ndarray:
@@ -240,12 +241,25 @@ class AsyncClient:
             raise ServerUnavailable(f"{self._http.base_url}: {exc}") from None
 
 
-def _rows(history: Any) -> list[list[float]]:
-    """A history as JSON rows: an array-like [rows, variables] of numbers."""
+def _history(history: Any) -> list[list[float]] | dict[str, list[Any]]:
+    """A history as JSON: a frame as its named columns (dates as ISO text, NaN as null), an
+    array-like [rows, variables] of numbers as rows."""
+    if is_frame(history):
+        return {column.name: _cells(column) for column in to_polars(history).iter_columns()}
     rows = np.asarray(history, dtype=np.float64)
     if rows.ndim != 2:
         raise ValueError(f"a history is [rows, variables], got an array of shape {list(rows.shape)}")
     return rows.tolist()
+
+
+def _cells(column: Any) -> list[Any]:
+    import polars as pl
+
+    if column.dtype.is_temporal():
+        return [None if value is None else value.isoformat() for value in column.to_list()]
+    if column.dtype.is_numeric():
+        return column.cast(pl.Float64).fill_nan(None).to_list()
+    return column.cast(pl.String).to_list()
 
 
 def _iso(value: Any) -> str:
