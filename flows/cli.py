@@ -24,6 +24,7 @@ from rich.table import Table
 from timedistill.conf import Config, ConfigError, load_config, storage_root
 from timedistill.flows.progress import StepProgress
 from timedistill.store.errors import InputError, RegistryError
+from timedistill.store.records import RUN_CONFIG
 from timedistill.store.storage import Storage
 from timedistill.tasks.errors import DataError, StepError, interrupt_on_sigterm
 
@@ -48,7 +49,25 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", 
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="print one JSON object as the last stdout line")]
 DebugOpt = Annotated[bool, typer.Option("--debug", metavar="", help="show tracebacks and Ray's and Prefect's logs")]
 
+DataOpt = Annotated[str | None, typer.Option("--data", metavar="FILE", help="your own CSV or Parquet file (a path "
+                                             "or URI) instead of the config's: the dataset is named after it, and its "
+                                             "time column, layout and variables are read off it")]
 USER_ERRORS = (ConfigError, DataError, StepError, RegistryError, InputError)
+DRIFT_EXIT = 3  # `monitor`: a model drifted (0: none did; 1: an error)
+
+
+def config_overrides(config: str, data: str | None, sets: list[str] | None) -> list[str]:
+    """The command's `--set` overrides, after those of `--data FILE` (so that a `--set` still
+    wins): the file, named after itself, its columns read off it (conf/schema.py,
+    data_file_overrides)."""
+    from pathlib import Path
+
+    from timedistill.conf.schema import data_file_overrides
+
+    if data is None:
+        return list(sets or [])
+    path = data if "://" in data else str(Path(data).expanduser().resolve())
+    return [*data_file_overrides(path, load_config(config, sets or []).data), *(sets or [])]
 
 
 def show_version(value: bool) -> None:
@@ -129,13 +148,14 @@ def open_storage(config: Config) -> Storage:
 
 
 @app.command()
-def ingest(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+def ingest(config: ConfigArg, set_: SetOpt = None, data: DataOpt = None, as_json: JsonOpt = False,
+           debug: DebugOpt = False) -> None:
     """Validate a CSV/Parquet series and store it as Arrow/Parquet with its splits and scaler."""
     from timedistill.tasks.ingest import ingest as ingest_step
     from timedistill.tasks.ingest import ingest_summary
 
     def body() -> None:
-        cfg = load_config(config, set_ or [])
+        cfg = load_config(config, config_overrides(config, data, set_))
         storage = open_storage(cfg)
         dataset = ingest_step(cfg, storage)
         if as_json:
@@ -153,6 +173,12 @@ def print_ingest(dataset: Dataset, cfg: Config, storage: Storage) -> None:
     out.print(f"[bold]{dataset.name}[/] {state}: {dataset.rows} rows x {len(dataset.variables)} variables, "
               f"step {dataset.step}")
     out.print(f"  {storage.uri(dataset.series_path)}")
+    if dataset.cuts:
+        out.print(f"  [yellow]{dataset.kept()}[/]", highlight=False)
+    if dataset.found:
+        out.print(f"  read off the file: {dataset.found}", highlight=False)
+    if dataset.ignored_columns:
+        out.print(f"  not read: {', '.join(dataset.ignored_columns)}", highlight=False)
     counts = {h: window_counts(dataset.splits, cfg.data.lookback, h) for h in cfg.data.horizons}
     table = Table("split", "rows", *[f"windows h={h}" for h in cfg.data.horizons])
     for split, (start, end) in dataset.splits.items():
@@ -185,12 +211,12 @@ def run_pipeline(config: str, overrides: list[str], ray_address: str | None, deb
 
 
 @app.command()
-def teacher(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
-            ray_address: RayAddressOpt = None) -> None:
+def teacher(config: ConfigArg, set_: SetOpt = None, data: DataOpt = None, as_json: JsonOpt = False,
+            debug: DebugOpt = False, ray_address: RayAddressOpt = None) -> None:
     """Train the teacher of every configured horizon on Ray Train (reused when already trained)."""
 
     def body() -> None:
-        summary = run_pipeline(config, list(set_ or []), ray_address, debug, stop_after="teacher")
+        summary = run_pipeline(config, config_overrides(config, data, set_), ray_address, debug, stop_after="teacher")
         if as_json:
             choices = [choice.to_json() for choice in summary.teacher_choices]  # teacher.name auto
             sets = [ensemble.to_json() for ensemble in summary.teacher_sets]  # teacher.names
@@ -215,52 +241,56 @@ def teacher_record(summary: RunSummary, teacher: Teacher) -> dict[str, Any]:
 
 
 @app.command()
-def distill(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
-            ray_address: RayAddressOpt = None) -> None:
+def distill(config: ConfigArg, set_: SetOpt = None, data: DataOpt = None, as_json: JsonOpt = False,
+            debug: DebugOpt = False, ray_address: RayAddressOpt = None) -> None:
     """Distill the student from the trained teacher (via its Parquet cache), train the plain-MLP
     baseline beside it, and compare all three on the test split."""
 
     def body() -> None:
-        summary = run_pipeline(config, list(set_ or []), ray_address, debug, stop_after="evaluate",
-                               train_teachers=False)
+        summary = run_pipeline(config, config_overrides(config, data, set_), ray_address, debug,
+                               stop_after="evaluate", train_teachers=False)
         use = summary.cache_use()
         if as_json:
             emit_json({"results": [row.to_json() for row in summary.results], "cache": use.to_json(),
-                       "run_dir": summary.run_dir})
+                       "run_dir": summary.run_dir, "config": f"{summary.run_dir}/{RUN_CONFIG}"})
             return
-        print_results(summary.results, summary.dataset)
+        print_results(summary.results)
         if summary.caches:
             out.print(use.describe())
+        out.print(f"config: {summary.run_dir}/{RUN_CONFIG}")
 
     run_command(debug, body)
 
 
 @app.command()
-def retrain(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
-            ray_address: RayAddressOpt = None) -> None:
+def retrain(config: ConfigArg, set_: SetOpt = None, data: DataOpt = None, as_json: JsonOpt = False,
+            debug: DebugOpt = False, ray_address: RayAddressOpt = None) -> None:
     """Run the whole pipeline as a Prefect flow: ingest, teacher, cache, distill + baseline,
-    evaluate, register. Steps whose inputs did not change are skipped."""
+    evaluate, register. Steps whose inputs did not change are skipped. `--data FILE` runs any
+    config on a file of your own (`timedistill retrain smoke --data my.csv` for a quick look)."""
 
     def body() -> None:
         began = time.perf_counter()
         if not debug:  # the flow's logs still reach Prefect's API; the terminal shows progress
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-        load_config(config, set_ or [])  # fail fast on a bad config, before any server starts
+        overrides = config_overrides(config, data, set_)
+        load_config(config, overrides)  # fail fast on a bad config, before any server starts
         with prefect_server_warming():
             from timedistill.flows.retrain import progress
             from timedistill.flows.retrain import retrain as retrain_flow
         with StepProgress() as terminal, progress(terminal, quiet=not debug):
-            summary = retrain_flow(config=config, overrides=list(set_ or []), ray_address=ray_address)
+            summary = retrain_flow(config=config, overrides=overrides, ray_address=ray_address)
             total, steps = time.perf_counter() - began, sum(step.seconds for step in summary.steps.values())
             terminal.step("start-up", total - steps, False, "imports, Prefect's server (outside the steps)")
             terminal.note(f"{total:.1f}s in all")
         if as_json:
-            emit_json(summary.to_json())
+            emit_json(summary.to_json() | {"config_file": f"{summary.run_dir}/{RUN_CONFIG}"})
         else:
-            print_results(summary.results, summary.dataset)
+            print_results(summary.results)
             for model in summary.models:
                 out.print(model.describe())
             out.print(f"reports: {summary.run_dir}/report.md (with forecast.png, training.png), metrics.json")
+            out.print(f"config: {summary.run_dir}/{RUN_CONFIG}")
 
     run_command(debug, body)
 
@@ -309,7 +339,8 @@ def start_prefect_server() -> None:
 
 @app.command()
 def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron schedule, e.g. '0 3 * * *'")],
-             set_: SetOpt = None, name: Annotated[str | None, typer.Option(help="deployment name")] = None,
+             set_: SetOpt = None, data: DataOpt = None,
+             name: Annotated[str | None, typer.Option(help="deployment name")] = None,
              monitor: Annotated[bool, typer.Option("--monitor", **FlagOpt, help="schedule the drift monitor instead "
                                                    "of the retrain flow")] = False,
              trigger: Annotated[bool, typer.Option(**FlagOpt, help="with --monitor: a drift starts the retrain "
@@ -319,16 +350,17 @@ def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron sch
     `flow.serve`); runs until Ctrl-C."""
 
     def body() -> None:
-        cfg = load_config(config, set_ or [])
+        overrides = config_overrides(config, data, set_)
+        cfg = load_config(config, overrides)
         if monitor:
             from timedistill.flows.monitor import monitor_deployment
 
-            runnable = monitor_deployment(config, cron, overrides=list(set_ or []), name=name, trigger=trigger,
+            runnable = monitor_deployment(config, cron, overrides=overrides, name=name, trigger=trigger,
                                           ray_address=ray_address)
         else:
             from timedistill.flows.retrain import deployment
 
-            runnable = deployment(config, cron, overrides=list(set_ or []), name=name, ray_address=ray_address)
+            runnable = deployment(config, cron, overrides=overrides, name=name, ray_address=ray_address)
         what = "drift monitor" if monitor else "retrain flow"
         start_prefect_server()
         err.print(f"serving the {what} of {cfg.data.name} on '{cron}' as deployment '{runnable.name}'; "
@@ -346,27 +378,29 @@ def schedule(config: ConfigArg, cron: Annotated[str, typer.Option(help="cron sch
 
 
 @app.command("monitor")
-def monitor_command(config: ConfigArg, set_: SetOpt = None,
+def monitor_command(config: ConfigArg, set_: SetOpt = None, data: DataOpt = None,
                     trigger: Annotated[bool, typer.Option("--trigger", **FlagOpt, help="a drift starts the retrain "
                                                           "flow (its Prefect deployment if there is one)")] = False,
                     as_json: Annotated[bool, typer.Option("--json", help="a JSON object per model on stdout")] = False,
                     ray_address: RayAddressOpt = None, debug: DebugOpt = False) -> None:
     """Ingest the newest data and check every registered model of the config for drift: its MSE
-    on the windows with new truth against its MSE at registration."""
+    on the windows with new truth against its MSE at registration. Exits 3 when a model drifted
+    (0 when none did, 1 on an error), so that cron and CI can act on it."""
 
-    def body() -> None:
+    def body() -> list[Any]:
         if not debug:
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-        load_config(config, set_ or [])
+        overrides = config_overrides(config, data, set_)
+        load_config(config, overrides)
         with prefect_server_warming():
             from timedistill.flows.monitor import monitor
             from timedistill.flows.retrain import progress
         with StepProgress() as terminal, progress(terminal, quiet=not debug):
-            reports = monitor(config=config, overrides=list(set_ or []), trigger=trigger, ray_address=ray_address)
+            reports = monitor(config=config, overrides=overrides, trigger=trigger, ray_address=ray_address)
         if as_json:
             for report in reports:
                 emit_json(report.to_json())
-            return
+            return reports
         table = Table("model", "version", "windows", "recent MSE", "at registration", "ratio", "drift")
         for report in reports:
             numbers = [f"{value:.4f}" if value is not None else "-" for value in
@@ -379,14 +413,17 @@ def monitor_command(config: ConfigArg, set_: SetOpt = None,
             err.print(report.describe())
             if report.retrain:
                 err.print(f"  retrain: {report.retrain}")
+        return reports
 
-    run_command(debug, body)
+    if any(report.drift for report in run_command(debug, body)):
+        raise typer.Exit(DRIFT_EXIT)
 
 
 @app.command()
 def predict(config: ConfigArg, model: Annotated[str, typer.Option("--model", help="a registered model, e.g. etth1-96")],
-            input_: Annotated[str, typer.Option("--input", help="the series: CSV or Parquet, a path or a URI, read "
-                                                "with the config's data settings")],
+            input_: Annotated[str, typer.Option("--input", "--data", help="the series: CSV or Parquet, a path or a "
+                                                "URI, wide or long; its columns are matched to the model's "
+                                                "variables by name, every row of it read")],
             version: Annotated[str | None, typer.Option(help="default: LATEST")] = None,
             output: Annotated[str | None, typer.Option(help="Parquet file to write (default: "
                                                        "predictions/<model>-<version>.parquet)")] = None,
@@ -520,13 +557,15 @@ def models_rollback(name: ModelArg, to: Annotated[str, typer.Option("--to", help
 @app.command("export")
 def export_command(model: Annotated[str, typer.Argument(help="a registered model, e.g. etth1-96")],
                    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript")],
-                   output: Annotated[str, typer.Option(help="folder (or URI) to write the file and its card to")],
+                   output: Annotated[str, typer.Option(help="folder (or URI) to write the file and its card "
+                                                       "to")] = "exports",
                    version: Annotated[str | None, typer.Option(help="default: LATEST")] = None,
                    config: Annotated[str | None, typer.Option(help="config whose storage root to read")] = None,
                    set_: SetOpt = None, storage: StorageOpt = None, as_json: JsonOpt = False,
                    debug: DebugOpt = False) -> None:
     """Write a registered student as one self-contained file (data units in and out: the scaler
-    is folded in) with a JSON card beside it."""
+    is folded in) with a JSON card beside it, one card per file (smoke-24-v1.onnx and
+    smoke-24-v1.onnx.json)."""
 
     def body() -> None:
         if fmt not in ("onnx", "torchscript"):
@@ -642,11 +681,12 @@ def results_table(results: list[ResultRow]) -> Table:
     return table
 
 
-def print_results(results: list[ResultRow], config_name: str | None = None) -> None:
+def print_results(results: list[ResultRow]) -> None:
+    from timedistill.tasks.report import few_epochs
+
     out.print(results_table(results))
-    if config_name == "smoke":
-        out.print("[yellow]smoke config:[/] tiny models, one epoch, 800 rows: these scores say nothing about "
-                  "accuracy (try `timedistill retrain etth1`)")
+    if (caveat := few_epochs(results)) is not None:
+        out.print(f"[yellow]{caveat}[/]", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - the console script calls app directly

@@ -75,23 +75,25 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
     workers = Workers.of(config)
     storage.delete(directory)  # an earlier attempt that did not finish
     # Ray: batch inference with a pool of actors, each holding the frozen teacher once
-    inference = ray.data.from_arrow(index).map_batches(
-        TeacherPredictor,
-        fn_constructor_kwargs={  # small records only: each actor reads the series itself
-            "storage": storage, "dataset": dataset, "teacher": teacher, "directory": directory,
-            "feature_dim": stored_feature_dim(teacher, config), "use_gpu": workers.gpus > 0,
-            "threads": workers.threads,
-        },
-        batch_size=4 * inference_batch(teacher.lookback, teacher.n_vars),  # windows per part file
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers.count),
-        num_cpus=workers.cpus,
-        num_gpus=workers.gpus,
-        # a lost actor fails the step, which is retried whole (the cache is rebuilt from
-        # scratch): Ray Data's own actor restarts keep their arguments in the object store,
-        # which Ray reports on the terminal as an error line (ray issue 53727)
-        max_restarts=0,
-    )
+    with warnings.catch_warnings():  # Ray 2.60 deprecates max_restarts as a remote argument and has no
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")  # named parameter for it yet
+        inference = ray.data.from_arrow(index).map_batches(
+            TeacherPredictor,
+            fn_constructor_kwargs={  # small records only: each actor reads the series itself
+                "storage": storage, "dataset": dataset, "teacher": teacher, "directory": directory,
+                "feature_dim": stored_feature_dim(teacher, config), "use_gpu": workers.gpus > 0,
+                "threads": workers.threads,
+            },
+            batch_size=4 * inference_batch(teacher.lookback, teacher.n_vars),  # windows per part file
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers.count),
+            num_cpus=workers.cpus,
+            num_gpus=workers.gpus,
+            # a lost actor fails the step, which is retried whole (the cache is rebuilt from
+            # scratch): Ray Data's own actor restarts keep their arguments in the object store,
+            # which Ray reports on the terminal as an error line (ray issue 53727)
+            max_restarts=0,
+        )
     stats = inference.to_arrow_refs()
     table = pa.concat_tables(ray.get(stats))
     rows = {split: 0 for split in SPLITS}

@@ -4,7 +4,7 @@ that says what it is. The student runs anywhere ONNX Runtime or libtorch runs, w
 project.
 
     <dir>/<model>-<version>.onnx  (or .torchscript.pt)   input "history" [N, lookback, C] float32
-    <dir>/<model>-<version>.json                         the card: window, variables, step, metrics, source
+    <dir>/<model>-<version>.onnx.json (.torchscript.json) its card: window, variables, step, metrics, source
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ class ModelCard(Record):
 
     @property
     def card_file(self) -> str:
-        return f"{self.model}-{self.version}.json"
+        """One card per exported file: both formats of a version can sit in one folder."""
+        return f"{self.model}-{self.version}.{self.format}.json"
 
     def describe(self) -> str:
         return (f"{self.model} {self.version} as {self.format}: {self.file} ([N, {self.lookback}, "
@@ -102,12 +103,11 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
 
 def torchscript_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
     """TorchScript by tracing: what `torch.jit.load` (and libtorch) read."""
-    with warnings.catch_warnings():  # torch deprecates tracing in favour of torch.export, which
-        warnings.simplefilter("ignore", DeprecationWarning)  # makes no file libtorch can load
-        warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(module, example)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
+    with warnings.catch_warnings():  # torch deprecates tracing and saving in favour of torch.export,
+        warnings.simplefilter("ignore", DeprecationWarning)  # which makes no file libtorch can load
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.trace(module, example), buffer)
     return buffer.getvalue()
 
 

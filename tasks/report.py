@@ -1,6 +1,6 @@
 """The run's reports: report.md (teacher vs student vs MLP), forecast.png (a few test windows of the
-target variable, in the data's own units, dated) and training.png (loss and validation MSE per
-epoch of each model)."""
+last variable, data.target where one is set, in the data's own units, dated) and training.png
+(loss and validation MSE per epoch of each model)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,19 @@ from timedistill.store.storage import Storage
 from timedistill.tasks.windows import WindowBatcher, window_starts
 
 LABELS = {"teacher": "teacher", "student": "distilled student", "baseline": "MLP baseline"}
+FEW_EPOCHS = 3  # models trained fewer epochs than this have scores that say little about the method
 COLORS = {"teacher": "tab:orange", "student": "tab:blue", "baseline": "tab:green"}
+
+
+def few_epochs(rows: list[ResultRow]) -> str | None:
+    """A word under a comparison whose models trained too few epochs for it to mean anything."""
+    names = {"teacher": "teacher", "student": "student", "baseline": "MLP"}
+    short = [f"{names[role]} {score.epochs}" for row in rows for role, score in row.scores().items()
+             if score.epochs < FEW_EPOCHS]
+    if not short:
+        return None
+    return (f"few epochs ({', '.join(dict.fromkeys(short))}): these scores say little about accuracy; raise "
+            "teacher.epochs and distill.epochs for a comparison that does")
 
 
 def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: list[TeacherChoice] = (),
@@ -38,6 +50,8 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: l
                          f"{score.test_mae:.4f} | {score.params:,} | "
                          f"{change(row.student_vs_baseline_pct) if student else ''} | "
                          f"{change(row.student_vs_teacher_pct) if student else ''} |")
+    if (caveat := few_epochs(rows)) is not None:
+        lines += ["", f"*{caveat[0].upper()}{caveat[1:]}.*"]
     lines += ["", *[f"At horizon {row.horizon} the student has {size(row.param_ratio)} parameters than the teacher"
                     + latency_sentence(row) for row in rows]]
     if len(rows) > 1:
@@ -71,8 +85,9 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: l
         lines += [f"| {choice.horizon} | {score.name} | {score.val_mse:.4f} | {score.test_mse:.4f} | {score.params:,} "
                   f"| {'chosen' if score.name == choice.chosen else ''} |"
                   for choice in choices for score in choice.candidates]
-    lines += ["", "Forecasts of the target on a few test windows (data units):", "", "![forecasts](forecast.png)",
-              "", "Training: each model's loss and validation MSE per epoch:", "", "![training](training.png)"]
+    lines += ["", "Forecasts of the last variable (data.target, where set) on a few test windows (data units):",
+              "", "![forecasts](forecast.png)", "", "Training: each model's loss and validation MSE per epoch:", "",
+              "![training](training.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -117,10 +132,10 @@ def training_figure(teachers: list[Teacher], students: list[StudentsRun]) -> byt
 @torch.inference_mode()
 def forecast_figure(storage: Storage, dataset: Dataset, series: np.ndarray, teachers: list[Teacher],
                     students: list[StudentsRun], windows: int = 3) -> bytes:
-    """PNG: history, truth and each model's forecast of the target for a few test windows
+    """PNG: history, truth and each model's forecast of the last variable for a few test windows
     (`series`: the standardized series the caller already holds)."""
     times = dataset.timestamps(storage)
-    target = len(dataset.variables) - 1  # the target is the last variable
+    target = len(dataset.variables) - 1  # data.target, when set, is the last variable
     fig = Figure(figsize=(5 * windows, 3.2 * len(teachers)))
     axes = fig.subplots(len(teachers), windows, squeeze=False)
     for row, (teacher, run) in enumerate(zip(teachers, students, strict=True)):

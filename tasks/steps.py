@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import ray
+import yaml
 
 from timedistill.conf import AUTO, Config, storage_root
 from timedistill.store.records import (
+    RUN_CONFIG,
     Cache,
     Dataset,
     Evaluation,
@@ -177,7 +179,11 @@ class Pipeline:
 
     # ---- steps -------------------------------------------------------------------------------
     def ingest(self) -> Dataset:
+        """The dataset; the run's whole config is written into its run folder as soon as the run
+        has one (the run id needs the data's fingerprint)."""
         self._dataset = ingest(self.config, self.storage)
+        config = yaml.safe_dump(self.config.public(), sort_keys=False).encode()
+        self.storage.write_bytes(f"{self.run_dir}/{RUN_CONFIG}", config)
         return self._dataset
 
     def teacher(self, horizon: int, *, callbacks: Sequence[loops.Callback] = ()) -> Teacher:
@@ -278,7 +284,7 @@ class Pipeline:
             results=self.evaluation.rows if self.evaluation else [], models=self.registrations, caches=self.caches,
             teachers=self.teachers, teacher_choices=self.teacher_choices,
             teacher_sets=list(self.teacher_sets.values()), students=self.students_runs,
-            config=self.config.model_dump(mode="json"), root=self.storage.uri())
+            config=self.config.public(), root=self.storage.uri())
         if self.registrations:
             self.storage.write_json(f"{self.run_dir}/metrics.json", summary.to_json())
         return summary

@@ -4,6 +4,7 @@ and match the registered model; `timedistill models list | show | rollback`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,14 +29,15 @@ def registry(smoke_pipeline, session_root):
     return smoke_pipeline.pipe.storage, str(session_root)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")  # what libtorch users call
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_an_exported_student_matches_the_registered_one(registry, tmp_path, fmt):
     storage, root = registry
     card = cli("export", "smoke-24", "--version", "v1", "--format", fmt, "--output", str(tmp_path), "--storage", root)
     assert (card["lookback"], card["horizon"], card["step"], card["version"]) == (96, 24, "1h", "v1")
     assert card["variables"][-1] == "OT" and {"student", "teacher"} <= set(card["metrics"])
-    assert json.loads((tmp_path / "smoke-24-v1.json").read_text()) == {k: card[k] for k in card
-                                                                      if k not in ("path", "card")}
+    assert json.loads((tmp_path / f"smoke-24-v1.{fmt}.json").read_text()) == {k: card[k] for k in card
+                                                                             if k not in ("path", "card")}
     histories = np.random.default_rng(0).normal(10, 5, (5, 96, 7)).astype(np.float32)  # data units
     expected = ForecastModel.from_registry(storage, "smoke-24", "v1").forecast(histories.astype(np.float64))
     if fmt == "onnx":
@@ -47,6 +49,19 @@ def test_an_exported_student_matches_the_registered_one(registry, tmp_path, fmt)
         got = torch.jit.load(card["path"])(torch.from_numpy(histories)).detach().numpy()
     assert got.shape == (5, 24, 7)
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_both_formats_in_one_folder_keep_a_card_each_and_the_default_folder_is_exports(registry, tmp_path,
+                                                                                       monkeypatch):
+    _, root = registry
+    monkeypatch.chdir(tmp_path)
+    cards = [cli("export", "smoke-24", "--version", "v1", "--format", fmt, "--storage", root)
+             for fmt in ("onnx", "torchscript")]
+    written = sorted(path.name for path in (tmp_path / "exports").iterdir())
+    assert written == ["smoke-24-v1.onnx", "smoke-24-v1.onnx.json", "smoke-24-v1.torchscript.json",
+                       "smoke-24-v1.torchscript.pt"]
+    for card in cards:
+        assert json.loads(Path(card["card"]).read_text())["file"] == Path(card["path"]).name
 
 
 def test_models_list_show_and_rollback(registry, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import smoke_overrides
+from timedistill.conf import load_config
 from timedistill.flows.retrain import artifact_key, deployment, retrain
 from timedistill.tasks import steps
 from timedistill.tasks.errors import DataError
@@ -30,6 +31,31 @@ def test_the_smoke_flow_runs_end_to_end(smoke_run, session_root):
     assert "distilled student (mlp)" in report and "MLP baseline" in report
     assert (run_dir / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (session_root / "registry" / "smoke-24" / "LATEST").read_text().strip() == "v1"
+    assert "Few epochs (teacher 1, student 1, MLP 1)" in report  # whatever the config is called
+    saved = load_config(str(run_dir / "config.yaml"))  # the whole config it ran with, ready to run again
+    assert saved.data.name == "smoke" and saved.data.max_rows == 800 and saved.teacher.epochs == 1
+
+
+def test_fit_trains_from_a_frame_of_ones_own_and_returns_it_ready_to_predict(ray_local, tmp_path):
+    """timedistill.fit on a long frame (neuralforecast's columns), no file and no settings but the
+    horizon: read, trained, registered as <name>-<horizon>, and forecasting the frame's next steps."""
+    from datetime import datetime, timedelta
+
+    import numpy as np
+    import polars as pl
+
+    import timedistill
+
+    hours = [datetime(2024, 1, 1) + timedelta(hours=k) for k in range(800)]
+    frame = pl.concat([pl.DataFrame({"unique_id": uid, "ds": hours, "y": np.sin(np.arange(800) / 4 + k) + k})
+                       for k, uid in enumerate(["north", "south"])])
+    model = timedistill.fit(frame, horizon=12, config="smoke", name="grid", storage=tmp_path, lookback=48,
+                            quiet=True)
+    assert (model.name, model.version, model.variables) == ("grid-12", "v1", ["north", "south"])
+    forecast = model.predict(frame)  # a long history answers in the long layout
+    assert forecast.columns == ["unique_id", "ds", "y"] and forecast["ds"][0] == hours[-1] + timedelta(hours=1)
+    (run,) = (tmp_path / "runs" / "grid").iterdir()
+    assert load_config(str(run / "config.yaml")).data.path.startswith(str(tmp_path / "sources" / "grid"))
 
 
 def test_the_results_table_is_a_prefect_artifact(smoke_run):
