@@ -33,7 +33,7 @@ import torch
 from bench.report import markdown_table, write_section
 from timedistill.conf import load_config
 from timedistill.tasks.runtime import ray_session
-from timedistill.tasks.steps import Pipeline
+from timedistill.tasks.steps import RunContext, cache_step, distill_step, ingest_step, teacher_step
 
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "scale"
 LOOKBACK, HORIZON, TRAIN_SHARE = 720, 96, 0.7
@@ -82,13 +82,14 @@ def measure(variables: int, train_windows: int, budget_mb: float) -> Measured:
         f"data.path={root / 'series.parquet'}", f"data.name={name}", "data.split=ratio", f"data.horizons=[{HORIZON}]",
         f"storage.root={root / 'artifacts'}", "teacher.name=itransformer", "teacher.epochs=1", "distill.epochs=1",
         "distill.baseline=false", f"distill.memory_budget_mb={budget_mb}"])
-    with Pipeline(config) as pipe:
-        pipe.ingest()
-        teacher = pipe.teacher(HORIZON)
+    with RunContext(config) as run:
+        dataset = ingest_step(run)
+        teachers = teacher_step(run, dataset, HORIZON)
         began = time.perf_counter()
-        cache = pipe.cache(teacher)
+        caches = cache_step(run, dataset, teachers)
         cache_seconds = time.perf_counter() - began
-        students = pipe.students(teacher, cache)
+        students = distill_step(run, dataset, teachers, caches)
+    teacher, cache = teachers.chosen, caches.caches[0]
     growth = [peak - start for peak, start in zip(students.peak_memory_mb, students.start_memory_mb or [], strict=True)]
     return Measured(variables=variables, train_windows=cache.rows["train"], cache_mib=cache.bytes / 2**20,
                     cache_windows_per_s=sum(cache.rows.values()) / cache_seconds,

@@ -31,7 +31,7 @@ from bench.report import markdown_table, write_section
 from timedistill.conf import load_config
 from timedistill.store.records import ResultRow
 from timedistill.tasks.runtime import ray_session
-from timedistill.tasks.steps import Pipeline
+from timedistill.tasks.steps import RunContext, cache_step, distill_step, ingest_step, teacher_step
 from timedistill.tasks.windows import window_counts
 
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "training"
@@ -67,13 +67,14 @@ def distill_epochs(teacher_name: str, epochs: int) -> list[list[object]]:
             f"distill.use_cache={str(use_cache).lower()}",
             f"ray.cpus_per_worker={os.cpu_count()}",
         )
-        with Pipeline(config) as pipe:
-            pipe.ingest()
-            teacher = pipe.teacher(96)
+        with RunContext(config) as run:
+            dataset = ingest_step(run)
+            teachers = teacher_step(run, dataset, 96)
             began = time.perf_counter()
-            cache = pipe.cache(teacher)
+            caches = cache_step(run, dataset, teachers)
             cache_seconds = time.perf_counter() - began
-            students = pipe.students(teacher, cache)
+            students = distill_step(run, dataset, teachers, caches)
+        teacher, cache = teachers.chosen, caches.caches[0] if caches else None
         history = students.student.history
         times[use_cache] = statistics.median(h["seconds"] for h in history)
         rows.append(
@@ -105,9 +106,9 @@ def worker_throughput() -> list[list[object]]:
             f"ray.num_workers={workers}",
             f"ray.cpus_per_worker={(os.cpu_count() or 2) / workers}",
         )
-        with Pipeline(config) as pipe:
-            dataset = pipe.ingest()
-            teacher = pipe.teacher(96)
+        with RunContext(config) as run:
+            dataset = ingest_step(run)
+            teacher = teacher_step(run, dataset, 96).chosen
         seconds = statistics.median(h["seconds"] for h in teacher.history)
         windows = window_counts(dataset.splits, 720, 96)["train"]
         rate = windows / seconds
@@ -139,10 +140,11 @@ def short_run() -> str:
         f"ray.cpus_per_worker={os.cpu_count()}",
     )
     began = time.perf_counter()
-    with ray_session(config), Pipeline(config) as pipe:
-        pipe.ingest()
-        teacher = pipe.teacher(96)
-        students = pipe.students(teacher, pipe.cache(teacher))
+    with ray_session(config), RunContext(config) as run:
+        dataset = ingest_step(run)
+        teachers = teacher_step(run, dataset, 96)
+        students = distill_step(run, dataset, teachers, cache_step(run, dataset, teachers))
+    teacher = teachers.chosen
     seconds = time.perf_counter() - began
     row = ResultRow.compare(teacher, students)
     rows = [[role, f"{score.test_mse:.4f}", f"{score.test_mae:.4f}", score.epochs]

@@ -14,29 +14,31 @@ leaves nothing half written.
 
 from __future__ import annotations
 
-import logging
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from functools import wraps
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
-from prefect.states import Completed
-from prefect.tasks import exponential_backoff
-from ray.exceptions import RayActorError
 
 from timedistill.conf import load_config
+from timedistill.flows.steps import for_each_horizon, recording, step
 from timedistill.store.records import Evaluation, RunSummary
-from timedistill.tasks.events import EpochFinished, Event
-from timedistill.tasks.steps import Pipeline, StepResult, Terminal
+from timedistill.tasks.events import EpochFinished, Event, Terminal
+from timedistill.tasks.steps import (
+    RunContext,
+    cache_step,
+    distill_step,
+    evaluate_step,
+    ingest_step,
+    register_step,
+    summarize,
+    teacher_step,
+)
 
-TRANSIENT = (OSError, ConnectionError, TimeoutError, RayActorError)  # I/O, a lost Ray worker or connection
 Stop = Literal["teacher", "evaluate", "register"]
 
 # The terminal of `timedistill` commands run in this process; flow parameters must stay
@@ -55,17 +57,6 @@ def progress(terminal: Terminal | None, quiet: bool = True) -> Iterator[None]:
     finally:
         _terminal.reset(tokens[0])
         _quiet.reset(tokens[1])
-
-
-def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O and connection errors; a bad config or bad data fails at once."""
-    try:
-        state.result()
-    except TRANSIENT:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 def publish_report(task: Any, task_run: Any, state: Any) -> None:
@@ -110,48 +101,12 @@ def artifact_key(name: str) -> str:
     return "timedistill-" + re.sub(r"[^a-z0-9-]", "-", name.lower())
 
 
-Result = TypeVar("Result", bound=StepResult | None)
-
-
-def step(name: str, method: Callable[..., Result], **options: Any) -> Callable[..., Result]:
-    """A step of the pipeline: a Prefect task inside a flow run (retried when the failure is
-    transient), a plain call outside one (the step commands). Either way it is timed, its
-    cached status recorded (Pipeline.log) and its result logged, here and nowhere else."""
-    options = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-               "retry_condition_fn": retry_transient, "cache_policy": NO_CACHE} | options
-
-    @wraps(method)
-    def body(*args: Any, **kwargs: Any) -> Any:
-        """The task's body: a step that found its output done ends in a state named Skipped."""
-        result = method(*args, **kwargs)
-        if result is None or result.cached:
-            return Completed(data=result, name="Skipped",
-                             message=f"reused: {result.describe()}" if result is not None else "nothing to do")
-        return result
-
-    as_task = task(name=name, **options)(body)
-
-    @wraps(method)
-    def run(pipe: Pipeline, *args: Any) -> Result:
-        in_flow = FlowRunContext.get() is not None
-        began = time.perf_counter()
-        result = as_task(pipe, *args, return_state=True).result() if in_flow else method(pipe, *args)
-        seconds = time.perf_counter() - began
-        pipe.log.record(name, seconds, result)
-        logger = get_run_logger() if in_flow else logging.getLogger("timedistill")
-        state = "skipped" if result is None else "reused" if result.cached else f"done in {seconds:.1f}s"
-        logger.info("%s %s%s", name, state, f": {result.describe()}" if result is not None else "")
-        return result
-
-    return run
-
-
-ingest = step("ingest", Pipeline.ingest)
-train_teacher = step("teacher", Pipeline.teacher)
-cache_teacher = step("cache", Pipeline.cache)
-distill = step("distill", Pipeline.students)
-evaluate = step("evaluate", Pipeline.evaluate, retries=1, retry_condition_fn=None, on_completion=[publish_report])
-register = step("register", Pipeline.register)
+ingest = step("ingest", ingest_step)
+train_teacher = step("teacher", teacher_step)
+cache_teacher = step("cache", cache_step)
+distill = step("distill", distill_step)
+evaluate = step("evaluate", evaluate_step, retries=1, retry_condition_fn=None, on_completion=[publish_report])
+register = step("register", register_step)
 
 
 @flow(name="timedistill-retrain", log_prints=True)
@@ -160,23 +115,24 @@ def retrain(config: str = "smoke", overrides: list[str] | None = None, ray_addre
     """Retrain teachers, distill students and register them, for one config. `stop_after` ends
     the run early (the step commands); `train_teachers=False` requires trained teachers."""
     settings = load_config(config, overrides or [])
-    terminal, run = _terminal.get(), FlowRunContext.get()
-    if run is not None:  # a Prefect run: progress goes to its log too
+    terminal, flow_run = _terminal.get(), FlowRunContext.get()
+    if flow_run is not None:  # a Prefect run: progress goes to its log too
         terminal = RunLog(terminal, get_run_logger())
-        terminal.note(f"Prefect flow run '{run.flow_run.name}' of {retrain.name}")
-    with Pipeline(settings, ray_address=ray_address, quiet=_quiet.get(), terminal=terminal,
-                  train_teachers=train_teachers) as pipe:
-        ingest(pipe)
-        teachers = pipe.map(train_teacher, settings.data.horizons)  # horizons in parallel where Ray has room
+        terminal.note(f"Prefect flow run '{flow_run.flow_run.name}' of {retrain.name}")
+    with (RunContext(settings, ray_address=ray_address, quiet=_quiet.get(), listener=terminal,
+                     train_teachers=train_teachers) as run,
+          recording(terminal.step if terminal is not None else None) as log):
+        dataset = ingest(run)
+        teachers = for_each_horizon(run, train_teacher, dataset, settings.data.horizons)
         if stop_after == "teacher":
-            return pipe.finish()
-        caches = pipe.map(cache_teacher, teachers)
-        students = pipe.map(distill, teachers, caches)
-        evaluation = evaluate(pipe, teachers, students)
-        if stop_after == "register":
-            for run, row in zip(students, evaluation.rows, strict=True):
-                register(pipe, run, row)
-        return pipe.finish()
+            return summarize(run, dataset, log.times(), teachers)
+        caches = for_each_horizon(run, cache_teacher, dataset, teachers)
+        students = for_each_horizon(run, distill, dataset, teachers, caches)
+        evaluation = evaluate(run, dataset, teachers, students)
+        registrations = ([register(run, dataset, run_of_horizon, row)
+                          for run_of_horizon, row in zip(students, evaluation.rows, strict=True)]
+                         if stop_after == "register" else [])
+        return summarize(run, dataset, log.times(), teachers, caches, students, evaluation, registrations)
 
 
 def deployment(config: str, cron: str, *, overrides: list[str] | None = None, name: str | None = None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -286,11 +286,6 @@ class TeacherChoice(Record):
     chosen: str
     candidates: list[ModelScore]  # in the order of teacher.candidates
 
-    @classmethod
-    def of(cls, teachers: list[Teacher]) -> tuple[Teacher, TeacherChoice]:
-        best = min(teachers, key=lambda teacher: teacher.val_mse)  # ties: the first listed
-        return best, cls(horizon=best.horizon, chosen=best.name, candidates=[t.score() for t in teachers])
-
     def describe(self) -> str:
         others = ", ".join(f"{c.name} {c.val_mse:.4f}" for c in self.candidates if c.name != self.chosen)
         chosen = next(c for c in self.candidates if c.name == self.chosen)
@@ -305,22 +300,6 @@ class TeacherSet(Record):
     weighting: str
     members: list[Teacher]  # in the order of teacher.names
     weights: list[float] | None
-
-    SHARPNESS: ClassVar[float] = 10.0  # val-softmax: a teacher 10% worse than the best weighs e^-1 as much
-
-    @classmethod
-    def of(cls, members: list[Teacher], weighting: str) -> TeacherSet:
-        scores = np.array([member.val_mse for member in members], dtype=np.float64)
-        if weighting == "val-softmax" and not (np.isfinite(scores).all() and scores.min() > 0):
-            raise ConfigError(f"distill.teacher_weighting: val-softmax needs every teacher's validation MSE; "
-                              f"got {dict(zip([m.name for m in members], scores.tolist(), strict=True))}")
-        weights: list[float] | None = None
-        if weighting == "val-softmax":
-            logits = -cls.SHARPNESS * scores / scores.min()
-            weights = (np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()).tolist()
-        elif weighting == "uniform":
-            weights = [1.0 / len(members)] * len(members)
-        return cls(horizon=members[0].horizon, weighting=weighting, members=members, weights=weights)
 
     def to_json(self) -> dict[str, Any]:
         return {"horizon": self.horizon, "weighting": self.weighting, "weights": self.weights,
@@ -341,6 +320,33 @@ class TeacherSet(Record):
                                                                                                strict=True))
         learned = " (weights learned while distilling)" if self.weights is None else ""
         return f"h={self.horizon} teachers {self.weighting}{learned}: {each}"
+
+
+class HorizonTeachers(Record):
+    """The teachers of one horizon as the teacher step leaves them: the whole input of the cache
+    and distill steps. One teacher; or teacher.name auto, whose candidates are all trained and the
+    one with the lowest validation MSE taught; or teacher.names, whose members all teach, their
+    predictions combined by `weights`."""
+
+    horizon: int
+    trained: list[Teacher]  # every teacher trained (or reused) for this horizon, in the config's order
+    sources: list[Teacher]  # those the student learns from
+    weights: list[float] | None  # how the sources' predictions combine; None: learned while distilling
+    chosen: Teacher  # the one the results compare the student with
+    choice: TeacherChoice | None = None  # teacher.name auto: every candidate's scores and the pick
+    ensemble: TeacherSet | None = None  # teacher.names: the members' scores and weights
+
+    @property
+    def cached(self) -> bool:
+        """Every teacher was reused: nothing was trained."""
+        return all(teacher.cached for teacher in self.trained)
+
+    def describe(self) -> str:
+        if self.choice is not None:
+            return self.choice.describe()
+        if self.ensemble is not None:
+            return self.ensemble.describe()
+        return self.chosen.describe()
 
 
 class Cache(Record):
@@ -373,6 +379,21 @@ class Cache(Record):
 
     def describe(self) -> str:
         return f"h={self.horizon} {sum(self.rows.values()):,} windows, {self.bytes / 2**20:.1f} MiB"
+
+
+class HorizonCaches(Record):
+    """The caches of one horizon's source teachers (HorizonTeachers.sources, in their order)."""
+
+    horizon: int
+    caches: list[Cache]
+
+    @property
+    def cached(self) -> bool:
+        """Every cache was found: no teacher ran."""
+        return all(cache.cached for cache in self.caches)
+
+    def describe(self) -> str:
+        return "; ".join(cache.describe() for cache in self.caches)
 
 
 class IntervalScore(Record):

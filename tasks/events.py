@@ -4,6 +4,7 @@ on purpose: the command line imports it before any command runs."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from timedistill.store.record import Record
 
@@ -39,3 +40,14 @@ class EpochFinished(Record):
 
 Event = BatchStarted | EpochFinished
 Listener = Callable[[Event], None]
+
+
+class Terminal(Protocol):
+    """Where a run in this process shows its progress (flows/progress.py): the workers' events,
+    each finished step, and notes (where Ray's dashboard is, which flow run this is)."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def step(self, name: str, seconds: float, cached: bool, detail: str) -> None: ...
+
+    def note(self, text: str) -> None: ...

@@ -20,8 +20,16 @@ import numpy as np
 import ray
 import torch
 
-from timedistill.conf import Config, TeacherConfig, stable_hash
-from timedistill.store.records import TEACHER_WEIGHTS, Dataset, ModelSpec, Teacher
+from timedistill.conf import AUTO, Config, ConfigError, TeacherConfig, stable_hash
+from timedistill.store.records import (
+    TEACHER_WEIGHTS,
+    Dataset,
+    HorizonTeachers,
+    ModelSpec,
+    Teacher,
+    TeacherChoice,
+    TeacherSet,
+)
 from timedistill.store.storage import SUCCESS, Storage
 from timedistill.store.weights import read_state, state_bytes
 from timedistill.tasks import loops
@@ -30,6 +38,7 @@ from timedistill.tasks.progress import relay
 from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training, timestamp
 
 TEACHER_META = "teacher.json"
+SHARPNESS = 10.0  # distill.teacher_weighting val-softmax: a teacher 10% worse than the best weighs e^-1 as much
 
 
 def teacher_key(config: Config, dataset: Dataset, horizon: int, salt: str | None = None) -> str:
@@ -86,6 +95,39 @@ def member_configs(config: Config, dataset: Dataset, horizon: int) -> list[Confi
         ModelSpec.resolve(key, member.teacher.name, lookback=config.data.lookback, horizon=horizon,
                           n_vars=len(dataset.variables), preset=teacher_preset(member), params={})
     return configs
+
+
+def horizon_teachers(config: Config, trained: list[Teacher]) -> HorizonTeachers:
+    """What the teachers trained for one horizon make of it: the one alone; teacher.name auto's
+    pick (the lowest validation MSE; the test split plays no part); or teacher.names' members, all
+    teaching, weighed by distill.teacher_weighting (the results compare with the best of them)."""
+    horizon = trained[0].horizon
+    if config.teacher.name == AUTO:
+        best = min(trained, key=lambda teacher: teacher.val_mse)  # ties: the first listed
+        choice = TeacherChoice(horizon=horizon, chosen=best.name, candidates=[t.score() for t in trained])
+        return HorizonTeachers(horizon=horizon, trained=trained, sources=[best], weights=[1.0], chosen=best,
+                               choice=choice)
+    if len(trained) == 1:
+        return HorizonTeachers(horizon=horizon, trained=trained, sources=trained, weights=[1.0], chosen=trained[0])
+    ensemble = weigh(trained, config.distill.teacher_weighting)
+    return HorizonTeachers(horizon=horizon, trained=trained, sources=trained, weights=ensemble.weights,
+                           chosen=ensemble.primary, ensemble=ensemble)
+
+
+def weigh(members: list[Teacher], weighting: str) -> TeacherSet:
+    """teacher.names: the weights that combine the members' predictions. val-softmax:
+    softmax(-SHARPNESS * val MSE / best val MSE); uniform; learned: None, trained with the student."""
+    scores = np.array([member.val_mse for member in members], dtype=np.float64)
+    if weighting == "val-softmax" and not (np.isfinite(scores).all() and scores.min() > 0):
+        raise ConfigError(f"distill.teacher_weighting: val-softmax needs every teacher's validation MSE; "
+                          f"got {dict(zip([m.name for m in members], scores.tolist(), strict=True))}")
+    weights: list[float] | None = None
+    if weighting == "val-softmax":
+        logits = -SHARPNESS * scores / scores.min()
+        weights = (np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()).tolist()
+    elif weighting == "uniform":
+        weights = [1.0 / len(members)] * len(members)
+    return TeacherSet(horizon=members[0].horizon, weighting=weighting, members=members, weights=weights)
 
 
 def warm_base(config: Config, storage: Storage, dataset: Dataset, horizon: int) -> Teacher | None:

@@ -12,8 +12,18 @@ import pytest
 
 if TYPE_CHECKING:  # Ray and torch load when a fixture first needs them
     from timedistill.conf import Config
-    from timedistill.store.records import Cache, ResultRow, RunSummary, StudentsRun, Teacher
-    from timedistill.tasks.steps import Pipeline
+    from timedistill.store.records import (
+        Cache,
+        Dataset,
+        HorizonTeachers,
+        Registration,
+        ResultRow,
+        RunSummary,
+        StudentsRun,
+        Teacher,
+    )
+    from timedistill.store.storage import Storage
+    from timedistill.tasks.steps import RunContext
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -76,12 +86,22 @@ class SmokeArtifacts:
     """The smoke run's records, as its steps find them in storage."""
 
     config: Config
-    pipe: Pipeline
-    teacher: Teacher
+    run: RunContext  # to call steps with, as the flow does
+    dataset: Dataset
+    teachers: HorizonTeachers
+    teacher: Teacher  # the one of them
     cache: Cache
     students: StudentsRun
     row: ResultRow
     summary: RunSummary  # what the flow returned
+
+    @property
+    def storage(self) -> Storage:
+        return self.run.storage
+
+    @property
+    def run_dir(self) -> str:
+        return self.run.run_dir(self.dataset)
 
 
 @pytest.fixture(scope="session")
@@ -89,16 +109,18 @@ def smoke_pipeline(smoke_run, session_root, smoke_csv):
     """The smoke run's artifacts as objects (every lookup hits what the flow stored)."""
     from timedistill.conf import load_config
     from timedistill.store.records import ResultRow
-    from timedistill.tasks.steps import Pipeline
+    from timedistill.tasks.steps import RunContext, cache_step, distill_step, ingest_step, teacher_step
 
     config = load_config("smoke", smoke_overrides(session_root, smoke_csv))
-    with Pipeline(config) as pipe:
-        pipe.ingest()
-        teacher = pipe.teacher(24)
-        cache = pipe.cache(teacher)
-        students = pipe.students(teacher, cache)
-        yield SmokeArtifacts(config=config, pipe=pipe, teacher=teacher, cache=cache, students=students,
-                             row=ResultRow.compare(teacher, students), summary=smoke_run)
+    with RunContext(config) as run:
+        dataset = ingest_step(run)
+        teachers = teacher_step(run, dataset, 24)
+        caches = cache_step(run, dataset, teachers)
+        students = distill_step(run, dataset, teachers, caches)
+        teacher = teachers.chosen
+        yield SmokeArtifacts(config=config, run=run, dataset=dataset, teachers=teachers, teacher=teacher,
+                             cache=caches.caches[0], students=students, row=ResultRow.compare(teacher, students),
+                             summary=smoke_run)
 
 
 @dataclass(frozen=True)
@@ -112,21 +134,37 @@ class QuantileRun:
     model: str  # its registered name
 
 
+def run_steps(config: Config, register: bool = False) -> tuple[RunContext, Dataset, HorizonTeachers, StudentsRun,
+                                                                ResultRow, Registration | None]:
+    """The flow's steps up to evaluation (and registration) for one horizon, without Prefect."""
+    from timedistill.tasks.steps import (
+        RunContext,
+        cache_step,
+        distill_step,
+        evaluate_step,
+        ingest_step,
+        register_step,
+        teacher_step,
+    )
+
+    with RunContext(config) as run:
+        dataset = ingest_step(run)
+        teachers = teacher_step(run, dataset, config.data.horizons[0])
+        students = distill_step(run, dataset, teachers, cache_step(run, dataset, teachers))
+        (row,) = evaluate_step(run, dataset, [teachers], [students]).rows
+        registration = register_step(run, dataset, students, row) if register else None
+    return run, dataset, teachers, students, row, registration
+
+
 @pytest.fixture(scope="session")
 def quantile_run(ray_local, tmp_path_factory, smoke_csv):
     """The smoke config with `student.quantiles: [0.1, 0.5, 0.9]`, every step up to registration
     (no Prefect), in a root of its own so that the shared registry keeps its one model."""
     from timedistill.conf import load_config
-    from timedistill.tasks.steps import Pipeline
 
     root = tmp_path_factory.mktemp("quantiles")
     config = load_config("smoke", [*smoke_overrides(root, smoke_csv), "student.quantiles=[0.1, 0.5, 0.9]"])
-    with Pipeline(config) as pipe:
-        pipe.ingest()
-        teacher = pipe.teacher(24)
-        students = pipe.students(teacher, pipe.cache(teacher))
-        (row,) = pipe.evaluate([teacher], [students]).rows
-        registration = pipe.register(students, row)
+    _, _, _, students, row, registration = run_steps(config, register=True)
     return QuantileRun(root=root, config=config, students=students, row=row, model=registration.name)
 
 

@@ -26,7 +26,7 @@ def cli(*args: str) -> dict:
 
 @pytest.fixture(scope="module")
 def registry(smoke_pipeline, session_root):
-    return smoke_pipeline.pipe.storage, str(session_root)
+    return smoke_pipeline.storage, str(session_root)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")  # what libtorch users call

@@ -176,9 +176,8 @@ def test_teacher_auto_keeps_the_candidate_with_the_lowest_validation_mse(ray_loc
     report = (run_dir / "report.md").read_text()
     assert all(f"| 24 | {name} | {mse:.4f} |" in report for name, mse in val_mse.items())
     # each candidate was trained as if named alone: a run that names it reuses it
-    with steps.Pipeline(load_config("smoke", [*own_root, f"teacher.name={choice.chosen}"])) as pipe:
-        pipe.ingest()
-        assert pipe.teacher(24).cached
+    with steps.RunContext(load_config("smoke", [*own_root, f"teacher.name={choice.chosen}"])) as run:
+        assert steps.teacher_step(run, steps.ingest_step(run), 24).cached
 
 
 def test_an_unknown_candidate_fails_before_any_training(smoke_csv, tmp_path):
@@ -186,8 +185,7 @@ def test_an_unknown_candidate_fails_before_any_training(smoke_csv, tmp_path):
 
     config = load_config("smoke", [*smoke_overrides(tmp_path, smoke_csv), "teacher.params={}", "teacher.name=auto",
                                    "teacher.candidates=[dlinear, transformerx]"])
-    with steps.Pipeline(config) as pipe, pytest.raises(ConfigError, match=r"teacher\.candidates: unknown model "
-                                                                          r"'transformerx'"):
-        pipe.ingest()
-        pipe.teacher(24)
+    with steps.RunContext(config) as run, pytest.raises(ConfigError, match=r"teacher\.candidates: unknown model "
+                                                                             r"'transformerx'"):
+        steps.teacher_step(run, steps.ingest_step(run), 24)
     assert not (tmp_path / "teachers").exists()

@@ -92,18 +92,18 @@ def _config_file(tmp_path, path, root):
 
 def test_refresh_always_makes_every_run_a_new_one(tmp_path):
     """teacher.refresh: always salts the teacher key and the run id with when the run started."""
-    from timedistill.tasks.steps import Pipeline
+    from timedistill.tasks.steps import RunContext, ingest_step
     from timedistill.tasks.teacher import teacher_key
 
     path, root = write_csv(tmp_path, toy(60)), tmp_path / "art"
     config = config_for(path, root, *ROLLING, "teacher.refresh=always")
-    first, second = Pipeline(config), Pipeline(config)
-    for pipe in (first, second):
-        pipe.ingest()
+    first, second = RunContext(config), RunContext(config)
+    dataset = ingest_step(first)
+    assert ingest_step(second).fingerprint == dataset.fingerprint
     assert first.salt and second.salt and first.salt != second.salt
-    assert first.run_id != second.run_id
-    assert teacher_key(config, first.dataset, 2, first.salt) != teacher_key(config, first.dataset, 2, second.salt)
-    usual = Pipeline(config_for(path, root, *ROLLING))
-    usual.ingest()
-    assert usual.salt is None and usual.run_id == config_for(path, root, *ROLLING).run_id(usual.dataset.fingerprint)
+    assert first.run_id(dataset) != second.run_id(dataset)
+    assert teacher_key(config, dataset, 2, first.salt) != teacher_key(config, dataset, 2, second.salt)
+    usual = RunContext(config_for(path, root, *ROLLING))
+    assert usual.salt is None and usual.run_id(ingest_step(usual)) == config_for(path, root, *ROLLING).run_id(
+        dataset.fingerprint)
 

@@ -94,7 +94,7 @@ def test_the_calibrated_intervals_cover_the_validation_split_and_are_reported(qu
     from timedistill.store.registry import read_version
     from timedistill.store.storage import Storage
     from timedistill.tasks.intervals import recency_weights
-    from timedistill.tasks.steps import Pipeline
+    from timedistill.tasks.steps import RunContext, ingest_step
     from timedistill.tasks.windows import WindowBatcher, window_starts
 
     run, storage = quantile_run.students, Storage(str(quantile_run.root))
@@ -104,8 +104,8 @@ def test_the_calibrated_intervals_cover_the_validation_split_and_are_reported(qu
     assert "pinball" in run.student.history[-1] and "pinball" not in run.baseline.history[-1]
     model = run.load(storage, "student").requires_grad_(False)
     assert isinstance(model, QuantileStudent) and model.widen.abs().sum() > 0
-    with Pipeline(quantile_run.config) as pipe:
-        dataset = pipe.ingest()
+    with RunContext(quantile_run.config) as pipe:
+        dataset = ingest_step(pipe)
     series = dataset.standardized(storage)
     x, y = WindowBatcher(series, 96, 24)(window_starts(dataset.splits["val"], 96, 24))
     _, quantiles = model.quantiles(x)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from timedistill.conf import load_config
+from timedistill.flows.steps import covered
 from timedistill.tasks.errors import Interrupted
 from timedistill.tasks.runtime import parallel_runs, run_concurrently
-from timedistill.tasks.steps import covered
 
 where: ContextVar[str] = ContextVar("where", default="not carried")
 

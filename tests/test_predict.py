@@ -34,7 +34,7 @@ def test_load_model_predicts_a_dated_named_frame(smoke):
     forecast = model.predict(history)
     assert forecast.columns == ["date", *model.variables] and forecast.height == 24
     assert forecast["date"][0] == history["date"][-1] + timedelta(hours=1)
-    expected = ForecastModel.from_registry(smoke["run"].pipe.storage, "smoke-24", "v1").forecast(
+    expected = ForecastModel.from_registry(smoke["run"].storage, "smoke-24", "v1").forecast(
         history.select(model.variables).to_numpy()[None, -96:])[0]
     assert np.allclose(forecast.select(model.variables).to_numpy(), expected, rtol=1e-6, atol=1e-6)
     as_pandas = model.predict(history.to_pandas().set_index("date"))  # a DatetimeIndex dates it too
@@ -67,7 +67,7 @@ def test_predict_from_the_last_window(smoke, tmp_path):
 def test_a_backtest_over_the_test_windows_reproduces_the_registered_test_mse(smoke, tmp_path, ray_local):
     """Every origin of the test split, spread over Ray Data: the overall MSE is the student's
     registered test MSE, computed again through the predict path."""
-    dataset = smoke["run"].pipe.dataset
+    dataset = smoke["run"].dataset
     starts = window_starts(dataset.splits["test"], 96, 24)
     dates = smoke["frame"]["date"]
     first, last = dates[int(starts[0]) + 95], dates[int(starts[-1]) + 95]  # the last history row of each

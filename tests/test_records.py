@@ -94,13 +94,13 @@ def test_same_fields_catches_a_missing_field():
 
 def test_the_files_of_a_run_keep_every_field(smoke_pipeline):
     """What the current code writes has every field the legacy files have."""
-    storage, run = smoke_pipeline.pipe.storage, smoke_pipeline
+    storage, run = smoke_pipeline.storage, smoke_pipeline
     written = {
-        "datasets/*/*/manifest.json": f"{run.pipe.dataset.directory}/manifest.json",
+        "datasets/*/*/manifest.json": f"{run.dataset.directory}/manifest.json",
         "teachers/*/*/teacher.json": f"{run.teacher.directory}/teacher.json",
         "cache/*/cache.json": f"{run.cache.directory}/cache.json",
         "runs/*/*/h24/students.json": f"{run.students.directory}/students.json",
-        "runs/*/*/metrics.json": f"{run.pipe.run_dir}/metrics.json",
+        "runs/*/*/metrics.json": f"{run.run_dir}/metrics.json",
         "registry/smoke-24/v1/config.json": "registry/smoke-24/v1/config.json",
         "registry/smoke-24/v1/scaler.json": "registry/smoke-24/v1/scaler.json",
         "registry/smoke-24/v1/metrics.json": "registry/smoke-24/v1/metrics.json",

@@ -21,7 +21,7 @@ from timedistill.tasks.windows import window_starts
 def fresh(smoke_pipeline, request):
     """The smoke run's student and a model name of this test's own (an empty registry entry)."""
     name = "t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
-    return smoke_pipeline, smoke_pipeline.pipe.storage, name
+    return smoke_pipeline, smoke_pipeline.storage, name
 
 
 def settings(name, *extra):
@@ -35,7 +35,7 @@ def registered_row(row, student_mse):
 def test_versions_latest_and_idempotence(fresh):
     run, storage, name = fresh
     config = settings(name, "registry.gate=always")
-    dataset = run.pipe.dataset
+    dataset = run.dataset
     first = register(config, storage, dataset, run.students, run.row, run_id="run-a")
     assert first.registered and first.version == "v1" and latest(storage, name) == "v1"
     again = register(config, storage, dataset, run.students, run.row, run_id="run-a")
@@ -57,12 +57,12 @@ def test_versions_latest_and_idempotence(fresh):
 def test_incomplete_versions_are_invisible(fresh):
     run, storage, name = fresh
     config = settings(name, "registry.gate=always")
-    register(config, storage, run.pipe.dataset, run.students, run.row, run_id="run-a")
+    register(config, storage, run.dataset, run.students, run.row, run_id="run-a")
     storage.write_json(f"registry/{name}/v2/config.json", {"half": "written"})  # no _SUCCESS
     assert versions(storage, name) == ["v1"]
     with pytest.raises(RegistryError, match="not registered"):
         read_version(storage, name, "v2")
-    nxt = register(config, storage, run.pipe.dataset, run.students, run.row, run_id="run-b")
+    nxt = register(config, storage, run.dataset, run.students, run.row, run_id="run-b")
     assert nxt.version == "v3" and versions(storage, name) == ["v1", "v3"]
 
 
@@ -70,18 +70,18 @@ def test_gate_beats_baseline(fresh):
     run, storage, name = fresh
     config = settings(name, "registry.gate=beats-baseline")
     baseline = run.row.baseline.test_mse
-    worse = register(config, storage, run.pipe.dataset, run.students, registered_row(run.row, baseline * 1.1),
+    worse = register(config, storage, run.dataset, run.students, registered_row(run.row, baseline * 1.1),
                      run_id="r1")
     assert not worse.registered and worse.version is None and ">=" in worse.reason
     assert latest(storage, name) is None
-    better = register(config, storage, run.pipe.dataset, run.students, registered_row(run.row, baseline * 0.9),
+    better = register(config, storage, run.dataset, run.students, registered_row(run.row, baseline * 0.9),
                       run_id="r2")
     assert better.registered and "<" in better.reason
 
 
 def test_gate_beats_champion_scores_both_models_on_the_same_newest_windows(fresh):
     run, storage, name = fresh
-    dataset, students = run.pipe.dataset, run.students
+    dataset, students = run.dataset, run.students
     assert register(settings(name, "registry.gate=always"), storage, dataset, students, run.row, run_id="r1").registered
     config = settings(name, "registry.gate=beats-champion")
     assert gate(config, storage, "t-nobody", dataset, students, run.row).admitted  # no champion yet
@@ -129,10 +129,10 @@ def test_names_that_are_not_plain_are_rejected(name, tmp_path):
 def test_a_version_that_does_not_load_back_is_never_published(fresh):
     run, storage, name = fresh
     config = settings(name, "registry.gate=always")
-    assert register(config, storage, run.pipe.dataset, run.students, run.row, run_id="good").version == "v1"
+    assert register(config, storage, run.dataset, run.students, run.row, run_id="good").version == "v1"
     storage.write_bytes(f"t-scratch/{name}/student.pt", b"not a state dict")
     broken = run.students.model_copy(update={"directory": f"t-scratch/{name}"})
     with pytest.raises(StepError, match=f"registration of {name} v2 refused: it does not load back"):
-        register(config, storage, run.pipe.dataset, broken, run.row, run_id="broken")
+        register(config, storage, run.dataset, broken, run.row, run_id="broken")
     assert latest(storage, name) == "v1" and versions(storage, name) == ["v1"]
     assert not storage.exists(f"registry/{name}/v2")

@@ -44,9 +44,9 @@ def served(smoke_pipeline, quantile_run, session_root, smoke_csv):
 
     source, folder = Storage(str(quantile_run.root)), f"registry/{quantile_run.model}/v1"
     for name in source.listdir(folder):
-        smoke_pipeline.pipe.storage.write_bytes(f"registry/{QUANTILE_MODEL}/v1/{name}",
+        smoke_pipeline.storage.write_bytes(f"registry/{QUANTILE_MODEL}/v1/{name}",
                                                 source.read_bytes(f"{folder}/{name}"))
-    smoke_pipeline.pipe.storage.write_bytes(f"registry/{QUANTILE_MODEL}/LATEST", b"v1\n")
+    smoke_pipeline.storage.write_bytes(f"registry/{QUANTILE_MODEL}/LATEST", b"v1\n")
     port = free_port()
     config = load_config("smoke", [*smoke_overrides(session_root, smoke_csv), f"serve.port={port}",
                                    f"serve.auth_token={TOKEN}", "serve.reload_interval_s=0.5",
@@ -63,8 +63,8 @@ def served(smoke_pipeline, quantile_run, session_root, smoke_csv):
 @pytest.fixture(scope="module")
 def history(smoke_pipeline):
     """A real history of the smoke series (data units): the last 96 rows before the test split."""
-    dataset = smoke_pipeline.pipe.dataset
-    z = dataset.standardized(smoke_pipeline.pipe.storage)
+    dataset = smoke_pipeline.dataset
+    z = dataset.standardized(smoke_pipeline.storage)
     start = dataset.splits["test"][0]
     return dataset.scaler.unstandardize(z[start - 96 : start].astype(np.float64))
 
@@ -81,7 +81,7 @@ def test_health_models_and_openapi(served):
 
 
 def test_served_forecast_equals_the_in_process_model(served, history):
-    client, pipe = served["client"], served["run"].pipe
+    client, pipe = served["client"], served["run"]
     response = client.post("/v1/forecast", json={"model": "smoke-24", "history": history.tolist()})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -124,7 +124,7 @@ def test_a_quantile_model_answers_its_quantiles_and_a_point_model_as_before(serv
     key; the client reads them into columns beside the forecast."""
     from timedistill import Client
 
-    client, storage = served["client"], served["run"].pipe.storage
+    client, storage = served["client"], served["run"].storage
     models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     assert models[QUANTILE_MODEL]["quantiles"] == [0.1, 0.5, 0.9] and "quantiles" not in models["smoke-24"]
 
@@ -221,7 +221,7 @@ def test_bearer_token_is_required(served, history):
 
 def test_a_new_version_is_picked_up_without_failed_requests(served, history):
     client, run = served["client"], served["run"]
-    pipe = run.pipe
+    pipe = run
     before = latest(pipe.storage, "smoke-24")
     outcomes: list[tuple[int, str | None]] = []
     stop = threading.Event()
@@ -258,7 +258,7 @@ def test_a_new_version_is_picked_up_without_failed_requests(served, history):
 def test_a_model_that_fails_to_load_fails_only_its_own_requests(served, history):
     """Single histories of different models share the ingress's batches; one model's error must
     not reach the requests of the others."""
-    client, storage = served["client"], served["run"].pipe.storage
+    client, storage = served["client"], served["run"].storage
     source = f"registry/smoke-24/{latest(storage, 'smoke-24')}"
     for name in storage.listdir(source):
         data = b"not a checkpoint" if name == "student.pt" else storage.read_bytes(f"{source}/{name}")
@@ -311,7 +311,7 @@ def named_history(smoke_pipeline, smoke_csv):
     """The smoke rows before the test split as a frame with names, the date column as text."""
     import polars as pl
 
-    start = smoke_pipeline.pipe.dataset.splits["test"][0]
+    start = smoke_pipeline.dataset.splits["test"][0]
     return pl.read_csv(smoke_csv).slice(start - 120, 120)
 
 
@@ -323,7 +323,7 @@ def test_any_column_order_gives_the_same_forecast_through_the_client(served, nam
     import timedistill
     from timedistill import Client
 
-    expected = timedistill.load_model("smoke-24", version="v1", storage=served["run"].pipe.storage.root).predict(
+    expected = timedistill.load_model("smoke-24", version="v1", storage=served["run"].storage.root).predict(
         named_history)
     with Client(str(served["client"].base_url), token=TOKEN) as client:
         got = client.forecast("smoke-24", named_history.select(order), version="v1").to_polars()
@@ -375,9 +375,9 @@ def test_a_rollback_is_picked_up_like_a_new_version(served, history):
     from timedistill.tasks.registry import rollback
 
     client, run = served["client"], served["run"]
-    storage = run.pipe.storage
+    storage = run.storage
     config = load_config("smoke", ["registry.gate=always"])
-    newer = register(config, storage, run.pipe.dataset, run.students, run.row, run_id="rollback-test")
+    newer = register(config, storage, run.dataset, run.students, run.row, run_id="rollback-test")
     older = rollback(storage, "smoke-24", "v1")
     assert older == newer.version
     def served_version() -> str:
@@ -397,7 +397,7 @@ def copy_version(storage, source: str, target: str, broken: dict[str, bytes] | N
 def test_a_broken_registry_entry_never_takes_serving_down(served, history):
     """A LATEST that does not load falls back to the newest version that does; a model with no
     good version is unavailable (503) and reported, and every other model keeps serving."""
-    client, storage = served["client"], served["run"].pipe.storage
+    client, storage = served["client"], served["run"].storage
     good = f"registry/smoke-24/{latest(storage, 'smoke-24')}"
     weights = storage.read_bytes(f"{good}/student.pt")
     copy_version(storage, good, "registry/fallback-24/v1")
@@ -449,7 +449,7 @@ def test_overload_is_a_503_with_retry_after_and_a_full_replica_evicts_its_least_
 
     from timedistill.serving.app import build_app
 
-    client, storage = served["client"], served["run"].pipe.storage
+    client, storage = served["client"], served["run"].storage
     good = f"registry/smoke-24/{latest(storage, 'smoke-24')}"
     for name in ("lru-a-24", "lru-b-24"):
         copy_version(storage, good, f"registry/{name}/v1")
@@ -488,7 +488,7 @@ def test_the_ingress_keeps_the_models_in_use_and_loads_others_beside_the_pool(se
 
     from timedistill.serving.app import ResidentModels
 
-    storage = served["run"].pipe.storage
+    storage = served["run"].storage
     ids = [f"smoke-24@{latest(storage, 'smoke-24')}", f"{QUANTILE_MODEL}@v1"]
 
     async def scenario(capacity: int, requests: list[str]) -> tuple[list[bool], list[str]]:

@@ -124,7 +124,7 @@ def test_a_worker_distilling_from_a_cache_many_times_its_budget_stays_within_it(
     of 2,121 windows (the first 3,200 rows of ETTh1 instead of 800), each many times larger
     than a budget of 8 MiB: every worker grows by less than budget + models + ALLOWANCE_MB, and
     the larger cache, ~190 MiB more, adds less than a tenth of that (holding it would add all)."""
-    from timedistill.tasks.steps import Pipeline
+    from timedistill.tasks.steps import RunContext, ingest_step
     from timedistill.tasks.students import train_students
 
     smoke = smoke_pipeline
@@ -133,13 +133,13 @@ def test_a_worker_distilling_from_a_cache_many_times_its_budget_stays_within_it(
     for max_rows in (800, 3200):
         data = smoke.config.data.model_copy(update={"path": str(SHIPPED), "max_rows": max_rows})
         config = smoke.config.model_copy(update={"distill": distill, "data": data})
-        with Pipeline(config) as pipe:
-            dataset = pipe.ingest()
+        with RunContext(config) as pipe:
+            dataset = ingest_step(pipe)
             rows = len(window_starts(dataset.splits["train"], config.data.lookback, 24))
             cache = write_wide_cache(pipe.storage, smoke.cache, rows, f"wide-{max_rows}")
             assert cache.bytes / MIB > 5 * distill.memory_budget_mb
             students = train_students(config, pipe.storage, dataset, [smoke.teacher], [cache],
-                                      f"runs/smoke/budget-{max_rows}", series=pipe.series(), weights=[1.0])
+                                      f"runs/smoke/budget-{max_rows}", series=pipe.series(dataset), weights=[1.0])
         model_mb = (students.student.params + WIDTH * 64) * 4 * 4 / MIB  # with the projection: weights, grads, Adam
         growth = max(peak - start for peak, start in zip(students.peak_memory_mb, students.start_memory_mb,
                                                         strict=True))

@@ -17,7 +17,7 @@ from timedistill.conf import load_config
 from timedistill.flows.cli import app
 from timedistill.tasks.cache import cache_table, read_cache_split, unpack
 from timedistill.tasks.faults import CrashOnce
-from timedistill.tasks.steps import Pipeline
+from timedistill.tasks.steps import RunContext, ingest_step, teacher_step
 from timedistill.tasks.students import DistillStep
 from timedistill.tasks.teacher import teacher_key
 from timedistill.tasks.windows import WindowBatcher, window_counts, window_starts
@@ -36,7 +36,7 @@ def trained(smoke_pipeline):
 
 
 def test_teacher_is_trained_and_stored(trained):
-    teacher, pipe = trained.teacher, trained.pipe
+    teacher, pipe = trained.teacher, trained
     assert trained.summary.steps["teacher"].cached is False  # the flow really trained it
     assert teacher.epochs == 1 and teacher.name == "itransformer"
     assert np.isfinite(teacher.val_mse) and np.isfinite(teacher.test_mse)
@@ -45,14 +45,14 @@ def test_teacher_is_trained_and_stored(trained):
     model = teacher.load(pipe.storage)  # weights_only=True inside
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     # a second request reuses it: same key, nothing trained
-    assert pipe.teacher(24).cached
+    assert teacher_step(trained.run, trained.dataset, 24).cached
     assert teacher.key == teacher_key(trained.config, pipe.dataset, 24)
     changed = smoke("x", "teacher.lr=0.01")
     assert teacher_key(changed, pipe.dataset, 24) != teacher.key
 
 
 def test_cache_holds_every_window_in_float16(trained):
-    cache, pipe = trained.cache, trained.pipe
+    cache, pipe = trained.cache, trained
     expected = window_counts(pipe.dataset.splits, 96, 24)
     assert cache.rows == expected
     assert cache.bytes > 0 and cache.teacher_forward_batches >= 3
@@ -80,7 +80,7 @@ def test_cached_rows_come_back_in_window_order_whatever_order_they_arrive_in():
 
 def test_cache_loss_equals_online_loss(trained):
     """The loss from cached teacher outputs matches the loss with the teacher run online."""
-    pipe, teacher, cache = trained.pipe, trained.teacher, trained.cache
+    pipe, teacher, cache = trained, trained.teacher, trained.cache
     series = pipe.dataset.standardized(pipe.storage)
     starts = window_starts(pipe.dataset.splits["train"], 96, 24)
     ids = np.arange(40, 72)
@@ -111,7 +111,7 @@ def test_students_are_trained_with_the_baseline(trained):
         info = students.models[role]
         assert info.params == 2 * (96 * 64 + 64) + 2 * (64 * 24 + 24) + 2 * 2 * 7
         assert np.isfinite(info.test_mse)
-        model = students.load(trained.pipe.storage, role)
+        model = students.load(trained.storage, role)
         assert isinstance(model, torch.nn.Module)
     history = students.student.history[0]
     assert {"sup", "pred_scale", "pred_period", "feat_scale", "feat_period"} <= set(history)
@@ -163,9 +163,9 @@ def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path):
     config = smoke(tmp_path, "teacher.epochs=2", "teacher.patience=5", "ray.num_workers=2",
                    "ray.cpus_per_worker=0.5")
     marker = tmp_path / "fault-fired"
-    with Pipeline(config) as pipe:
-        pipe.ingest()
-        teacher = pipe.teacher(24, callbacks=[CrashOnce(epoch=1, rank=1, marker=str(marker))])
+    with RunContext(config) as pipe:
+        teacher = teacher_step(pipe, ingest_step(pipe), 24,
+                               callbacks=[CrashOnce(epoch=1, rank=1, marker=str(marker))]).chosen
     assert marker.exists()  # the failure really happened
     assert teacher.epochs == 2
     assert teacher.resumed_from == 1  # the final attempt started at epoch 2, not 1
