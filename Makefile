@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of torch installs in seconds here; with a GPU, install your own torch first:
+# The CPU build of torch by default; with a GPU, install your own torch first:
 #   make demo TORCH=
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
@@ -29,10 +29,15 @@ $(VENV)/.installed: pyproject.toml
 gpu-check: install
 	$(BIN)/python -m bench.gpu_check
 
-# the same check's dependencies for an offline GPU machine with its own torch (default: the H200
-# this project borrows, Python 3.12), in .kit/; bench/offline_kit.py says how to carry them
+# for GPU machines without a package index that bring their own torch (an air-gapped cluster): the
+# other dependencies and this checkout packed in .kit/ for the target's Python (KIT_PYTHON, by default
+# $(PYTHON)'s), leaving out what the target's image already has (KIT_HAVE, a file of package names;
+# bench/example_gpu_image_packages.txt is one). bench/offline_kit.py says how to unpack them there.
+#   make gpu-kit KIT_PYTHON=3.12 KIT_HAVE=packages.txt
+KIT_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+KIT_HAVE ?=
 gpu-kit: install
-	$(BIN)/python -m bench.offline_kit build --have bench/gpu_machine_packages.txt
+	$(BIN)/python -m bench.offline_kit build --python $(KIT_PYTHON) $(if $(KIT_HAVE),--have $(KIT_HAVE))
 
 lint: install
 	$(BIN)/ruff check .

@@ -25,6 +25,13 @@ from pathlib import Path
 
 from bench.report import markdown_table, write_section
 
+# BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
+READING = {
+    "demo": """\
+A fresh run is mostly Ray, Ray Train, Ray Data and Prefect starting around small models ("Start-up" times
+each fixed cost); a second run with nothing changed finds every step done and only evaluates again.""",
+}
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 
@@ -82,7 +89,7 @@ def main() -> None:
         f"- Median of the fresh runs: **{fresh:.0f} s**.",
     ])
     print(text)
-    write_section("demo", text)
+    write_section("demo", text, READING["demo"])
 
 
 if __name__ == "__main__":

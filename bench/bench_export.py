@@ -31,6 +31,13 @@ from timedistill.store.forecaster import ForecastModel
 from timedistill.store.storage import Storage
 from timedistill.tasks.export import export
 
+# BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
+READING = {
+    "export": """\
+The ONNX file in onnxruntime is the fastest at both batch sizes, then the TorchScript file, then the registered
+student in PyTorch; all three take and return data units, so the scaler is inside each measurement.""",
+}
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         "(above 1 is faster).",
         "",
         markdown_table(["batch", "runtime", "ms", "vs PyTorch"], rows),
-    ]))
+    ]), READING["export"])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,14 @@ import torch
 from bench.report import markdown_table, write_section
 from timedistill.models import MODELS, STUDENTS, build_model
 
+# BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
+READING = {
+    "models": """\
+At 7 variables iTransformer and DLinear cost about what the students cost; at 321 variables PatchTST, ModernTCN
+and TimeMixer are one to two orders of magnitude slower than the MLP student. On a shared machine the fastest
+call is the better estimate of the uncontended speed.""",
+}
+
 LOOKBACK, HORIZON, BATCH, THREADS = 720, 96, 32, 2
 SHAPES = [("ETTh1", 7, "etth1"), ("Electricity", 321, "electricity")]
 WARMUP = 2  # warm-up calls (1 when a single call takes longer than SLOW_CALL_S)
@@ -100,7 +108,7 @@ def main() -> None:
             markdown_table(header, rows),
         ]
     )
-    write_section("models", markdown)
+    write_section("models", markdown, READING["models"])
     print(markdown)
 
 

@@ -1,4 +1,4 @@
-"""How cost grows with the series (issue 21, item 2), through the real steps at lookback 720 and
+"""How cost grows with the series, through the real steps at lookback 720 and
 horizon 96: one teacher epoch, the teacher cache, one distillation epoch, on synthetic series
 (daily and weekly seasons plus noise: not Electricity or Traffic, which are not shipped) of 7, 21,
 321 and 862 variables, and 1x, 2x and 4x the windows at 321.
@@ -34,6 +34,14 @@ from bench.report import markdown_table, write_section
 from timedistill.conf import load_config
 from timedistill.tasks.runtime import ray_session
 from timedistill.tasks.steps import RunContext, cache_step, distill_step, ingest_step, teacher_step
+
+# BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
+READING = {
+    "scale": """\
+Time and cache size grow about linearly with windows x variables, so the projections are a fair first guess.
+The distillation's memory does not follow the cache, which streams; it grows with the variables, since every
+window of a batch carries all of them.""",
+}
 
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "scale"
 LOOKBACK, HORIZON, TRAIN_SHARE = 720, 96, 0.7
@@ -142,7 +150,7 @@ def report(rows: list[Measured], command: str, budget_mb: float) -> str:
                        f"{projected(rows, 'teacher_s_per_epoch', variables * windows) / 60:,.0f}",
                        f"{projected(rows, 'distill_s_per_epoch', variables * windows) / 60:,.0f}"]
                       for name, (variables, windows) in FULL_SIZE.items()]
-        text += ["", "Projected from the fit, one epoch on this machine's CPU (minutes):", "",
+        text += ["", "Projected from the fit, one epoch on the CPU measured above (minutes):", "",
                  markdown_table(["run", "variables", "train windows", "teacher min/epoch", "distill min/epoch"],
                                 projection)]
     return "\n".join(text)
@@ -169,7 +177,7 @@ def main() -> None:
     text = report(rows, command, args.budget_mb)
     print(text)
     if not args.no_write:
-        write_section("scale", text)
+        write_section("scale", text, READING["scale"])
 
 
 if __name__ == "__main__":

@@ -42,6 +42,18 @@ from timedistill.conf import ServeConfig, load_config
 from timedistill.store.records import ModelSpec
 from timedistill.store.storage import Storage
 
+# BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
+READING = {
+    "serving": """\
+With its defaults (HAProxy) `timedistill serve` keeps up with the bare server at 16 clients and answers a lone
+client within twice its latency; the proxy mode stays far behind. Binary batches are the cheapest form. Teacher
+and student answer alike behind either server: the server's cost per request sets the latency, not the model.""",
+    "serving-candidates": """\
+HAProxy beats the proxy in every cell. A batch that always waits costs a lone client latency; one that never
+waits loses throughput at 16 clients; waiting only when others wait keeps most of both. The bare server's own
+rate moves between runs, so the ratios decide, not the rates.""",
+}
+
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "serving"
 MODEL = "bench-96"
 TEACHER = "bench-teacher-96"  # served beside the student: what distillation buys behind the server
@@ -271,9 +283,10 @@ def candidates_table() -> str:
     """The serving defaults compared: one run of this benchmark per candidate (single JSON
     histories, 1 and 16 clients), kept in bench/results/serving-candidates/<name>.jsonl: a header
     line (the command, what the batching does), then the benchmark's own lines."""
-    table = []
+    table, dates = [], set()
     for path in sorted(CANDIDATES.glob("*.jsonl")):
         header, *rows = [json.loads(line) for line in path.read_text().splitlines()]
+        dates.add(header["date"])
         for (server, clients), pairs in sorted(pairs_of(rows).items()):
             serve_ms = statistics.median(s["p50"] for s, _ in pairs)
             bare_ms = statistics.median(b["p50"] for _, b in pairs)
@@ -287,7 +300,8 @@ def candidates_table() -> str:
     return "\n".join([
         "## Serving defaults: the candidates side by side",
         "",
-        "Each candidate is one run of `bench.bench_serving` (2026-12-01, 2 cores), Ray Serve and the bare server "
+        f"Each candidate is one run of `bench.bench_serving` ({', '.join(sorted(dates))}, 2 cores), Ray Serve and the "
+        "bare server "
         "alternating in every cell; medians over the rounds. Commands: " + "; ".join(f"`{c}`" for c in commands)
         + ". Made by `python -m bench.bench_serving --candidates-table` from bench/results/serving-candidates/.",
         "",
@@ -310,7 +324,7 @@ def main() -> None:
                         help="write the serving-defaults table from bench/results/serving-candidates and exit")
     args = parser.parse_args()
     if args.candidates_table:
-        write_section("serving-candidates", candidates_table())
+        write_section("serving-candidates", candidates_table(), READING["serving-candidates"])
         return
     make_registry()
     history = np.random.default_rng(0).normal(5, 2, (720, 7))
@@ -359,7 +373,7 @@ def main() -> None:
         return  # a partial run: printed above, BENCHMARKS.md left alone
     text = report(results, args, settings, alone, stops)
     print(text)
-    write_section("serving", text)
+    write_section("serving", text, READING["serving"])
 
 
 def report(results: list[dict], args: argparse.Namespace, settings: ServeConfig, alone: dict[str, dict],

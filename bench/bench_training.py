@@ -3,11 +3,13 @@
 1. distillation epoch time with the Parquet teacher cache vs the teacher run online, per teacher;
 2. teacher-training throughput with 1 worker (all CPUs) vs 2 data-parallel workers;
 3. peak resident memory of every worker;
-4. with --short-run instead: the short run of the training issue (teacher iTransformer 3 epochs,
-   student up to 8 epochs, the plain MLP trained beside it) and its test MSEs.
+4. with --short-run instead: a short run (teacher iTransformer 3 epochs, student up to 8 epochs,
+   the plain MLP trained beside it) and its test MSEs.
 
-    python -m bench.bench_training [--teachers itransformer moderntcn] [--epochs 2]
+    python -m bench.bench_training [--teachers itransformer moderntcn] [--epochs 2] [--data-dir DIR]
     python -m bench.bench_training --short-run
+
+ETTh1.csv comes from --data-dir (default data/, where it ships).
 
 Epoch times are medians over the epochs of one run (each epoch trains the distilled student only:
 the baseline is switched off so that the comparison isolates the teacher's cost). Artifacts go to
@@ -21,6 +23,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -34,15 +37,26 @@ from timedistill.tasks.runtime import ray_session
 from timedistill.tasks.steps import RunContext, cache_step, distill_step, ingest_step, teacher_step
 from timedistill.tasks.windows import window_counts
 
+# BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
+READING = {
+    "short-run": """\
+A budget of minutes gives the full protocol's ordering ("Reproducing the paper"): the distilled student
+below both its teacher and the plain MLP.""",
+    "training": """\
+The Parquet cache makes a distillation epoch faster than running the teacher online, after a one-off build.
+Two data-parallel workers of one CPU train the teacher faster than one worker with every CPU (intra-op threads
+of these small matmuls scale worse). Epoch medians come from two epochs: expect seconds of noise.""",
+}
+
 ROOT = Path(__file__).resolve().parent / ".artifacts" / "training"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ETTh1.csv"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # ships ETTh1.csv
 
 
-def settings(root: Path, *extra: str):
+def settings(data: Path, root: Path, *extra: str):
     return load_config(
         "etth1",
         [
-            f"data.path={DATA}",
+            f"data.path={data}",
             "data.horizons=[96]",
             f"storage.root={root}",
             "teacher.epochs=1",
@@ -53,7 +67,7 @@ def settings(root: Path, *extra: str):
     )
 
 
-def distill_epochs(teacher_name: str, epochs: int) -> list[list[object]]:
+def distill_epochs(data: Path, teacher_name: str, epochs: int) -> list[list[object]]:
     rows = []
     root = ROOT / "distill"
     for built in ("runs", "ray", "cache"):  # the teacher is kept: its training is not what is timed here
@@ -61,6 +75,7 @@ def distill_epochs(teacher_name: str, epochs: int) -> list[list[object]]:
     times = {}
     for use_cache in (True, False):
         config = settings(
+            data,
             root,
             f"teacher.name={teacher_name}",
             f"distill.epochs={epochs}",
@@ -93,13 +108,14 @@ def distill_epochs(teacher_name: str, epochs: int) -> list[list[object]]:
     return rows
 
 
-def worker_throughput() -> list[list[object]]:
+def worker_throughput(data: Path) -> list[list[object]]:
     rows = []
     base = None
     for workers in (1, 2):
         root = ROOT / f"workers-{workers}"
         shutil.rmtree(root, ignore_errors=True)
         config = settings(
+            data,
             root,
             "teacher.name=itransformer",
             "teacher.epochs=2",
@@ -126,11 +142,12 @@ def worker_throughput() -> list[list[object]]:
     return rows
 
 
-def short_run() -> str:
+def short_run(data: Path) -> str:
     """Teacher iTransformer 3 epochs, student and plain MLP up to 8 epochs, all test windows."""
     root = ROOT / "short"
     shutil.rmtree(root, ignore_errors=True)
     config = settings(
+        data,
         root,
         "teacher.name=itransformer",
         "teacher.epochs=3",
@@ -174,15 +191,20 @@ def main() -> None:
     parser.add_argument("--teachers", nargs="*", default=["itransformer"])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--short-run", action="store_true", help="only the short run (section short-run)")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                        help="the folder holding ETTh1.csv (default: data/, which ships it)")
     args = parser.parse_args()
+    data = args.data_dir / "ETTh1.csv"
+    if not data.is_file():
+        sys.exit(f"bench.bench_training: {data} not found: pass the folder holding ETTh1.csv as --data-dir")
     if args.short_run:
-        text = short_run()
+        text = short_run(data)
         print(text)
-        write_section("short-run", text)
+        write_section("short-run", text, READING["short-run"])
         return
-    with ray_session(settings(ROOT)):
-        distill = [row for name in args.teachers for row in distill_epochs(name, args.epochs)]
-        workers = worker_throughput()
+    with ray_session(settings(data, ROOT)):
+        distill = [row for name in args.teachers for row in distill_epochs(data, name, args.epochs)]
+        workers = worker_throughput(data)
     text = "\n".join(
         [
             "## Training (Ray Train, ETTh1, lookback 720, horizon 96)",
@@ -214,7 +236,7 @@ def main() -> None:
         ]
     )
     print(text)
-    write_section("training", text)
+    write_section("training", text, READING["training"])
 
 
 if __name__ == "__main__":

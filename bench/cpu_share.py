@@ -1,4 +1,4 @@
-"""Where a CLI run's CPU goes (issue 25, item 2): the overhead workload of bench/bench_overhead.py
+"""Where a CLI run's CPU goes: the overhead workload of bench/bench_overhead.py
 run once through `timedistill retrain`, with every process it starts (the command, Prefect's
 temporary server, Ray's daemons, Ray Train's and Ray Data's actors, the training workers) read
 from /proc twice a second; CPU-seconds summed by kind.
@@ -29,6 +29,14 @@ from pathlib import Path
 
 from bench.bench_overhead import PROJECT, ROOT, WORK
 from bench.report import markdown_table, write_section
+
+# BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
+READING = {
+    "cpu-share": """\
+Most of the CPU goes to the training workers. Next comes Ray Train's own: each run starts four processes beside
+its worker (controller, placement-group cleaner, synchronization actor, dataset manager), which together take
+more than the driver and Prefect's server.""",
+}
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 0.5
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(wall_s, seen)
     print(text)
     if not args.no_write:
-        write_section("cpu-share", text)
+        write_section("cpu-share", text, READING["cpu-share"])
 
 
 if __name__ == "__main__":

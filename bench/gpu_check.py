@@ -10,10 +10,10 @@ MSE within 2% of the CPU run's; the script prints every run's MSEs, step seconds
 throughput (windows per second of the distill step), and exits 1 when a check fails. Without CUDA
 it says so and exits 0, so that `make gpu-check` can run anywhere.
 
-On a GPU machine without a package index (the accelerator this project borrows has Python 3.12,
-torch 2.11 with CUDA and no network), `make gpu-kit` here and bench/offline_kit.py there stand in
-for `make install`: `cd /tmp && PYTHONPATH=/tmp/timedistill-site python3 "$OLDPWD/bench/gpu_check.py"`
-(outside the checkout, whose root `timedistill/` would shadow the unpacked package).
+On GPU machines without a package index (an air-gapped cluster whose image brings its own CUDA
+torch), `make gpu-kit` on a machine with one and bench/offline_kit.py on the target stand in for
+`make install`; the check then runs from outside the checkout, whose root `timedistill/` would
+shadow the unpacked package: `cd /tmp && PYTHONPATH=SITE python3 "$OLDPWD/bench/gpu_check.py"`.
 """
 
 from __future__ import annotations

@@ -1,28 +1,23 @@
-"""timedistill for a machine with Python and its own torch but no package index: an air-gapped GPU
-node, or the accelerator this project borrows for `make gpu-check` (no network, another Python,
-a CUDA torch, at most 64 MiB carried per call).
+"""timedistill for GPU machines with Python and their own torch but no package index: an air-gapped
+GPU cluster, whose nodes cannot reach PyPI and whose image already brings CUDA, torch and more.
 
-    python -m bench.offline_kit build [--python 3.12] [--have FILE] [--part-mib 56] [--out .kit]
-    python3 -m bench.offline_kit unpack [--kit .kit] [--into /tmp/timedistill-site]   # on the target
-    cd /tmp && PYTHONPATH=/tmp/timedistill-site python3 "$OLDPWD/bench/gpu_check.py"
+    python -m bench.offline_kit build --python 3.12 [--have FILE] [--part-mib N] [--out .kit]
+    python3 -m bench.offline_kit unpack [--kit .kit] [--into SITE]          # on the target, in the checkout
+    cd /tmp && PYTHONPATH=SITE python3 "$OLDPWD/bench/gpu_check.py"          # then, e.g., the GPU check
 
-`build` (here, with pip and an index) downloads the wheels of this checkout's dependencies except
-torch, for the target's Python on x86-64 Linux and at the versions installed here (the ones the
-suite ran with), leaves out what the target already has (`--have`, one name per line) and what a
-retrain never imports, installs them and this checkout's own wheel into one folder and packs it as
-tar.xz, cut into parts that fit one transfer each. `unpack` needs nothing but Python: it gathers the
-parts into a stash as they arrive, one transfer at a time, says which are still missing (exit 3),
-and once all are there checks their sha256 and unpacks the folder.
+`build` (on a machine with pip and an index) downloads the wheels of this checkout's dependencies
+except torch, for the target's Python (--python, major.minor) on x86-64 Linux and at the versions
+installed here (the ones the suite ran with), leaves out what the target's image already has
+(--have: a file of package names, one a line; bench/example_gpu_image_packages.txt is an example)
+and what a retrain never imports, installs them and this checkout's own wheel into one folder and
+packs it as tar.xz, cut into parts of at most --part-mib MiB for transfers with a size limit.
+`unpack` needs nothing but Python: it gathers the parts into a stash as they arrive, one transfer
+at a time, says which are still missing (exit 3), and once all are there checks their sha256 and
+unpacks the folder (SITE, by default timedistill-site in the temporary folder).
 
-The check runs from outside the checkout, as a file rather than `-m`: the checkout's root holds a
+Run from outside the checkout, as a file rather than `-m`: the checkout's root holds a
 `timedistill/` folder (the top of the editable install) that would shadow the unpacked package,
 both in the driver and in Ray's workers, which put the driver's working directory on their path.
-Parts are 56 MiB because each call carries the checkout as well, 64 MiB in all.
-
-On the borrowed H200 (bench/gpu_machine_packages.txt is its image's list) the kit is two parts, so
-`make gpu-check` there is two calls a few seconds apart (the machine is kept only 30 s between
-calls): the first carries kit.json and part 00 and runs `unpack` (exit 3), the second carries
-kit.json and part 01 and runs `unpack`, then the check.
 """
 
 from __future__ import annotations
@@ -86,6 +81,13 @@ def sha256(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_have(path: Path) -> set[str]:
+    """The package names a --have file lists: one a line, `#` comments, and versions (as in
+    `pip freeze` output) ignored."""
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return {canonical(re.split(r"[=<>!~;@\[ ]", line, maxsplit=1)[0]) for line in lines if line}
 
 
 def dependencies_but_torch() -> list[str]:
@@ -207,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True)
     building = verbs.add_parser("build", help="download, install and pack the dependencies (needs an index)")
-    building.add_argument("--python", default="3.12", help="the target's Python, major.minor")
+    building.add_argument("--python", required=True, help="the target's Python, major.minor (e.g. 3.12)")
     building.add_argument("--have", type=Path, help="a file of package names the target already has")
-    building.add_argument("--part-mib", type=int, default=56, help="the most of one transfer a part may take")
+    building.add_argument("--part-mib", type=int, default=1024, help="the most one part may take, in MiB")
     building.add_argument("--out", type=Path, default=ROOT / ".kit")
     unpacking = verbs.add_parser("unpack", help="gather the parts carried so far; unpack once all are there")
     unpacking.add_argument("--kit", type=Path, default=ROOT / ".kit")
@@ -219,11 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "unpack":
             return unpack(args.kit, args.into, args.stash)
-        have = set()
-        if args.have:
-            lines = (line.split("#")[0].strip() for line in args.have.read_text().splitlines())
-            have = {canonical(line) for line in lines if line}
-        manifest = build(args.python, have, args.part_mib, args.out)
+        if not re.fullmatch(r"3\.\d+", args.python):
+            raise KitError(f"--python {args.python}: the target's Python as major.minor, e.g. 3.12")
+        manifest = build(args.python, read_have(args.have) if args.have else set(), args.part_mib, args.out)
     except (KitError, OSError) as error:  # OSError: a --have, --kit or --out path that cannot be read or written
         print(f"kit: {error}", file=sys.stderr)
         return 1

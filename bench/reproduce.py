@@ -2,22 +2,24 @@
 the same code as `timedistill retrain` (the Prefect flow), on CPU or GPU. Resumable: rows already
 in the results file are skipped, so a long campaign can be spread over several runs.
 
-    python -m bench.reproduce --rows etth1:itransformer etth1:moderntcn ettm1:itransformer weather:itransformer
+    python -m bench.reproduce --rows etth1:itransformer etth1:moderntcn ettm1:itransformer weather:itransformer \
+        --data-dir DIR
     python -m bench.reproduce --ablations            # ETTh1 h96: ablations, other students, cache on/off
     python -m bench.reproduce --ablations --seeds 3  # each row with distill seeds 2021, 2022, 2023
-    python -m bench.reproduce --ablations full quantiles --on weather:itransformer:96  # elsewhere
+    python -m bench.reproduce --ablations full quantiles --on weather:itransformer:96 --data-dir DIR  # elsewhere
     python -m bench.reproduce --tables               # BENCHMARKS.md tables from the results files
 
 A row is DATASET:TEACHER[:STUDENT] at every horizon of --horizons (default 96 192 336 720);
 TEACHER may name several joined by "+" (etth1:itransformer+moderntcn: teacher.names, one student).
-Data comes from --data (default ../shared/data), artifacts go to --root (default bench/.artifacts;
-teachers and caches are reused across rows and variants). Each row records the git commit, the
-device, the wall time and the seed. With --seeds N every row runs with N distill seeds (2021,
-2022, ...): the student and the plain MLP train again for each, the teacher is trained once (its
-own `teacher.seed`) and reused, so the spread is the student's and the MLP's, not the teacher's.
-The protocol is method.md's: lookback 720, the split and scaler conventions, early stopping, the
-best checkpoint restored, every test window counted.
-It prints a line per training epoch (validation MSE, seconds) and Prefect's line per step.
+The benchmark files come from --data-dir (default data/, which ships ETTh1.csv only; data/README.md
+lists the others and where they come from); a missing one stops the command before any row runs.
+Artifacts go to --root (default bench/.artifacts; teachers and caches are reused across rows and
+variants). Each row records the git commit, the device, the wall time and the seed. With --seeds N
+every row runs with N distill seeds (2021, 2022, ...): the student and the plain MLP train again for
+each, the teacher is trained once (its own `teacher.seed`) and reused, so the spread is the
+student's and the MLP's, not the teacher's. The protocol is docs/method.md's: lookback 720, the
+split and scaler conventions, early stopping, the best checkpoint restored, every test window
+counted. It prints a line per training epoch (validation MSE, seconds) and Prefect's line per step.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def run_row(
     members = teacher.split("+")  # several teachers for one student: teacher.names
     alpha, beta = RELEASED.get((dataset, members[0]), (1, 1))
     overrides = [
-        f"data.path={Path(args.data) / FILES[dataset]}",
+        f"data.path={Path(args.data_dir) / FILES[dataset]}",
         f"data.horizons=[{horizon}]",
         f"teacher.names=[{', '.join(members)}]" if len(members) > 1 else f"teacher.name={teacher}",
         f"student.name={student}",
@@ -204,6 +206,17 @@ def campaign(specs: list[tuple[str, str, str, int, str, list[str]]], path: Path,
         save_rows(path, rows)
 
 
+def missing_data(datasets: set[str], data_dir: Path) -> str | None:
+    """What keeps the rows from running, in one line: an unknown data set or a file not in data_dir."""
+    if unknown := sorted(datasets - set(FILES)):
+        return f"unknown data set {', '.join(unknown)} (known: {', '.join(FILES)})"
+    files = [data_dir / FILES[dataset] for dataset in sorted(datasets)]
+    if missing := [path for path in files if not path.is_file()]:
+        return (f"{', '.join(map(str, missing))} not found: pass the folder of the benchmark files as --data-dir "
+                "(data/README.md lists them)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="*", default=[], help="DATASET:TEACHER[:STUDENT]")
@@ -214,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the ablations run (default: etth1:itransformer:96)")
     parser.add_argument("--seeds", type=int, default=1, help="distill seeds per row (2021, 2022, ...)")
     parser.add_argument("--tables", action="store_true", help="write the BENCHMARKS.md tables and exit")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data-dir", default=str(ROOT / "data"),
+                        help="the folder of the benchmark files (default: data/, which ships ETTh1.csv)")
     parser.add_argument("--root", default=str(ROOT / "bench" / ".artifacts"))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cpus-per-worker", type=float, default=float(os.cpu_count() or 1))
@@ -229,15 +243,18 @@ def main(argv: list[str] | None = None) -> None:
         for item in args.rows:
             dataset, teacher, *rest = item.split(":")
             specs += [(dataset, teacher, rest[0] if rest else "mlp", h, "full", []) for h in args.horizons]
-        if specs:
-            campaign(specs, accuracy, args)
+        ablations = []
         if args.ablations is not None:
             chosen = args.ablations or list(VARIANTS)
             dataset, teacher, horizon = args.on.split(":")
             ablations = [(dataset, teacher, "mlp", int(horizon), variant, VARIANTS[variant]) for variant in chosen]
-            for dataset, teacher, _, horizon, variant, extra in ablations:  # the student is part of the key
-                student = next((e.split("=")[1] for e in extra if e.startswith("student.name=")), "mlp")
-                campaign([(dataset, teacher, student, horizon, variant, extra)], ablations_file, args)
+        if problem := missing_data({spec[0] for spec in specs + ablations}, Path(args.data_dir)):
+            sys.exit(f"bench.reproduce: {problem}")
+        if specs:
+            campaign(specs, accuracy, args)
+        for dataset, teacher, _, horizon, variant, extra in ablations:  # the student is part of the key
+            student = next((e.split("=")[1] for e in extra if e.startswith("student.name=")), "mlp")
+            campaign([(dataset, teacher, student, horizon, variant, extra)], ablations_file, args)
     if Path(args.results) == RESULTS:
         from bench.tables import write_tables
 

@@ -1,4 +1,4 @@
-"""Where a CLI run's fixed costs go (issue 25, item 2), each timed alone: the imports of the
+"""Where a CLI run's fixed costs go, each timed alone: the imports of the
 command, Prefect's temporary server, a local Ray, and, on that Ray, a Ray Train run and a Ray
 Data actor job that do no work at all (twice each: the first run of a kind pays for what later
 runs reuse). Every round is a fresh process; the table holds the medians.
@@ -29,6 +29,13 @@ from datetime import date
 from typing import Any
 
 from bench.report import markdown_table, write_section
+
+# BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
+READING = {
+    "startup": """\
+Ray's part alone (its start and stop, two Ray Train runs, one Ray Data job) is more than half of what the CLI
+adds to the plain script in "Framework overhead"; a run of each kind after the first is cheaper.""",
+}
 
 
 def timed(action: Callable[[], Any]) -> float:
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ])
     print(text)
     if not args.no_write:
-        write_section("startup", text)
+        write_section("startup", text, READING["startup"])
 
 
 if __name__ == "__main__":

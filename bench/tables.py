@@ -1,6 +1,7 @@
-"""BENCHMARKS.md tables made from bench/results/*.json (never typed by hand).
+"""BENCHMARKS.md's "Reproducing the paper", "Ablations" and "Intervals" sections, made from the rows
+that bench/reproduce.py keeps in bench/results/*.json (never typed by hand).
 
-python -m bench.tables
+    python -m bench.tables
 """
 
 from __future__ import annotations
@@ -14,6 +15,22 @@ from statistics import mean, stdev
 from typing import Any
 
 from bench.report import markdown_table, write_section
+
+# BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
+READING = {
+    "accuracy": """\
+The distilled MLP beats its teacher and the same MLP trained on the ground truth alone in every "Accuracy" row.
+Single-horizon "vs MLP" gains move with the plain MLP, whose one-run score varies most at long horizons.
+Latency in "Size and speed" is timed in the training worker and is noisy; the "Models" table is timed alone.""",
+    "ablations": """\
+Without the ground-truth or the multi-scale terms the student is worse beyond the spread; without the period
+or the feature terms it is not. The MLP column follows the seed, not the variant, and "distill step s"
+includes the plain MLP trained beside the student: it is not a timing comparison.""",
+    "intervals": """\
+The quantile student's median costs the point forecast nothing (inside the spread). Weighing newer validation
+windows more brings ETTh1's coverage near the goal where plain split conformal overshoots it; the half-life
+was chosen on ETTh1's test split, so Weather is its check, and there the two calibrations are level.""",
+}
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # method.md: the TimeDistill student with the ModernTCN teacher, test MSE averaged over horizons
@@ -139,7 +156,6 @@ def accuracy_tables(rows: list[dict[str, Any]]) -> str:
                     "/".join(str(round(mean(r[k] for r in runs), 1)).removesuffix(".0")
                              for k in ("teacher_epochs", "student_epochs")),
                     runs[0]["device"],
-                    ", ".join(sorted({r["commit"] for r in runs})),
                     f"{mean(r['seconds'] for r in runs):.0f}",
                 ]
             )
@@ -193,7 +209,6 @@ def accuracy_tables(rows: list[dict[str, Any]]) -> str:
                 "vs teacher",
                 "epochs (teacher/student)",
                 "device",
-                "commit",
                 "seconds",
             ],
             detail,
@@ -274,7 +289,6 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
                 spread(runs, "teacher_mse").cell(),
                 f"{mean(distilled):.0f}" if distilled else "reused",
                 runs[0]["device"],
-                ", ".join(sorted({r["commit"] for r in runs})),
             ]
         )
     note = SPREAD_NOTE + ' "vs full": + means the variant\'s MSE is lower than the full method\'s.'
@@ -289,7 +303,6 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
             "teacher MSE",
             "distill step s",
             "device",
-            "commit",
         ],
         table,
     )
@@ -347,30 +360,44 @@ def interval_rows(quantile: list[dict[str, Any]], point: list[dict[str, Any]], d
     return lines
 
 
+def campaign_rows(rows: list[dict[str, Any]]) -> str:
+    """The --rows arguments that made these rows, with their seeds."""
+    seeds: dict[str, set[int]] = defaultdict(set)
+    for row in rows:
+        student = "" if row["student"] == "mlp" else f":{row['student']}"
+        seeds[f"{row['dataset']}:{row['teacher']}{student}"].add(row["seed"])
+    return ", ".join(f"`{row}" + (f" --seeds {len(used)}`" if len(used) > 1 else "`")
+                     for row, used in sorted(seeds.items()))
+
+
 def write_tables() -> None:
     accuracy = load("accuracy.json")
     ablations = load("ablations.json")
     intro = (
-        "Made by `python -m bench.tables` from `bench/results/accuracy.json`, written by "
-        "`python -m bench.reproduce --rows ...` (see its docstring)."
+        "Command: `python -m bench.reproduce --rows DATASET:TEACHER ... [--seeds N] --data-dir DIR` (see its "
+        "docstring), which keeps its rows in `bench/results/accuracy.json`; `python -m bench.tables` makes the "
+        f"tables from them. The rows here: {campaign_rows(accuracy)}."
     )
     write_section(
         "accuracy",
         "## Reproducing the paper\n\n" + intro + "\n\n" + (accuracy_tables(accuracy) if accuracy else "(no rows yet)"),
+        READING["accuracy"],
     )
     write_section(
         "ablations",
         "## Ablations\n\n"
-        "From `bench/results/ablations.json` (`python -m bench.reproduce --ablations [VARIANT ...] "
-        "[--on DATASET:TEACHER:HORIZON]`). The MLP column is the same student architecture trained on the "
-        "ground truth alone.\n\n" + ablation_tables(ablations),
+        "Command: `python -m bench.reproduce --ablations [VARIANT ...] [--on DATASET:TEACHER:HORIZON] [--seeds N] "
+        "[--data-dir DIR]`, rows kept in `bench/results/ablations.json`. The MLP column is the same student "
+        "architecture trained on the ground truth alone.\n\n" + ablation_tables(ablations),
+        READING["ablations"],
     )
     write_section(
         "intervals",
         "## Intervals (student.quantiles)\n\n"
-        "From the `quantiles` and `quantiles-unweighted` rows of `bench/results/ablations.json` "
-        "(`python -m bench.reproduce --ablations full quantiles quantiles-unweighted "
-        "--on DATASET:TEACHER:HORIZON`).\n\n" + interval_table(ablations),
+        "Command: `python -m bench.reproduce --ablations full quantiles quantiles-unweighted "
+        "--on DATASET:TEACHER:HORIZON [--seeds N] [--data-dir DIR]`, the `quantiles` and `quantiles-unweighted` "
+        "rows of `bench/results/ablations.json`.\n\n" + interval_table(ablations),
+        READING["intervals"],
     )
 
 

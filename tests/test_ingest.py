@@ -1,4 +1,5 @@
-"""Ingestion: real files from ../shared/data, and every kind of bad input on tiny files."""
+"""Ingestion: the real benchmark files (TIMEDISTILL_BENCHMARK_DATA, when set), and every kind of bad input
+on tiny files."""
 
 import json
 import re
@@ -16,8 +17,6 @@ from timedistill.store.storage import Storage
 from timedistill.tasks.errors import DataError
 from timedistill.tasks.ingest import ingest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
 runner = CliRunner()
 
 
@@ -68,10 +67,9 @@ def test_etth1_counts_match_the_protocol(tmp_path):
     assert json.loads(again.stdout.strip().splitlines()[-1])["cached"] is True
 
 
-@needs_shared
-def test_weather_ingests_with_its_quirks(tmp_path):
+def test_weather_ingests_with_its_quirks(benchmark_data, tmp_path):
     """CRLF line endings, U+FFFD in the header, one repeated row and one 100-minute gap."""
-    config = load_config("weather", [f"data.path={SHARED / 'weather.csv'}", f"storage.root={tmp_path}"])
+    config = load_config("weather", [f"data.path={benchmark_data / 'weather.csv'}", f"storage.root={tmp_path}"])
     dataset = ingest(config, Storage(str(tmp_path)))
     assert len(dataset.variables) == 21 and dataset.variables[-1] == "OT"
     assert "SWDR (W/m\ufffd)" in dataset.variables
@@ -81,9 +79,9 @@ def test_weather_ingests_with_its_quirks(tmp_path):
     assert dataset.rows == 52696 - 1 + 9
 
 
-@needs_shared
-def test_slash_dates_and_no_trailing_newline(tmp_path):
-    config = load_config("exchange", [f"data.path={SHARED / 'exchange_rate.csv'}", f"storage.root={tmp_path}"])
+def test_slash_dates_and_no_trailing_newline(benchmark_data, tmp_path):
+    config = load_config("exchange", [f"data.path={benchmark_data / 'exchange_rate.csv'}",
+                                      f"storage.root={tmp_path}"])
     dataset = ingest(config, Storage(str(tmp_path)))
     assert dataset.rows == 7588 and dataset.step == "1d"
     assert dataset.start.startswith("1990-01-01")

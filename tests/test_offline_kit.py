@@ -1,5 +1,6 @@
-"""The offline kit's parts arrive one transfer at a time: `unpack` waits until all are there, then
-rebuilds the packed folder exactly, and refuses a part that is not the one its manifest names."""
+"""The offline kit: its parts arrive one transfer at a time, `unpack` waits until all are there, then
+rebuilds the packed folder exactly, and refuses a part that is not the one its manifest names; a bad
+argument to `build` is one line naming it, and --have reads names or `pip freeze` lines."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.offline_kit import MANIFEST, WAITING, KitError, Manifest, main, split, unpack
+from bench.offline_kit import MANIFEST, ROOT, WAITING, KitError, Manifest, main, read_have, split, unpack
 
 
 def packed_kit(tmp_path: Path) -> tuple[Path, Path]:
@@ -74,7 +75,23 @@ def test_a_part_of_another_build_is_refused_by_name(tmp_path):
 
 def test_a_missing_have_file_is_one_line_naming_it(tmp_path, capsys):
     missing = tmp_path / "packages.txt"
-    assert main(["build", "--have", str(missing), "--out", str(tmp_path / "kit")]) == 1
+    assert main(["build", "--python", "3.12", "--have", str(missing), "--out", str(tmp_path / "kit")]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and str(missing) in error
     assert not (tmp_path / "kit").exists()
+
+
+def test_a_python_that_is_not_major_minor_is_one_line_naming_it(tmp_path, capsys):
+    assert main(["build", "--python", "python3", "--out", str(tmp_path / "kit")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--python python3" in error
+    assert not (tmp_path / "kit").exists()
+
+
+def test_the_have_file_takes_names_or_pip_freeze_lines(tmp_path):
+    have = tmp_path / "have.txt"
+    have.write_text("# the image's packages\nTorch==2.11.0\nnvidia_cudnn-cu13\n\nscikit-learn>=1.5  # pinned\n"
+                    "jax[cuda12] @ file:///wheels/jax.whl\n")
+    assert read_have(have) == {"torch", "nvidia-cudnn-cu13", "scikit-learn", "jax"}
+    example = read_have(ROOT / "bench" / "example_gpu_image_packages.txt")
+    assert "torch" in example and "pyarrow" not in example

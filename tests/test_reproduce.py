@@ -1,5 +1,6 @@
-"""bench/reproduce.py on a tiny ETTh1 row: the flow runs for real, the row has the fields
-issue 7 asks for, a second run skips it, and the tables are made from the file."""
+"""bench/reproduce.py on a tiny ETTh1 row: the flow runs for real, the row records what a
+reproduction needs (scores, sizes, latency, device, commit, seconds, seed), a second run skips it,
+and the tables are made from the file."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ FIELDS = {
 @pytest.fixture(scope="module")
 def campaign(ray_local, prefect_harness, tmp_path_factory):
     results, root = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("reproduce")
-    argv = ["--rows", "etth1:dlinear", "--horizons", "24", "--data", str(ROOT / "data"),
+    argv = ["--rows", "etth1:dlinear", "--horizons", "24", "--data-dir", str(ROOT / "data"),
             "--root", str(root), "--results", str(results), "--cpus-per-worker", "1"]
     for override in TINY:
         argv += ["--set", override]
@@ -36,7 +37,7 @@ def campaign(ray_local, prefect_harness, tmp_path_factory):
     return argv, results / "accuracy.json", terminal.getvalue()
 
 
-def test_a_row_records_what_the_issue_asks(campaign):
+def test_a_row_records_what_a_reproduction_needs(campaign):
     _, path, _ = campaign
     (row,) = json.loads(path.read_text())
     assert not FIELDS - set(row), FIELDS - set(row)
@@ -66,6 +67,15 @@ def test_the_tables_are_made_from_the_rows(campaign):
     _, path, _ = campaign
     markdown = tables.accuracy_tables(json.loads(path.read_text()))
     assert "| etth1 | dlinear | mlp |" in markdown
+
+
+def test_a_missing_benchmark_file_stops_before_any_row(tmp_path):
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as stopped:
+        reproduce.main(["--rows", "ettm1:itransformer", "--data-dir", str(tmp_path), "--results", str(results)])
+    message = str(stopped.value.code)
+    assert str(tmp_path / "ETTm1.csv") in message and "--data-dir" in message and "\n" not in message
+    assert not results.exists()
 
 
 def seeded_rows(variant: str, student: list[float], mlp: list[float]) -> list[dict]:
