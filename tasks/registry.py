@@ -92,10 +92,7 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
              run_id: str) -> Registration:
     """Register the run's student for its horizon if the gate lets it in; idempotent per run."""
     model = check_name(config.model_name(students.horizon))
-    try:
-        current = latest(storage, model)
-    except BrokenLatest:  # a new version repairs it
-        current = None
+    current = replaceable_latest(storage, model, f"registration of {model}")
 
     def decided(registered: bool, version: str | None, verdict: Verdict) -> Registration:
         path = storage.uri(f"registry/{model}/{version}") if version else None
@@ -134,6 +131,18 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
         storage.write_bytes(f"{staging}/{SUCCESS}", b"")
     point_latest_at_newest(storage, model)
     return decided(True, version, verdict)
+
+
+def replaceable_latest(storage: Storage, model: str, doing: str) -> str | None:
+    """The version LATEST names; None for no LATEST or one that names no version (writing a new
+    one repairs it). A LATEST that is a folder, which a file cannot replace, refuses `doing`."""
+    try:
+        return latest(storage, model)
+    except BrokenLatest as exc:
+        pointer = f"registry/{model}/{LATEST}"
+        if storage.is_dir(pointer):
+            raise StepError(f"{doing} refused: {exc}; remove {storage.uri(pointer)} first") from None
+        return None
 
 
 CLAIMS = "claims"
@@ -211,9 +220,6 @@ def rollback(storage: Storage, model: str, version: str, *, force: bool = False)
     except BrokenVersion as exc:
         if not force:
             raise StepError(f"{exc}; LATEST is left as it was (--force points it there anyway)") from None
-    try:
-        before = latest(storage, model)
-    except BrokenLatest:
-        before = None
+    before = replaceable_latest(storage, model, f"rollback of {model}")
     storage.write_bytes(f"registry/{model}/{LATEST}", f"{version}\n".encode())
     return before or "-"

@@ -271,3 +271,7 @@ def test_a_rollback_to_a_version_that_does_not_verify_is_refused_unless_forced(t
     repaired = rollback()
     assert repaired.exit_code == 0 and "LATEST is v1 (was v2)" in repaired.output, repaired.output
     assert "warning" not in repaired.output and latest(storage, "roll-4") == "v1"
+    storage.delete("registry/roll-4/LATEST")
+    storage.write_bytes("registry/roll-4/LATEST/v2", b"v2\n")  # a folder where LATEST belongs
+    folder = rollback()
+    assert folder.exit_code == 1 and "is a folder" in folder.output and "Traceback" not in folder.output
