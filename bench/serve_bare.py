@@ -11,8 +11,7 @@ import os
 import numpy as np
 
 from timedistill.conf import ServeConfig
-from timedistill.serving.api import Forecasts, RegistryView, create_api
-from timedistill.store.forecaster import ForecastModel
+from timedistill.serving.api import Forecasts, RegistryView, create_api, load_served
 from timedistill.store.storage import Storage
 
 
@@ -22,8 +21,7 @@ class InProcess:
 
     async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> Forecasts:
         if model_id not in self.models:
-            name, version = model_id.split("@", 1)
-            self.models[model_id] = ForecastModel.from_registry(self.storage, name, version)
+            self.models[model_id] = load_served(self.storage, model_id)
         return Forecasts.of(self.models[model_id], histories)
 
 

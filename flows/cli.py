@@ -536,16 +536,27 @@ def model_record(store: Storage, entry: Any, versions: list[str]) -> dict[str, A
 
 @models_app.command("rollback")
 def models_rollback(name: ModelArg, to: Annotated[str, typer.Option("--to", help="the version to serve, e.g. v2")],
+                    force: Annotated[bool, typer.Option("--force", help="point LATEST at it even when it does not "
+                                                        "load and answer a probe", **FlagOpt)] = False,
                     config: Annotated[str | None, typer.Option(help="config whose storage root to use")] = None,
                     set_: SetOpt = None, storage: StorageOpt = None, as_json: JsonOpt = False,
                     debug: DebugOpt = False) -> None:
-    """Point a model's LATEST at an earlier version; a running server switches within
-    serve.reload_interval_s (or at once on POST /v1/reload)."""
+    """Point a model's LATEST at an earlier version, once it loads and answers a probe as a server
+    would check it; a running server switches within serve.reload_interval_s (or at once on POST
+    /v1/reload)."""
+    from timedistill.store.errors import BrokenVersion
+    from timedistill.store.forecaster import load_verified
     from timedistill.tasks.registry import rollback
 
     def body() -> None:
         store = registry_storage(config, set_, storage)
-        before = rollback(store, name, to)
+        if force:
+            try:
+                load_verified(store, name, to)
+            except BrokenVersion as exc:
+                err.print(f"warning: {exc}; a server holds it out and serves the newest version before it that "
+                          "loads", highlight=False, soft_wrap=True)
+        before = rollback(store, name, to, force=force)
         if as_json:
             emit_json({"name": name, "version": to, "previous": before})
         else:

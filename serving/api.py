@@ -13,13 +13,16 @@ around a handle to the model pool; the bare benchmark server wraps it around an 
 
 Bad input is a 4xx that says what is wrong, never a 500: a malformed body, the wrong number of
 rows or columns, NaN or infinity, an unknown model or version, a name that is not a plain
-registry name, a body over the size limit.
+registry name, a body over the size limit, dates whose forecast would end beyond the year 9999.
+A model that cannot answer (a broken registry entry, a replica lost with the request) is a 503
+with Retry-After.
 """
 
 from __future__ import annotations
 
 import hmac
 import io
+import math
 import os
 import time
 from datetime import datetime
@@ -45,11 +48,18 @@ from timedistill.serving.schema import (
     ModelList,
 )
 from timedistill.store.contract import History, check_times, from_frame, from_json_columns
-from timedistill.store.errors import InputError, InvalidModelName, ModelUnavailable, RegistryError
-from timedistill.store.forecaster import ForecastModel
+from timedistill.store.errors import (
+    BrokenVersion,
+    InputError,
+    InvalidModelName,
+    ModelUnavailable,
+    RegistryError,
+    one_line,
+)
+from timedistill.store.forecaster import ForecastModel, load_verified
 from timedistill.store.predictor import forecast_times
 from timedistill.store.records import RegistryEntry
-from timedistill.store.registry import VERSION, latest, list_models, read_version, versions
+from timedistill.store.registry import latest, registered_models, version_files, versions
 from timedistill.store.storage import Storage
 
 NPY = "application/x-npy"
@@ -82,87 +92,176 @@ class Forecasts(NamedTuple):
 
 class Backend(Protocol):
     """Where forecasts are computed: [N, L, C] in data units -> `Forecasts` (`Forecasts.of` a
-    loaded model)."""
+    loaded model). `model_id` is `served_id(entry)`, and `load_served` loads what it names. A
+    model whose files no longer load raises ModelUnavailable; a request lost with the replica
+    that held it raises ReplicaLost."""
 
     async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> Forecasts: ...
+
+
+class ReplicaLost(Exception):
+    """The replica computing a forecast stopped before it answered (killed, its node lost): the
+    request did nothing and may be sent again."""
+
+
+def served_id(entry: RegistryEntry, files: str) -> str:
+    """The id a version is loaded and routed by: "name@version#files", where `files` is the digest
+    of its files when it was verified. When a version's files change, its id changes with them:
+    no replica keeps answering from (or keeps refusing) files that are no longer there."""
+    return f"{entry.model_id}#{files}"
+
+
+def split_model_id(model_id: str) -> tuple[str, str, str | None]:
+    """(name, version, files digest or None) of an id built by `served_id` (or "name@version")."""
+    name, rest = model_id.split("@", 1)
+    version, _, files = rest.partition("#")
+    return name, version, files or None
+
+
+def load_served(storage: Storage, model_id: str) -> ForecastModel:
+    """The model an id names, loaded and probed from files that are still those verified;
+    otherwise ModelUnavailable naming why (the ingress then verifies the version again)."""
+    name, version, files = split_model_id(model_id)
+    if files is not None and version_files(storage, name, version) != files:
+        raise BrokenVersion(name, version, "its files changed since it was verified")
+    try:
+        return load_verified(storage, name, version)[1]
+    except BrokenVersion:
+        raise
+    except RegistryError as exc:  # gone since it was verified
+        raise BrokenVersion(name, version, one_line(exc)) from None
+
+
+class Served(NamedTuple):
+    """What a model's LATEST resolved to, until when."""
+
+    version: str | None  # the version to serve
+    reason: str  # why there is none
+    until: float  # time.monotonic
+
+
+class Verdict(NamedTuple):
+    """What verification found for one version, and of which files."""
+
+    files: str  # `version_files` when verified
+    entry: RegistryEntry | None  # when it serves
+    reason: str | None  # why it does not
+    checked: float  # when `files` was last compared with the storage (time.monotonic)
 
 
 class RegistryView:
     """Registry lookups for the API, verified: a version is served only once its files parse and
     its weights load and answer a probe. A LATEST that fails falls back to the newest version
     before it that passes, and the failure (with its reason) is reported by /v1/models and
-    /readyz. LATEST is re-read at most every `ttl` seconds (this is how replicas pick up newly
-    registered versions and rollbacks); a version never changes once complete, so its verdict is
-    kept for good."""
+    /readyz; a LATEST that names no version at all (empty, not text, a folder) makes its model
+    unavailable, with the reason. LATEST is re-read at most every `ttl` seconds (this is how
+    replicas pick up newly registered versions and rollbacks).
+
+    No verdict outlives a change of the files: each one records the version's files (`version_files`,
+    one listing) and is compared with them at most every `ttl` seconds; files that changed are
+    verified again. A LATEST that changes (a new version, a rollback) and a reload verify that
+    model's versions again, and a replica that finds a version's files changed or unloadable
+    (`load_served`) makes the ingress forget its verdict (`forget`)."""
 
     def __init__(self, storage: Storage, ttl: float) -> None:
         self.storage, self.ttl = storage, ttl
-        self._latest: dict[str, tuple[str, float]] = {}  # model -> (the version served, until when)
-        self._verdicts: dict[tuple[str, str], RegistryEntry | str] = {}  # the entry, or why it fails
+        self._latest: dict[str, Served] = {}
+        self._pointers: dict[str, str] = {}  # model -> what its LATEST held when last read
+        self._verdicts: dict[tuple[str, str], Verdict] = {}
 
     def refresh(self) -> None:
+        """Read every LATEST and verify every version again."""
         self._latest.clear()
+        self._pointers.clear()
+        self._verdicts.clear()
+
+    def forget(self, name: str, version: str) -> None:
+        """A replica could not load this version: verify it again before it is served again."""
+        self._verdicts.pop((name, version), None)
+        self._latest.pop(name, None)
 
     def resolve(self, name: str, version: str | None) -> RegistryEntry:
         """The verified entry (config, scaler, metrics) of name@version; LATEST by default, or the
         newest good version before a LATEST that fails."""
         if version is not None:
-            return self._verified(name, version)
-        cached = self._latest.get(name)
-        if cached is None or cached[1] < time.monotonic():
-            cached = (self._servable(name).version, time.monotonic() + self.ttl)
-            self._latest[name] = cached
-        return self._verified(name, cached[0])
+            return self._verified(name, version).entry
+        served = self._latest.get(name)
+        if served is not None and served.until >= time.monotonic() and served.version is not None:
+            try:
+                return self._verified(name, served.version).entry
+            except ModelUnavailable:  # it broke since LATEST was read: fall back at once
+                served = None
+        if served is None or served.until < time.monotonic():
+            try:
+                served = Served(self._servable(name), "", time.monotonic() + self.ttl)
+            except ModelUnavailable as exc:  # kept for `ttl` too: a broken model costs no reads per request
+                served = Served(None, str(exc), time.monotonic() + self.ttl)
+            self._latest[name] = served
+        if served.version is None:
+            raise ModelUnavailable(served.reason)
+        return self._verified(name, served.version).entry
+
+    def files(self, entry: RegistryEntry) -> str:
+        """The digest of the files `entry` was verified from (for `served_id`)."""
+        verdict = self._verdicts.get((entry.model, entry.version))
+        return verdict.files if verdict is not None else version_files(self.storage, entry.model, entry.version)
 
     def broken(self, name: str) -> dict[str, str]:
         """The versions of a model that failed verification, and why."""
-        return {version: verdict for (model, version), verdict in self._verdicts.items()
-                if model == name and isinstance(verdict, str)}
+        return {version: verdict.reason for (model, version), verdict in self._verdicts.items()
+                if model == name and verdict.reason is not None}
 
-    def _servable(self, name: str) -> RegistryEntry:
-        pointer = latest(self.storage, name)  # validates the name first
+    def _servable(self, name: str) -> str:
+        """The version to serve for LATEST: the version it names when it verifies, else the newest
+        complete one before it that does."""
+        pointer = latest(self.storage, name)  # validates the name first; BrokenLatest when it names no version
         if pointer is None:
             raise RegistryError(f"model {name!r} is not registered")
+        if self._pointers.get(name, pointer) != pointer:  # a new version or a rollback: verify again
+            for key in [key for key in self._verdicts if key[0] == name]:
+                del self._verdicts[key]
+        self._pointers[name] = pointer
         complete = versions(self.storage, name)
+        for key in [key for key in self._verdicts if key[0] == name and key[1] not in complete]:
+            del self._verdicts[key]  # removed versions are no longer reported
         if pointer not in complete:
-            self._verdicts[(name, pointer)] = f"LATEST points at {pointer!r}, which is not a complete version"
-        number = VERSION.match(pointer)
-        limit = int(number.group(1)) if number else None  # a rollback's LATEST: nothing newer is served
-        for candidate in sorted((v for v in complete if limit is None or int(v[1:]) <= limit),
-                                key=lambda v: -int(v[1:])):
+            self._verdicts[(name, pointer)] = Verdict("", None, f"LATEST points at {pointer!r}, which is not a "
+                                                      "complete version", time.monotonic())
+        limit = int(pointer[1:])  # a rollback's LATEST: nothing newer is served
+        for candidate in sorted((v for v in complete if int(v[1:]) <= limit), key=lambda v: -int(v[1:])):
             try:
-                return self._verified(name, candidate)
+                self._verified(name, candidate)
             except ModelUnavailable:
                 continue
+            return candidate
         reasons = "; ".join(f"{v}: {why}" for v, why in self.broken(name).items())
         raise ModelUnavailable(f"model {name!r} has no version that loads ({reasons})")
 
-    def _verified(self, name: str, version: str) -> RegistryEntry:
-        if (name, version) not in self._verdicts:
-            self._verdicts[(name, version)] = self._verify(name, version)
-        verdict = self._verdicts[(name, version)]
-        if isinstance(verdict, str):
-            raise ModelUnavailable(f"version {version} of model {name!r} is broken: {verdict}")
+    def _verified(self, name: str, version: str) -> Verdict:
+        """The verdict on name@version, verified again when its files changed; raises
+        ModelUnavailable for a broken version, RegistryError for one that is not registered."""
+        key, now = (name, version), time.monotonic()
+        verdict = self._verdicts.get(key)
+        if verdict is None or verdict.checked + self.ttl < now:
+            files = version_files(self.storage, name, version)  # validates the version's form first
+            if verdict is None or verdict.files != files:
+                verdict = self._verify(name, version, files)
+            self._verdicts[key] = verdict = verdict._replace(checked=now)
+        if verdict.reason is not None:
+            raise ModelUnavailable(f"version {version} of model {name!r} is broken: {verdict.reason}")
         return verdict
 
-    def _verify(self, name: str, version: str) -> RegistryEntry | str:
-        """The entry, or why it cannot be served (an unregistered version raises RegistryError)."""
+    def _verify(self, name: str, version: str, files: str) -> Verdict:
+        """The verdict on the files as they are (an unregistered version raises RegistryError)."""
         try:
-            entry = read_version(self.storage, name, version)
-        except RegistryError:
-            raise
-        except Exception as exc:  # a truncated or unreadable file of a complete version
-            return f"its files do not read: {describe(exc)}"
-        try:
-            ForecastModel.with_scaler(entry.load(self.storage), entry.scaler, entry.config.lookback,
-                                      entry.config.horizon).probe()
-        except Exception as exc:
-            return f"it does not load and answer: {describe(exc)}"
-        return entry
+            entry, _ = load_verified(self.storage, name, version)
+        except BrokenVersion as exc:
+            return Verdict(files, None, exc.reason, time.monotonic())
+        return Verdict(files, entry, None, time.monotonic())
 
     def models(self) -> ModelList:
         infos, unavailable = [], {}
-        for name in list_models(self.storage):
+        for name in registered_models(self.storage):
             try:
                 entry = self.resolve(name, None)
             except RegistryError as exc:  # one model's broken entry never hides the others
@@ -176,12 +275,6 @@ class RegistryView:
                 broken=self.broken(name),
                 metrics={role: headline.to_json() for role, headline in entry.metrics.headline().items()}))
         return ModelList(models=infos, unavailable=unavailable)
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as one short line."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class BodyLimit:
@@ -288,26 +381,38 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
         return used
 
     async def forecast_of(entry: RegistryEntry, histories: np.ndarray, *, batched: bool) -> Forecasts:
-        result = await backend.forecast(entry.model_id, histories, batched=batched)
+        try:
+            result = await backend.forecast(served_id(entry, registry.files(entry)), histories, batched=batched)
+        except ModelUnavailable as exc:  # its files changed or broke since verification: verify again
+            registry.forget(entry.model, entry.version)
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+        except ReplicaLost as exc:
+            raise HTTPException(503, f"{exc}; send it again", headers={"Retry-After": "1"}) from None
         if not result.finite():
             raise HTTPException(422, f"model {entry.model_id} forecast non-finite values for this history: its "
                                      "values are far outside the range it was trained on")
         return result
 
-    def dates(entry: RegistryEntry, rows: int, timestamps: list[datetime] | None,
-              start: datetime | None) -> list[datetime] | None:
-        """The forecast's timestamps, when the request dated its history."""
+    def dates(entry: RegistryEntry, rows: int, timestamps: list[datetime] | None, start: datetime | None,
+              field: str) -> list[datetime] | None:
+        """The forecast's timestamps, when the request dated its history (`field` names where:
+        "start", "timestamps[2]", ...)."""
         if timestamps is None and start is None:
             return None
         if timestamps is not None and len(timestamps) != rows:
-            raise HTTPException(422, f"timestamps has {len(timestamps)} entries for {rows} history rows")
+            raise HTTPException(422, f"{field}: {len(timestamps)} entries for {rows} history rows")
         try:
             step = duration(entry.config.step)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise HTTPException(422, f"model {entry.model} has no regular step ({entry.config.step!r}) to date "
                                      "its forecast with") from None
-        last = timestamps[-1] if timestamps is not None else start + (rows - 1) * step
-        return forecast_times(last, step, entry.config.horizon)
+        try:
+            last = timestamps[-1] if timestamps is not None else start + (rows - 1) * step
+            return forecast_times(last, step, entry.config.horizon)
+        except OverflowError:
+            raise HTTPException(422, f"{field}: the forecast's {entry.config.horizon} steps of {entry.config.step} "
+                                     "after this history end beyond the year 9999, a time range the server "
+                                     "cannot represent") from None
 
     def to_array(rows: list[Any], what: str) -> np.ndarray:
         try:
@@ -352,44 +457,42 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
                               for q, level in enumerate(entry.config.quantiles)}}
 
     def read_history(entry: RegistryEntry, given: HistoryBody, timestamps: list[datetime] | None,
-                     start: datetime | None, field: str) -> tuple[np.ndarray, list[datetime] | None]:
+                     start: datetime | None, field: str, time_field: str) -> tuple[np.ndarray, list[datetime] | None]:
         """A history as the model's input [rows, C] and the forecast's times (when it is dated):
         named columns are matched to the model's variables by name (the forecast contract), a
-        list of rows is taken in the model's order."""
+        list of rows is taken in the model's order. `field` and `time_field` name where the
+        history and its times are in the request ("histories[2]", "starts[2]")."""
         card = entry.card
         if isinstance(given, list) and all(isinstance(row, list) for row in given):  # rows: positional
             values = to_array(given, field)
             if values.ndim != 2:
                 raise HTTPException(422, f"{field} must be a list of rows, or named columns")
             history = History(values, timestamps)
-            if start is not None and timestamps is None:
-                return values, dates(entry, len(values), None, start)
         else:
             try:
-                history = from_frame(from_json_columns(given), card)
+                named = from_frame(from_json_columns(given), card)
             except InputError as exc:
                 raise HTTPException(422, f"{field}: {exc}") from None
-            if history.times is not None and (timestamps is not None or start is not None):
+            if named.times is None:
+                history = History(named.values, timestamps)
+            elif timestamps is not None or start is not None:
                 raise HTTPException(422, f"{field} has a time column: give no timestamps or start beside it")
-            if history.times is None:
-                return history.values, dates(entry, len(history.values), timestamps, start)
-        if history.times is None:
-            return history.values, None
-        if len(history.times) != len(history.values):
-            raise HTTPException(422, f"timestamps has {len(history.times)} entries for {len(history.values)} "
-                                     "history rows")
-        try:
-            check_times(history.times, card, entry.config.lookback)
-        except InputError as exc:
-            raise HTTPException(422, f"{field}: {exc}") from None
-        return history.values, dates(entry, len(history.values), history.times, None)
+            else:
+                history, time_field = named, field
+        if history.times is not None and len(history.times) == len(history.values):
+            try:
+                check_times(history.times, card, entry.config.lookback)
+            except InputError as exc:
+                raise HTTPException(422, f"{time_field}: {exc}") from None
+        return history.values, dates(entry, len(history.values), history.times, start, time_field)
 
     @app.post("/v1/forecast", dependencies=[Depends(authorize)], openapi_extra=json_body(ForecastRequest),
               responses={200: {"model": ForecastResponse}})
     async def forecast(raw: Request) -> Response:
         request = await parse_json(raw, ForecastRequest)
         entry = entry_for(request.model, request.version)
-        history, times = read_history(entry, request.history, request.timestamps, request.start, "history")
+        history, times = read_history(entry, request.history, request.timestamps, request.start, "history",
+                                      "timestamps" if request.timestamps is not None else "start")
         result = await forecast_of(entry, last_rows(history, entry)[None], batched=False)
         quantiles = None if result.quantiles is None else result.quantiles[0]
         return answer(entry, forecast=result.point[0], **by_level(entry, quantiles),
@@ -407,7 +510,8 @@ def create_api(settings: ServeConfig, registry: RegistryView, backend: Backend) 
             if given is not None and len(given) != count:
                 raise HTTPException(422, f"{len(given)} timestamps or starts for {count} histories")
         read = [read_history(entry, history, request.timestamps[i] if request.timestamps else None,
-                             request.starts[i] if request.starts else None, f"histories[{i}]")
+                             request.starts[i] if request.starts else None, f"histories[{i}]",
+                             f"timestamps[{i}]" if request.timestamps else f"starts[{i}]")
                 for i, history in enumerate(request.histories)]
         lookback = entry.config.lookback
         lengths = [len(values) for values, _ in read]
@@ -464,13 +568,15 @@ def read_npy(body: bytes) -> np.ndarray:
         shape, fortran, dtype = read_header(stream)
     except (ValueError, OSError, EOFError) as exc:
         raise HTTPException(400, f"body is not a NumPy .npy array: {exc}") from None
-    if dtype.hasobject or dtype.kind not in "fiu" or len(shape) not in (2, 3) or 0 in shape:
-        raise HTTPException(422, f"expected a numeric [L, C] or [N, L, C] array, got {dtype} {list(shape)}")
-    declared, held = int(np.prod(shape)) * dtype.itemsize, len(body) - stream.tell()
+    if dtype.hasobject or dtype.kind not in "fiu" or len(shape) not in (2, 3) or min(shape) <= 0:
+        raise HTTPException(422, f"expected a numeric [L, C] or [N, L, C] array of positive dimensions, got {dtype} "
+                                 f"{list(shape)}")
+    count = math.prod(shape)  # a Python int: no overflow, however large the header's dimensions
+    declared, held = count * dtype.itemsize, len(body) - stream.tell()
     if declared != held:
         raise HTTPException(400, f"the .npy header declares {list(shape)} {dtype} ({declared} bytes) but the body "
                                  f"holds {held} bytes of data")
-    return np.frombuffer(body, dtype=dtype, count=int(np.prod(shape)), offset=stream.tell()).reshape(
+    return np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell()).reshape(
         shape, order="F" if fortran else "C")
 
 

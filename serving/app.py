@@ -12,7 +12,8 @@ replicas.
   retrain registers vK+1, the ingress sees it within `serve.reload_interval_s` (or at once via
   POST /v1/reload) and new requests go to "name@vK+1", which the pool loads beside vK. Requests
   already routed to vK finish on vK, so none fails during the switch.
-- Overload answers 503 (bounded queues) instead of queueing forever.
+- Overload answers 503 (bounded queues) instead of queueing forever, and so does a request lost
+  with a pool replica (killed, its node lost): the client sends it again.
 - What answers HTTP in front of the ingress is a setting of the Ray cluster (serving/ingress.py).
 """
 
@@ -26,11 +27,13 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from timedistill.conf import Config, ServeConfig, load_config, storage_root
-from timedistill.serving.api import Forecasts, RegistryView, create_api
+from timedistill.serving.api import Forecasts, RegistryView, ReplicaLost, create_api, load_served
+from timedistill.store.errors import ModelUnavailable
 from timedistill.store.forecaster import ForecastModel
 from timedistill.store.storage import Storage
 
@@ -73,8 +76,7 @@ def model_pool(settings: ServeConfig) -> Any:
 
         @serve.multiplexed(max_num_models_per_replica=settings.max_models_per_replica)
         async def get_model(self, model_id: str) -> ForecastModel:
-            name, version = model_id.split("@", 1)  # built by the ingress from a validated entry
-            return ForecastModel.from_registry(self.storage, name, version)
+            return load_served(self.storage, model_id)  # an id the ingress built from a verified entry
 
         async def forecast(self, histories: np.ndarray) -> Forecasts:
             """[N, L, C] -> the point [N, S, C] (and a quantile model's quantiles) in one forward pass."""
@@ -91,13 +93,14 @@ class ResidentModels:
     serialization: more than the student's own forward pass, BENCHMARKS.md "Serving defaults").
     A request for another model goes to the pool as before and starts loading that model here in
     the background, so the next one stays here; the least recently requested is dropped beyond
-    `capacity`. Capacity 0 sends everything to the pool."""
+    `capacity`. Capacity 0 sends everything to the pool. A model id names a version's files
+    (`served_id`), so one that did not load is not tried again until its files change."""
 
     def __init__(self, storage: Storage, capacity: int) -> None:
         self.storage, self.capacity = storage, capacity
         self.models: OrderedDict[str, ForecastModel] = OrderedDict()
         self.loading: set[str] = set()
-        self.failed: set[str] = set()  # versions are immutable: one that did not load is not tried again
+        self.failed: set[str] = set()
 
     def get(self, model_id: str) -> ForecastModel | None:
         """The model when it is here; otherwise None, and it starts loading (inside an event loop)."""
@@ -110,9 +113,8 @@ class ResidentModels:
         return model
 
     async def load(self, model_id: str) -> None:
-        name, version = model_id.split("@", 1)  # built by the ingress from a validated entry
         try:
-            model = await asyncio.to_thread(ForecastModel.from_registry, self.storage, name, version)
+            model = await asyncio.to_thread(load_served, self.storage, model_id)
         except Exception as exc:  # the pool answers this model's requests, and reports its error
             logger.warning("model %s stays with the pool: it did not load in the ingress (%s)", model_id, exc)
             self.failed.add(model_id)
@@ -175,11 +177,23 @@ class ForecastAPI:
         return [o if isinstance(o := outcomes[m], BaseException) else o.row(row) for m, row in slots]
 
     async def answer(self, model_id: str, histories: np.ndarray) -> Forecasts:
-        """[N, L, C] -> Forecasts, here when the model is resident, else from the pool."""
+        """[N, L, C] -> Forecasts, here when the model is resident, else from the pool. What the
+        pool raises comes back wrapped by Ray (RayTaskError, whose `cause` is the original): a
+        model that does not load is its ModelUnavailable again; a replica that died with the
+        request (ActorDiedError, or ActorUnavailableError over gRPC) is ReplicaLost."""
         model = self.resident.get(model_id)
         if model is not None:
             return Forecasts.of(model, histories)
-        return await self.pool.options(multiplexed_model_id=model_id).forecast.remote(histories)
+        try:
+            return await self.pool.options(multiplexed_model_id=model_id).forecast.remote(histories)
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, ModelUnavailable):  # its message, without Ray's traceback
+                raise ModelUnavailable(str(cause)) from None
+            if isinstance(exc, RayActorError) or isinstance(cause, RayActorError):
+                raise ReplicaLost(f"the model replica answering model {model_id.split('#')[0]} stopped before it "
+                                  "answered") from None
+            raise
 
 
 def http_options(settings: ServeConfig) -> dict[str, Any]:

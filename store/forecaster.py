@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from timedistill.store.errors import BrokenVersion, RegistryError, one_line
+from timedistill.store.records import RegistryEntry
 from timedistill.store.registry import read_version
 from timedistill.store.scaler import Scaler
 from timedistill.store.storage import Storage
@@ -62,3 +64,23 @@ class ForecastModel:
         forecast, quantiles = self.model.quantiles(torch.from_numpy(z))
         point = forecast.prediction.double().numpy() * self.std + self.mean
         return np.ascontiguousarray(point), np.ascontiguousarray(quantiles.double().numpy() * self.std + self.mean)
+
+
+def load_verified(storage: Storage, name: str, version: str) -> tuple[RegistryEntry, ForecastModel]:
+    """A registered version as a server accepts it: its files read, its weights load into its
+    architecture and it answers a probe. What serving checks before it answers with a version,
+    and what `models rollback` checks before LATEST moves. A version that is not registered
+    raises RegistryError; one that cannot be served, BrokenVersion naming why."""
+    try:
+        entry = read_version(storage, name, version)
+    except RegistryError:
+        raise
+    except Exception as exc:  # a truncated or unreadable file of a complete version
+        raise BrokenVersion(name, version, f"its files do not read: {one_line(exc)}") from None
+    try:
+        model = ForecastModel.with_scaler(entry.load(storage), entry.scaler, entry.config.lookback,
+                                          entry.config.horizon)
+        model.probe()
+    except Exception as exc:
+        raise BrokenVersion(name, version, f"it does not load and answer: {one_line(exc)}") from None
+    return entry, model

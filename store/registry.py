@@ -6,23 +6,27 @@
                           metrics.json   teacher vs student vs baseline on the test split
                           _SUCCESS       written last: a version counts only once it is complete
     registry/<model>/LATEST             "v<k>", replaced atomically after the version is complete
+    registry/<model>/claims/v<k>.<id>   who took version k (tasks/registry.py, `claim_version`)
 
 Model names become paths, so every name is checked before a path is built from it, and a version
-is accepted only from the registry's own listing.
+is accepted only from the registry's own listing. A LATEST is read defensively: whatever it holds
+(nothing, bytes that are not text, a folder, a name that is not a version) is a `BrokenLatest`
+naming what is wrong, for that model alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from timedistill.conf.schema import PLAIN_NAME
-from timedistill.store.errors import InvalidModelName, RegistryError
+from timedistill.store.errors import BrokenLatest, InvalidModelName, RegistryError
 from timedistill.store.records import RegisteredModel, RegistryEntry, ResultRow
 from timedistill.store.scaler import NamedScaler
 from timedistill.store.storage import SUCCESS, Storage
 
 LATEST = "LATEST"
-VERSION = re.compile(r"^v(\d+)$")
+VERSION = re.compile(r"^v(\d{1,9})$")  # bounded: a version number is an int everywhere
 
 
 def check_name(name: str) -> str:
@@ -40,14 +44,56 @@ def versions(storage: Storage, model: str) -> list[str]:
 
 
 def latest(storage: Storage, model: str) -> str | None:
+    """The version LATEST names ("v3"), which may be incomplete or missing (callers check it
+    against `versions`); None when the model has no LATEST. A LATEST that names no version raises
+    BrokenLatest with the reason."""
     path = f"registry/{check_name(model)}/{LATEST}"
     if not storage.exists(path):
         return None
-    return storage.read_bytes(path).decode().strip()
+    if storage.is_dir(path):
+        raise BrokenLatest(f"the LATEST of model {model!r} is a folder, not a file naming a version")
+    try:
+        text = storage.read_bytes(path).decode()
+    except UnicodeDecodeError:
+        raise BrokenLatest(f"the LATEST of model {model!r} is not UTF-8 text naming a version") from None
+    except OSError as exc:
+        raise BrokenLatest(f"the LATEST of model {model!r} does not read: {exc}") from None
+    pointer = text.strip()
+    if not pointer:
+        raise BrokenLatest(f"the LATEST of model {model!r} is empty")
+    if not VERSION.match(pointer):
+        raise BrokenLatest(f"the LATEST of model {model!r} holds {pointer[:40]!r}, not a version such as v3")
+    return pointer
+
+
+def registered_models(storage: Storage) -> list[str]:
+    """The models with a LATEST, whatever it holds: what a server reports on (a broken LATEST
+    makes its model unavailable, not invisible)."""
+    return [name for name in storage.listdir("registry")
+            if PLAIN_NAME.match(name) and storage.exists(f"registry/{name}/{LATEST}")]
 
 
 def list_models(storage: Storage) -> list[str]:
-    return [name for name in storage.listdir("registry") if PLAIN_NAME.match(name) and latest(storage, name)]
+    """The models whose LATEST names a version (what `models list` shows)."""
+    return [name for name in registered_models(storage) if names_a_version(storage, name)]
+
+
+def names_a_version(storage: Storage, model: str) -> bool:
+    try:
+        return latest(storage, model) is not None
+    except BrokenLatest:
+        return False
+
+
+def version_files(storage: Storage, model: str, version: str) -> str:
+    """A digest of a version's files as they are now (names, sizes, modification times: one
+    listing, on a local disk and on an object store alike), so that a verdict on a version can
+    tell when its files changed. On an object store a rewrite of the same size within the same
+    second goes unnoticed (its modification time has one-second resolution)."""
+    if not VERSION.match(version):
+        raise RegistryError(f"version {version!r} of model {check_name(model)!r} is not registered")
+    listed = storage.stat_files(f"registry/{check_name(model)}/{version}")
+    return hashlib.sha256(repr(listed).encode()).hexdigest()[:16]
 
 
 def read_version(storage: Storage, model: str, version: str | None = None) -> RegistryEntry:
@@ -56,11 +102,18 @@ def read_version(storage: Storage, model: str, version: str | None = None) -> Re
     check_name(model)
     chosen = version or latest(storage, model)
     if chosen is None or not VERSION.match(chosen) or chosen not in versions(storage, model):
+        if version is None and chosen is not None:
+            raise RegistryError(f"the LATEST of model {model!r} names {chosen}, which is not a complete version")
         what = f"version {version!r} of model {model!r}" if version else f"model {model!r}"
         raise RegistryError(f"{what} is not registered")
-    folder = f"registry/{model}/{chosen}"
+    return read_entry(storage, model, chosen, f"registry/{model}/{chosen}")
+
+
+def read_entry(storage: Storage, model: str, version: str, folder: str) -> RegistryEntry:
+    """A version's records from `folder`, complete or not (registration reads back its own
+    before it marks it complete); `read_version` is the checked way in."""
     return RegistryEntry(
-        model=model, version=chosen,
+        model=model, version=version,
         config=RegisteredModel.from_json(storage.read_json(f"{folder}/config.json")),
         scaler=NamedScaler.from_json(storage.read_json(f"{folder}/scaler.json")),
         metrics=ResultRow.from_json(storage.read_json(f"{folder}/metrics.json")),

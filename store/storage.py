@@ -16,13 +16,21 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SUCCESS = "_SUCCESS"
+
+
+class FileStat(NamedTuple):
+    """A file as a listing describes it: enough to notice that it was rewritten."""
+
+    name: str
+    size: int
+    mtime_ns: int  # on an object store, its LastModified (one-second resolution)
 
 
 def make_filesystem(uri: str, endpoint_override: str | None = None) -> tuple[pafs.FileSystem, str]:
@@ -77,12 +85,22 @@ class Storage:
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
+    def is_dir(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.Directory
+
     def listdir(self, rel: str) -> list[str]:
         info = self.fs.get_file_info(self.path(rel))
         if info.type != pafs.FileType.Directory:
             return []
         selector = pafs.FileSelector(self.path(rel), recursive=False)
         return sorted(entry.base_name for entry in self.fs.get_file_info(selector))
+
+    def stat_files(self, rel: str) -> list[FileStat]:
+        """The files directly under a directory (none when it does not exist), by name: one
+        listing, on a local disk and on an object store alike."""
+        selector = pafs.FileSelector(self.path(rel), recursive=False, allow_not_found=True)
+        return sorted(FileStat(e.base_name, e.size or 0, e.mtime_ns or 0) for e in self.fs.get_file_info(selector)
+                      if e.type == pafs.FileType.File)
 
     def size(self, rel: str) -> int:
         """Bytes of a file, or of every file under a directory."""
@@ -139,24 +157,33 @@ class Storage:
             self.fs.delete_file(self.path(rel))
 
     @contextmanager
-    def publish_dir(self, rel: str) -> Iterator[str]:
+    def publish_dir(self, rel: str, *, replace: bool = True) -> Iterator[str]:
         """Yield a directory (relative path) to write an output into; it appears at `rel` only if
         the block finishes. On a local disk the directory is staged and renamed into place; on an
         object store it is written in place and the caller's marker, written last, makes it count.
-        Either way a failure removes what the block wrote."""
+        Either way a failure removes what the block wrote.
+
+        `replace`: an existing directory at `rel` (an older, incomplete attempt at the same
+        output) is removed first. Without it, an existing directory is left alone and the block is
+        not run (FileExistsError): for outputs that another writer may own (a registry version)."""
+        if not replace and self.exists(rel):
+            raise FileExistsError(f"{self.uri(rel)} exists already")
         if self.is_local:
             staging = f"{rel}.tmp-{uuid.uuid4().hex[:8]}"
             try:
                 yield staging
                 final = self.local_path(rel)
-                if final.exists():  # an older, incomplete attempt: replace it
+                if final.exists():
+                    if not replace:
+                        raise FileExistsError(f"{self.uri(rel)} appeared while it was being written")
                     shutil.rmtree(final)
                 os.replace(self.local_path(staging), final)
             finally:
                 if self.exists(staging):
                     shutil.rmtree(self.local_path(staging), ignore_errors=True)
             return
-        self.delete(rel)
+        if replace:
+            self.delete(rel)
         try:
             yield rel
         except BaseException:

@@ -19,9 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.bench_serving import MODEL, free_port, make_registry, wait_healthy
+from bench.bench_serving import MODEL, free_port, make_registry, register_random, wait_healthy
 from tests.conftest import ROOT
 from tests.processes import Tagged
+from timedistill.store.records import ModelSpec
+from timedistill.store.storage import Storage
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
@@ -183,3 +185,88 @@ def test_losing_a_replica_under_load_costs_only_the_requests_in_flight_on_it(tmp
     answered = sorted(end for start, end, status in outcomes if status == 200 and end > killed_at)
     assert answered and answered[0] - killed_at < 5, (killed_at, answered[:3])  # one replica: ~10 s
     assert len(answered) > 10 * clients  # and it kept answering
+
+
+class Recorded(httpx.AsyncHTTPTransport):
+    """httpx's transport, recording each answer's status and Retry-After."""
+
+    def __init__(self, answers: list[tuple[int, str | None]]) -> None:
+        super().__init__()
+        self.answers = answers
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.answers.append((response.status_code, response.headers.get("retry-after")))
+        return response
+
+
+SLOW = "slow-96"  # a TimeMixer teacher: about 0.5 s of CPU for a batch of 32 histories
+
+
+async def pool_load_and_kill(url: str, kill: int, seconds: float) -> tuple[list[tuple[int, str | None]], list[str]]:
+    """`timedistill.AsyncClient`s send batches of 32 histories for the SLOW model (each keeps a
+    pool replica computing for a while, so that requests are in flight when it dies) for
+    `seconds`; after 4 s, `kill` is killed while it computes. Returns every answer the clients
+    got (status, Retry-After), retries included, and the errors they raised."""
+    from timedistill import AsyncClient
+
+    began = time.monotonic()
+    histories = np.random.default_rng(0).normal(size=(32, 720, 7)).astype(np.float32)
+    answers: list[tuple[int, str | None]] = []
+    errors: list[str] = []
+
+    async def client() -> None:
+        async with AsyncClient(url, timeout=60, retries=5, transport=Recorded(answers)) as session:
+            while time.monotonic() - began < seconds:
+                try:
+                    assert (await session.forecast_batch(SLOW, histories)).shape == (32, 96, 7)
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+    load = [asyncio.create_task(client()) for _ in range(8)]
+    await asyncio.sleep(4)
+    await busy(kill)
+    os.kill(kill, signal.SIGKILL)
+    await asyncio.gather(*load)
+    return answers, errors
+
+
+async def busy(pid: int, timeout: float = 8) -> None:
+    """Return once process `pid` is computing (it used most of a CPU over the last 50 ms: a
+    forecast in flight), or after `timeout`."""
+
+    def cpu_ticks() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks (1/100 s)
+
+    deadline = time.monotonic() + timeout
+    before = cpu_ticks()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        now = cpu_ticks()
+        if now - before >= 3:
+            return
+        before = now
+
+
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+def test_a_request_in_flight_on_a_lost_pool_replica_is_a_503_that_the_client_retries(tmp_path, ingress):
+    """With serve.ingress_models=0 every forecast is computed in the model pool: a pool replica
+    killed under load costs the requests in flight on it a 503 with Retry-After, never a 500,
+    and the Python client sends them again."""
+    server, port, tag, _ = started_serve(tmp_path, "serve.access_log=false", "serve.ingress_models=0",
+                                         f"serve.ingress={ingress}")
+    try:
+        register_random(Storage(str(tmp_path / "artifacts")), SLOW, ModelSpec.resolve(
+            "teacher", "timemixer", lookback=720, horizon=96, n_vars=7, preset="etth1", params={}))
+        wait_healthy(f"http://127.0.0.1:{port}", server)
+        replicas = replica_pids(tag, "ModelPool")
+        assert len(replicas) == 2, replicas
+        answers, errors = asyncio.run(pool_load_and_kill(f"http://127.0.0.1:{port}", replicas[0], seconds=12))
+    finally:
+        stopped(server, signal.SIGTERM)
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 8, statuses
+    assert 503 in statuses, "no request was in flight on the killed replica"
+    assert all(retry_after for status, retry_after in answers if status == 503), answers
+    assert not errors, errors  # each 503 was sent again, and answered

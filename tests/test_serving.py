@@ -1,12 +1,16 @@
-"""The forecasting API through a real Ray Serve on loopback, serving the smoke run's registry."""
+"""The forecasting API through a real Ray Serve on loopback, serving the smoke run's registry; and
+the same API in this process (no Ray) over a registry of tiny models, for its edges: fuzzed
+requests, and registry faults."""
 
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import numpy as np
@@ -158,6 +162,13 @@ def test_a_quantile_model_answers_its_quantiles_and_a_point_model_as_before(serv
         assert (frame["OT_q0.1"] <= frame["OT"] + 1e-6).all() and typed.forecast("smoke-24", history).quantiles is None
 
 
+def npy_header(shape: tuple, descr: str = "<f8", data: bytes = b"") -> bytes:
+    """A .npy body whose header declares `shape` (whatever it is), followed by `data`."""
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(stream, {"descr": descr, "fortran_order": False, "shape": shape})
+    return stream.getvalue() + data
+
+
 def bad_requests(history):
     rows = history.tolist()
     npy, npz, objects = io.BytesIO(), io.BytesIO(), io.BytesIO()
@@ -198,7 +209,27 @@ def bad_requests(history):
                                                             "content": lying.getvalue()}, 400),
         "pickled objects": ("post", "/v1/forecast/npy", {"params": {"model": "smoke-24"},
                                                           "content": objects.getvalue()}, 422),
+        "start near 9999-12-31": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": rows,
+                                                                    "start": "9999-12-28T00:00:00"}}, 422),
+        "timestamps near 9999-12-31": ("post", "/v1/forecast", {"json": {"model": "smoke-24", "history": rows,
+                                                                         "timestamps": late_hours(len(rows))}}, 422),
+        "batch starts near 9999-12-31": ("post", "/v1/forecast/batch", {"json": {
+            "model": "smoke-24", "histories": [rows], "starts": ["9999-12-31T00:00:00"]}}, 422),
+        "batch timestamps near 9999-12-31": ("post", "/v1/forecast/batch", {"json": {
+            "model": "smoke-24", "histories": [rows], "timestamps": [late_hours(len(rows))]}}, 422),
+        ".npy shape whose product overflows": ("post", "/v1/forecast/npy", {
+            "params": {"model": "smoke-24"}, "content": npy_header((4294967296, 4294967296, 7))}, 400),
+        ".npy of negative dimensions": ("post", "/v1/forecast/npy", {
+            "params": {"model": "smoke-24"}, "content": npy_header((-1, -96, 7), data=bytes(96 * 7 * 8))}, 422),
+        ".npy of negative dimensions, 2-d": ("post", "/v1/forecast/npy", {
+            "params": {"model": "smoke-24"}, "content": npy_header((-96, -7), data=bytes(96 * 7 * 8))}, 422),
     }
+
+
+def late_hours(count: int) -> list[str]:
+    """`count` hourly timestamps ending an hour before the end of 9999."""
+    end = datetime(9999, 12, 31, 22)
+    return [(end - timedelta(hours=count - 1 - i)).isoformat() for i in range(count)]
 
 
 def test_bad_input_is_a_4xx_never_a_500(served, history):
@@ -516,3 +547,289 @@ def test_the_ingress_keeps_the_models_in_use_and_loads_others_beside_the_pool(se
         return resident.failed
 
     assert asyncio.run(tried_once()) == {"no-such-model@v1"}
+
+
+def test_weights_broken_after_verification_are_a_503_never_a_500_and_served_again_once_repaired(served, history):
+    """A version verified and in use whose weights are truncated on disk: within the reload
+    interval its requests are a 503 naming why (the ingress, or a replica loading it, notices that
+    its files changed), /readyz is not ready, and once the files are repaired the version serves
+    again without a reload."""
+    client, storage = served["client"], served["run"].pipe.storage
+    copy_version(storage, f"registry/smoke-24/{latest(storage, 'smoke-24')}", "registry/late-24/v1")
+    storage.write_bytes("registry/late-24/LATEST", b"v1\n")
+    body = {"model": "late-24", "history": history.tolist()}
+    assert client.post("/v1/forecast", json=body).status_code == 200
+    weights = storage.read_bytes("registry/late-24/v1/student.pt")
+    storage.write_bytes("registry/late-24/v1/student.pt", weights[: len(weights) // 3])
+    time.sleep(1)  # serve.reload_interval_s=0.5
+    answers = [client.post("/v1/forecast", json=body) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [503] * 3, [answer.text for answer in answers]
+    assert all(answer.headers["retry-after"] for answer in answers)
+    assert "does not load" in answers[-1].json()["detail"] or "changed" in answers[-1].json()["detail"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "late-24" in ready.json()["unavailable"], ready.text
+    storage.write_bytes("registry/late-24/v1/student.pt", weights)
+    deadline = time.time() + 30
+    while time.time() < deadline and client.post("/v1/forecast", json=body).status_code != 200:
+        time.sleep(0.5)
+    assert client.post("/v1/forecast", json=body).status_code == 200
+    storage.delete("registry/late-24")
+
+
+# ---- the API in this process, over a registry of tiny models -----------------------------------
+
+TINY = "tiny-4"  # lookback 8, horizon 4, two variables, random weights
+TINY_HISTORY = np.linspace(3.0, 7.0, 16).reshape(8, 2).tolist()
+
+
+def tiny_registry(root) -> object:
+    """A registry of two tiny models (TINY and other-4), each v1 and LATEST."""
+    import torch
+
+    from bench.bench_serving import register_random
+    from timedistill.store.records import ModelSpec
+    from timedistill.store.storage import Storage
+
+    storage = Storage(str(root))
+    torch.manual_seed(0)
+    for name in (TINY, "other-4"):
+        register_random(storage, name, ModelSpec(name="mlp", lookback=8, horizon=4, n_vars=2))
+    return storage
+
+
+class InProcessClient:
+    """A blocking client of an ASGI application in this process (httpx's ASGI transport, on an
+    event loop of its own); an exception in the application is a 500, as a server answers it."""
+
+    def __init__(self, app) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                      base_url="http://api")
+
+    def __enter__(self) -> InProcessClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.run_until_complete(self.http.aclose())
+        self.loop.close()
+
+    def get(self, url: str, **kwargs) -> httpx.Response:
+        return self.loop.run_until_complete(self.http.get(url, **kwargs))
+
+    def post(self, url: str, **kwargs) -> httpx.Response:
+        return self.loop.run_until_complete(self.http.post(url, **kwargs))
+
+
+def api_client(storage, ttl: float) -> InProcessClient:
+    """The API as `create_api` builds it for Ray Serve, in this process, with the bare benchmark
+    server's backend (the model loaded in the request handler): no Ray."""
+    from bench.serve_bare import InProcess
+    from timedistill.conf import ServeConfig
+    from timedistill.serving.api import RegistryView, create_api
+
+    return InProcessClient(create_api(ServeConfig(), RegistryView(storage, ttl=ttl), InProcess(storage)))
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory):
+    with api_client(tiny_registry(tmp_path_factory.mktemp("fuzz")), ttl=60) as client:
+        yield client
+
+
+def test_dates_the_server_cannot_represent_are_a_422_naming_the_field(tmp_path):
+    with api_client(tiny_registry(tmp_path), ttl=60) as client:
+        cases = {
+            "start": ("/v1/forecast", {"history": TINY_HISTORY, "start": "9999-12-31T20:00:00"}),
+            "timestamps": ("/v1/forecast", {"history": TINY_HISTORY, "timestamps": late_hours(8)}),
+            "starts[1]": ("/v1/forecast/batch", {"histories": [TINY_HISTORY] * 2,
+                                                 "starts": ["2020-01-01T00:00:00", "9999-12-31T20:00:00+14:00"]}),
+            "timestamps[0]": ("/v1/forecast/batch", {"histories": [TINY_HISTORY], "timestamps": [late_hours(8)]}),
+        }
+        for field, (path, body) in cases.items():
+            answer = client.post(path, json={"model": TINY, **body})
+            assert answer.status_code == 422, (field, answer.text)
+            assert answer.json()["detail"].startswith(f"{field}: ") and "cannot represent" in answer.json()["detail"]
+        last = client.post("/v1/forecast", json={"model": TINY, "history": TINY_HISTORY,
+                                                   "start": "9999-12-31T12:00:00"})  # its last step is 23:00
+        assert last.status_code == 200 and last.json()["timestamps"][-1] == "9999-12-31T23:00:00", last.text
+
+
+JSON_NUMBERS = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(),
+                         st.sampled_from([10**400, -(10**400), 1e308, 5e-324]))
+MOMENTS = st.one_of(st.datetimes(), st.datetimes(min_value=datetime(9999, 12, 31)),
+                    st.datetimes(max_value=datetime(1, 1, 2)))
+ZONES = st.sampled_from([None, UTC, timezone(timedelta(hours=14)), timezone(timedelta(hours=-12))])
+DATES = st.builds(lambda moment, zone: moment.replace(tzinfo=zone).isoformat(), MOMENTS, ZONES)
+
+
+@st.composite
+def histories(draw) -> list[list]:
+    """Rows of numbers: mostly rectangular and near TINY's shape (8 rows of 2), sometimes ragged."""
+    rows, columns = draw(st.sampled_from([0, 1, 7, 8, 9, 12])), draw(st.sampled_from([0, 1, 2, 2, 2, 3]))
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.lists(st.lists(JSON_NUMBERS, max_size=3), min_size=rows, max_size=rows))
+    return draw(st.lists(st.lists(JSON_NUMBERS, min_size=columns, max_size=columns), min_size=rows, max_size=rows))
+
+
+ROWS = histories()
+MODELS = st.one_of(st.just(TINY), st.sampled_from(["nope-4", "../tiny-4", "Tiny-4", ""]))  # TINY half the time
+VERSIONS = st.one_of(st.sampled_from([None, "v1"]),
+                     st.sampled_from(["v0", "v2", "v999999999", "v" + "9" * 5000, "../v1", "1"]))
+
+
+@st.composite
+def json_requests(draw) -> tuple[str, bytes]:
+    """A request to a JSON route: mostly well formed, with edges in every field."""
+    if draw(st.booleans()):
+        history = draw(ROWS)
+        body = {"model": draw(MODELS), "history": history}
+        if draw(st.booleans()):
+            body["start"] = draw(DATES)
+        if draw(st.booleans()):
+            body["timestamps"] = draw(st.lists(DATES, min_size=len(history), max_size=len(history) + 1))
+        path = "/v1/forecast"
+    else:
+        histories = draw(st.lists(ROWS, min_size=0, max_size=3))
+        body = {"model": draw(MODELS), "histories": histories}
+        if draw(st.booleans()):
+            body["starts"] = draw(st.lists(DATES, min_size=len(histories), max_size=len(histories)))
+        if draw(st.booleans()):
+            body["timestamps"] = [draw(st.lists(DATES, min_size=len(h), max_size=len(h))) for h in histories]
+        path = "/v1/forecast/batch"
+    if (version := draw(VERSIONS)) is not None:
+        body["version"] = version
+    return path, json.dumps(body).encode()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=json_requests())
+def test_fuzzed_json_requests_are_never_a_500(fuzzed, request):
+    path, body = request
+    answer = fuzzed.post(path, content=body, headers={"content-type": "application/json"})
+    assert answer.status_code in (200, 400, 404, 413, 422), (answer.status_code, answer.text, body[:300])
+    assert answer.status_code == 200 or answer.json()["detail"]
+
+
+DIMENSIONS = st.one_of(st.integers(-3, 40), st.integers(-(2**64), 2**64),
+                       st.sampled_from([2**31, 2**32, 2**62, 2**63, -(2**32), -(2**63)]))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.lists(DIMENSIONS, min_size=0, max_size=4),
+       descr=st.sampled_from(["<f8", "<f4", ">f8", "<f2", "<i8", "|u1", "|b1", "<c16", "<U3", "|O", "|V8"]),
+       sized=st.booleans(), data=st.binary(max_size=600), version=VERSIONS)
+def test_fuzzed_npy_bodies_are_never_a_500(fuzzed, shape, descr, sized, data, version):
+    """Headers of any shape and dtype, followed by random bytes or, half the time, by as many
+    bytes as the header's dimensions would take if their signs were dropped."""
+    if sized:
+        declared = abs(int(np.prod(np.array(shape, dtype=object)))) * np.dtype(descr).itemsize
+        data = bytes(declared) if declared <= 2**16 else data
+    params = {"model": TINY} | ({"version": version} if version else {})
+    answer = fuzzed.post("/v1/forecast/npy", params=params, content=npy_header(tuple(shape), descr, data))
+    assert answer.status_code in (200, 400, 404, 422), (answer.status_code, answer.text, shape, descr, len(data))
+
+
+LATEST_FAULTS = {  # a model's LATEST content -> what its reason says
+    "not-utf8-4": (b"\xff\xfev1\n", "not UTF-8"),
+    "empty-4": (b"", "empty"),
+    "folder-4": (None, "folder"),
+    "garbage-4": (b"the newest one\n", "not a version"),
+    "nowhere-4": (b"v7\n", "v7"),  # dangling: no version at all
+}
+
+
+def test_any_latest_content_makes_that_model_alone_unavailable(tmp_path):
+    """Whatever a LATEST holds, /v1/models lists the model as unavailable with the reason,
+    /readyz is not ready and says why, its forecasts are a 503, and the other models answer;
+    a dangling LATEST over older good versions falls back to the newest of them."""
+    storage = tiny_registry(tmp_path)
+    for name, (content, _) in LATEST_FAULTS.items():
+        copy_version(storage, f"registry/{TINY}/v1", f"registry/{name}/v1")
+        if name == "nowhere-4":
+            storage.delete(f"registry/{name}/v1")
+        if content is None:
+            storage.write_bytes(f"registry/{name}/LATEST/v1", b"v1\n")
+        else:
+            storage.write_bytes(f"registry/{name}/LATEST", content)
+    copy_version(storage, f"registry/{TINY}/v1", "registry/ahead-4/v1")
+    storage.write_bytes("registry/ahead-4/LATEST", b"v3\n")  # dangling, with v1 before it
+    with api_client(storage, ttl=60) as client:
+        listing = client.get("/v1/models")
+        assert listing.status_code == 200, listing.text
+        unavailable, served = listing.json()["unavailable"], {m["name"]: m for m in listing.json()["models"]}
+        assert set(unavailable) == set(LATEST_FAULTS), unavailable
+        for name, (_, reason) in LATEST_FAULTS.items():
+            assert reason in unavailable[name], (name, unavailable[name])
+            refused = client.post("/v1/forecast", json={"model": name, "history": TINY_HISTORY})
+            assert refused.status_code == 503 and reason in refused.json()["detail"], refused.text
+        assert set(served) == {TINY, "other-4", "ahead-4"} and served["ahead-4"]["version"] == "v1"
+        assert "v3" in served["ahead-4"]["broken"]["v3"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and set(ready.json()["unavailable"]) == set(LATEST_FAULTS)
+        for name in (TINY, "other-4", "ahead-4"):
+            assert client.post("/v1/forecast", json={"model": name, "history": TINY_HISTORY}).status_code == 200
+
+
+def test_an_empty_latest_is_not_ready_with_zero_models(tmp_path):
+    storage = tiny_registry(tmp_path)
+    storage.delete("registry/other-4")
+    storage.write_bytes(f"registry/{TINY}/LATEST", b"")
+    with api_client(storage, ttl=60) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["models"] == 0 and TINY in ready.json()["unavailable"]
+        assert client.post("/v1/forecast", json={"model": TINY, "history": TINY_HISTORY}).status_code == 503
+
+
+def test_no_verdict_outlives_a_change_of_the_files(tmp_path):
+    """Weights truncated after verification: within the reload interval the version is verified
+    again and held out (503 and not ready, never a 500); repaired, it serves again. With a long
+    interval, the backend notices the change when it loads the version, and the next request
+    verifies it again; a reload verifies everything at once."""
+    storage = tiny_registry(tmp_path)
+    weights_path = f"registry/{TINY}/v1/student.pt"
+    weights = storage.read_bytes(weights_path)
+    request = {"model": TINY, "history": TINY_HISTORY}
+    with api_client(storage, ttl=0.2) as client:
+        assert client.post("/v1/forecast", json=request).status_code == 200
+        storage.write_bytes(weights_path, weights[: len(weights) // 2])
+        time.sleep(0.3)
+        broken = client.post("/v1/forecast", json=request)
+        assert broken.status_code == 503 and "does not load" in broken.json()["detail"], broken.text
+        assert client.get("/readyz").status_code == 503
+        storage.write_bytes(weights_path, weights)
+        time.sleep(0.3)
+        assert client.post("/v1/forecast", json=request).status_code == 200
+        assert client.get("/readyz").status_code == 200
+
+    with api_client(storage, ttl=600) as client:
+        assert client.get("/readyz").status_code == 200  # verified; not loaded by the backend yet
+        storage.write_bytes(weights_path, weights[: len(weights) // 2])
+        changed = client.post("/v1/forecast", json=request)
+        assert changed.status_code == 503 and "changed since it was verified" in changed.json()["detail"], changed.text
+        again = client.post("/v1/forecast", json=request)
+        assert again.status_code == 503 and "does not load" in again.json()["detail"], again.text
+        storage.write_bytes(weights_path, weights)
+        assert client.post("/v1/forecast", json=request).status_code == 503  # the verdict holds for 600 s ...
+        assert client.post("/v1/reload").status_code == 200  # ... unless reloaded
+        assert client.post("/v1/forecast", json=request).status_code == 200
+
+
+def test_a_rollback_onto_a_repaired_version_serves_it(tmp_path):
+    """A version refused while broken, repaired on disk and rolled back to, is verified again."""
+    from timedistill.tasks.registry import rollback
+
+    storage = tiny_registry(tmp_path)
+    copy_version(storage, f"registry/{TINY}/v1", f"registry/{TINY}/v2")
+    storage.write_bytes(f"registry/{TINY}/LATEST", b"v2\n")
+    weights = storage.read_bytes(f"registry/{TINY}/v1/student.pt")
+    storage.write_bytes(f"registry/{TINY}/v1/student.pt", b"truncated")
+    with api_client(storage, ttl=0.2) as client:
+        refused = client.post("/v1/forecast", json={"model": TINY, "history": TINY_HISTORY, "version": "v1"})
+        assert refused.status_code == 503, refused.text
+        storage.write_bytes(f"registry/{TINY}/v1/student.pt", weights)
+        assert rollback(storage, TINY, "v1") == "v2"
+        time.sleep(0.3)
+        answer = client.post("/v1/forecast", json={"model": TINY, "history": TINY_HISTORY})
+        assert answer.status_code == 200 and answer.json()["version"] == "v1", answer.text
