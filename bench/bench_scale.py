@@ -101,8 +101,8 @@ def measure(variables: int, train_windows: int, budget_mb: float) -> Measured:
     growth = [peak - start for peak, start in zip(students.peak_memory_mb, students.start_memory_mb or [], strict=True)]
     return Measured(variables=variables, train_windows=cache.rows["train"], cache_mib=cache.bytes / 2**20,
                     cache_windows_per_s=sum(cache.rows.values()) / cache_seconds,
-                    teacher_s_per_epoch=teacher.history[0]["seconds"],
-                    distill_s_per_epoch=students.student.history[0]["seconds"],
+                    teacher_s_per_epoch=teacher.history[0].seconds,
+                    distill_s_per_epoch=students.student.history[0].seconds,
                     peak_mib=max(students.peak_memory_mb), added_mib=max(growth))
 
 

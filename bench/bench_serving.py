@@ -41,6 +41,7 @@ from bench.report import markdown_table, write_section
 from timedistill.conf import ServeConfig, load_config
 from timedistill.store.records import ModelSpec
 from timedistill.store.storage import Storage
+from timedistill.store.weights import build_forecaster, resolve_spec
 
 # BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
 READING = {
@@ -77,7 +78,7 @@ def make_registry(root: Path = ROOT) -> None:
     storage = Storage(str(root))
     torch.manual_seed(0)
     register_random(storage, MODEL, ModelSpec(name="mlp", lookback=720, horizon=96, n_vars=7))
-    register_random(storage, TEACHER, ModelSpec.resolve("teacher", "itransformer", lookback=720, horizon=96,
+    register_random(storage, TEACHER, resolve_spec("teacher", "itransformer", lookback=720, horizon=96,
                                                         n_vars=7, preset="etth1", params={}))
 
 
@@ -86,7 +87,7 @@ def register_random(storage: Storage, name: str, spec: ModelSpec) -> None:
     from timedistill.store.scaler import NamedScaler
     from timedistill.store.weights import state_bytes
 
-    model = spec.build()
+    model = build_forecaster(spec)
     variables = [f"x{i}" for i in range(spec.n_vars)]
     config = RegisteredModel(
         model=name, version="v1", student=spec.name, hparams=spec.hparams, lookback=spec.lookback,

@@ -32,7 +32,7 @@ import torch
 
 from bench.report import markdown_table, write_section
 from timedistill.conf import load_config
-from timedistill.store.records import ResultRow
+from timedistill.tasks.evaluate import compare
 from timedistill.tasks.runtime import ray_session
 from timedistill.tasks.steps import RunContext, cache_step, distill_step, ingest_step, teacher_step
 from timedistill.tasks.windows import window_counts
@@ -91,7 +91,7 @@ def distill_epochs(data: Path, teacher_name: str, epochs: int) -> list[list[obje
             students = distill_step(run, dataset, teachers, caches)
         teacher, cache = teachers.chosen, caches.caches[0] if caches else None
         history = students.student.history
-        times[use_cache] = statistics.median(h["seconds"] for h in history)
+        times[use_cache] = statistics.median(h.seconds for h in history)
         rows.append(
             [
                 teacher_name,
@@ -125,7 +125,7 @@ def worker_throughput(data: Path) -> list[list[object]]:
         with RunContext(config) as run:
             dataset = ingest_step(run)
             teacher = teacher_step(run, dataset, 96).chosen
-        seconds = statistics.median(h["seconds"] for h in teacher.history)
+        seconds = statistics.median(h.seconds for h in teacher.history)
         windows = window_counts(dataset.splits, 720, 96)["train"]
         rate = windows / seconds
         base = base or rate
@@ -163,7 +163,7 @@ def short_run(data: Path) -> str:
         students = distill_step(run, dataset, teachers, cache_step(run, dataset, teachers))
     teacher = teachers.chosen
     seconds = time.perf_counter() - began
-    row = ResultRow.compare(teacher, students)
+    row = compare(teacher, students)
     rows = [[role, f"{score.test_mse:.4f}", f"{score.test_mae:.4f}", score.epochs]
             for role, score in row.scores().items()]
     gain = row.student_vs_baseline_pct

@@ -2,6 +2,7 @@
 
 from timedistill.conf.schema import (
     AUTO,
+    FORMAT,
     Config,
     ConfigError,
     DataConfig,
@@ -19,6 +20,7 @@ from timedistill.conf.schema import (
 
 __all__ = [
     "AUTO",
+    "FORMAT",
     "Config",
     "ConfigError",
     "DataConfig",

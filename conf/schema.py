@@ -13,7 +13,7 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,6 +23,10 @@ DURATION = re.compile(r"^(\d+)(w|d|h|min|s)$")  # a span of time: 14d, 36h, 90mi
 DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "min": "minutes", "s": "seconds"}
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent
 AUTO = "auto"  # teacher.name: choose among teacher.candidates by validation MSE
+# The format of every artifact this version writes. It enters every key (data fingerprints, teacher,
+# cache and run keys) and every record file says it (store/record.py): artifacts of another format
+# are never taken for this one's, and an upgrade that changes what a key covers bumps it once.
+FORMAT = 2
 REDACTED = "***"  # a secret, where a config is written down
 
 
@@ -41,18 +45,9 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Fields added after artifacts were first keyed by these sections: they count in the keys
-    # (data fingerprints, teacher keys, run ids) only when set away from their default, so that
-    # an upgrade does not retrain what was already trained.
-    late_fields: ClassVar[frozenset[str]] = frozenset()
-
     def key_payload(self) -> dict[str, Any]:
-        """The section as it enters the keys of the artifacts it shapes."""
-        payload = self.model_dump(mode="json")
-        for name in self.late_fields:
-            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
-                payload.pop(name)
-        return payload
+        """The section as it enters the keys of the artifacts it shapes (with FORMAT beside it)."""
+        return self.model_dump(mode="json")
 
 
 class DataConfig(Section):
@@ -104,9 +99,6 @@ class DataConfig(Section):
             return {**values, "name": dataset_name(str(path))}
         return values
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({
-        "format", "id_column", "value_column", "align", "max_series", "val_size", "test_size", "train_size",
-        "history"})
 
     @field_validator("name")
     @classmethod
@@ -174,7 +166,6 @@ class TeacherConfig(Section):
     refresh: Literal["always", "if-data-changed", "warm"] = "if-data-changed"
     warm_epochs: int = Field(3, gt=0)
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"refresh", "warm_epochs", "candidates", "names"})
 
     @model_validator(mode="after")
     def _names(self) -> TeacherConfig:
@@ -228,7 +219,6 @@ class StudentConfig(Section):
     # every this many steps, or this long (a duration: 7d); null weighs every window alike
     calibration_half_life: int | str | None = "7d"
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"quantiles", "calibration_half_life"})
 
     @field_validator("calibration_half_life")
     @classmethod
@@ -278,8 +268,6 @@ class DistillConfig(Section):
     warm_start: bool = False
     warm_epochs: int = Field(3, gt=0)
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"warm_start", "warm_epochs", "teacher_weighting",
-                                                       "memory_budget_mb"})
 
 
 class RayConfig(Section):
@@ -386,9 +374,11 @@ class Config(Section):
         """Runs are keyed by what determines their results: the config (minus where things run)
         and the data they ran on, so an unchanged re-run finds its own earlier outputs; `salt`
         (teacher.refresh: always) makes every run a new one."""
-        payload = {name: getattr(self, name).key_payload() for name in ("data", "teacher", "student", "distill")}
+        payload: dict[str, Any] = {name: getattr(self, name).key_payload()
+                                   for name in ("data", "teacher", "student", "distill")}
         payload["data"].pop("path")
         payload["data_fingerprint"] = data_fingerprint
+        payload["format"] = FORMAT
         if salt is not None:
             payload["salt"] = salt
         return stable_hash(payload)[:12]

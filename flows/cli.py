@@ -674,7 +674,7 @@ def results_table(results: list[ResultRow]) -> Table:
     student's MSE against the others in words (better / worse)."""
     from rich import box
 
-    from timedistill.store.records import change
+    from timedistill.tasks.report import change
 
     first = results[0]
     teachers = "/".join(dict.fromkeys(row.teacher.name for row in results))  # teacher auto: one per horizon

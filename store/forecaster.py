@@ -15,6 +15,7 @@ from timedistill.store.records import RegistryEntry
 from timedistill.store.registry import read_version
 from timedistill.store.scaler import Scaler
 from timedistill.store.storage import Storage
+from timedistill.store.weights import load_registered
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class ForecastModel:
     @classmethod
     def from_registry(cls, storage: Storage, name: str, version: str | None = None) -> ForecastModel:
         entry = read_version(storage, name, version)
-        return cls.with_scaler(entry.load(storage), entry.scaler, entry.config.lookback, entry.config.horizon)
+        return cls.with_scaler(load_registered(storage, entry), entry.scaler, entry.config.lookback,
+                               entry.config.horizon)
 
     @classmethod
     def with_scaler(cls, model: torch.nn.Module, scaler: Scaler, lookback: int, horizon: int) -> ForecastModel:
@@ -78,7 +80,7 @@ def load_verified(storage: Storage, name: str, version: str) -> tuple[RegistryEn
     except Exception as exc:  # a truncated or unreadable file of a complete version
         raise BrokenVersion(name, version, f"its files do not read: {one_line(exc)}") from None
     try:
-        model = ForecastModel.with_scaler(entry.load(storage), entry.scaler, entry.config.lookback,
+        model = ForecastModel.with_scaler(load_registered(storage, entry), entry.scaler, entry.config.lookback,
                                           entry.config.horizon)
         model.probe()
     except Exception as exc:

@@ -30,6 +30,7 @@ from timedistill.store.forecaster import ForecastModel
 from timedistill.store.records import RegistryEntry
 from timedistill.store.registry import read_version
 from timedistill.store.storage import Storage
+from timedistill.store.weights import load_registered
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Predictor:
     @classmethod
     def load(cls, storage: Storage, name: str, version: str | None = None) -> Predictor:
         entry = read_version(storage, name, version)
-        forecaster = ForecastModel.with_scaler(entry.load(storage), entry.scaler, entry.config.lookback,
+        forecaster = ForecastModel.with_scaler(load_registered(storage, entry), entry.scaler, entry.config.lookback,
                                                entry.config.horizon)
         return cls(entry, forecaster)
 

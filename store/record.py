@@ -2,14 +2,21 @@
 pydantic model that reads and writes the JSON file it is stored as.
 
 Fields marked `Field(exclude=True)` say where a record was found (its folder, whether it was
-reused) and stay out of its JSON. Unknown keys in a file are ignored, so that a reader keeps
-working on files written by a newer version."""
+reused) and stay out of its JSON. Every record file says the format it was written in
+(`record_format`, conf/schema.py FORMAT): a file of another format is a StaleRecord, never read as
+this version's; the registry alone reads its older versions, whose fields it still knows."""
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+from timedistill.conf import FORMAT
+from timedistill.store.storage import Storage
+
+FORMAT_KEY = "record_format"
+R = TypeVar("R", bound="Record")
 
 
 class Record(BaseModel):
@@ -28,3 +35,24 @@ class Record(BaseModel):
     def describe(self) -> str:
         """One line for the terminal, the logs and the report."""
         raise NotImplementedError
+
+
+class StaleRecord(ValueError):
+    """A record file written in another format than this version's."""
+
+
+def write_record(storage: Storage, path: str, record: Record) -> None:
+    """`record` as its JSON file, saying its format."""
+    storage.write_json(path, {FORMAT_KEY: FORMAT, **record.to_json()})
+
+
+def read_record(storage: Storage, path: str, kind: type[R], *, formats: tuple[int, ...] = (FORMAT,),
+                **where: Any) -> R:
+    """The record in the file at `path`, if it was written in one of `formats` (files from before
+    formats were written are format 1)."""
+    data = storage.read_json(path)
+    found = data.pop(FORMAT_KEY, 1) if isinstance(data, dict) else None
+    if found not in formats:
+        raise StaleRecord(f"{storage.uri(path)} was written in format {found}; this version reads format "
+                          f"{FORMAT}: run the step that made it again")
+    return kind.from_json(data, **where)

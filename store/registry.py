@@ -19,13 +19,18 @@ from __future__ import annotations
 import hashlib
 import re
 
+from timedistill.conf import FORMAT
 from timedistill.conf.schema import PLAIN_NAME
 from timedistill.store.errors import BrokenLatest, InvalidModelName, RegistryError
+from timedistill.store.record import read_record
 from timedistill.store.records import RegisteredModel, RegistryEntry, ResultRow
 from timedistill.store.scaler import NamedScaler
 from timedistill.store.storage import SUCCESS, Storage
 
 LATEST = "LATEST"
+# the record formats a registered version may be in: a version registered by an earlier release
+# is served as it was (its files hold nothing this version's records do not read)
+REGISTRY_FORMATS = (1, FORMAT)
 VERSION = re.compile(r"^v(\d{1,9})$")  # bounded: a version number is an int everywhere
 
 
@@ -114,7 +119,7 @@ def read_entry(storage: Storage, model: str, version: str, folder: str) -> Regis
     before it marks it complete); `read_version` is the checked way in."""
     return RegistryEntry(
         model=model, version=version,
-        config=RegisteredModel.from_json(storage.read_json(f"{folder}/config.json")),
-        scaler=NamedScaler.from_json(storage.read_json(f"{folder}/scaler.json")),
-        metrics=ResultRow.from_json(storage.read_json(f"{folder}/metrics.json")),
+        config=read_record(storage, f"{folder}/config.json", RegisteredModel, formats=REGISTRY_FORMATS),
+        scaler=read_record(storage, f"{folder}/scaler.json", NamedScaler, formats=REGISTRY_FORMATS),
+        metrics=read_record(storage, f"{folder}/metrics.json", ResultRow, formats=REGISTRY_FORMATS),
     )

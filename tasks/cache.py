@@ -27,10 +27,13 @@ import ray
 import ray.data
 import torch
 
-from timedistill.conf import Config, stable_hash
+from timedistill.conf import FORMAT, Config, stable_hash
 from timedistill.models import reduce_feature_width
+from timedistill.store.record import read_record, write_record
 from timedistill.store.records import Cache, Dataset, Teacher
+from timedistill.store.series import standardized_series
 from timedistill.store.storage import SUCCESS, Storage
+from timedistill.store.weights import load_teacher
 from timedistill.tasks.runtime import Workers
 from timedistill.tasks.windows import SPLITS, WindowBatcher, inference_batch, window_index
 
@@ -54,7 +57,7 @@ def cache_key(config: Config, dataset: Dataset, teacher: Teacher) -> str:
         "horizon": teacher.horizon,
         "feature_dim": stored_feature_dim(teacher, config),
         "dtype": "float16",
-        "format": 2,  # 2: row groups of ROW_GROUP_BYTES
+        "format": FORMAT,
     })[:16]
 
 
@@ -62,7 +65,7 @@ def find_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Teac
     directory = f"cache/{cache_key(config, dataset, teacher)}"
     if not storage.complete(directory):
         return None
-    return Cache.from_json(storage.read_json(f"{directory}/{CACHE_META}"), directory=directory, cached=True)
+    return read_record(storage, f"{directory}/{CACHE_META}", Cache, directory=directory, cached=True)
 
 
 def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Teacher) -> Cache:
@@ -111,7 +114,7 @@ def build_cache(config: Config, storage: Storage, dataset: Dataset, teacher: Tea
         feature_dim=stored_feature_dim(teacher, config), teacher_feature_dim=teacher.feature_dim, dtype="float16",
         rows=rows, bytes=storage.size(directory), teacher_forward_batches=int(sum(table["batches"].to_pylist())),
         seconds=time.perf_counter() - began, directory=directory)
-    storage.write_json(f"{directory}/{CACHE_META}", cache.to_json())
+    write_record(storage, f"{directory}/{CACHE_META}", cache)
     storage.write_bytes(f"{directory}/{SUCCESS}", b"")
     return cache
 
@@ -127,8 +130,8 @@ class TeacherPredictor:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.storage, self.directory, self.feature_dim = storage, directory, feature_dim
-        self.model = teacher.load(storage, self.device)
-        self.batcher = WindowBatcher(dataset.standardized(storage), teacher.lookback, teacher.horizon)
+        self.model = load_teacher(storage, teacher, self.device)
+        self.batcher = WindowBatcher(standardized_series(storage, dataset), teacher.lookback, teacher.horizon)
 
     @torch.inference_mode()
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -23,7 +23,9 @@ from timedistill.store.records import (
     WindowRange,
 )
 from timedistill.store.scaler import Scaler
+from timedistill.store.series import standardized_series
 from timedistill.store.storage import Storage
+from timedistill.store.weights import load_teacher, load_trained
 from timedistill.tasks.report import forecast_figure, report_markdown, training_figure
 from timedistill.tasks.windows import WindowBatcher, window_starts
 
@@ -34,8 +36,8 @@ def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teac
     """Compare every horizon; write report.md, forecast.png and training.png into the run folder
     (each atomically). `choices`: how teacher.name auto picked each horizon's teacher; `sets`:
     with teacher.names, every horizon's teachers (`teachers` holds the best of each)."""
-    series, sets = dataset.standardized(storage), sets or {}
-    rows = [ResultRow.compare(teacher, run, time_models(storage, dataset, series, teacher, run))
+    series, sets = standardized_series(storage, dataset), sets or {}
+    rows = [compare(teacher, run, time_models(storage, dataset, series, teacher, run))
             for teacher, run in zip(teachers, students, strict=True)]
     rows = [row.model_copy(update={"teachers": [member.score() for member in sets[row.horizon].members]})
             if row.horizon in sets else row for row in rows]
@@ -44,6 +46,29 @@ def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teac
     storage.write_bytes(f"{run_dir}/forecast.png", forecast_figure(storage, dataset, series, teachers, students))
     storage.write_bytes(f"{run_dir}/training.png", training_figure(teachers, students))
     return Evaluation(dataset=dataset.name, run_id=run_id, rows=rows, run_dir=storage.uri(run_dir), markdown=markdown)
+
+
+def compare(teacher: Teacher, students: StudentsRun, latency: Latency | None = None) -> ResultRow:
+    """The comparison of one horizon; `latency` replaces the models' own latency fields."""
+    scores = {"teacher": teacher.score(), **{role: trained.score() for role, trained in students.models.items()}}
+    if latency is not None:
+        scores = {role: score.model_copy(update={"latency_ms": latency.ms[role]}) for role, score in scores.items()}
+    teach, student, baseline = scores["teacher"], scores["student"], scores.get("baseline")
+    return ResultRow(
+        dataset=students.dataset, horizon=students.horizon, teacher=teach, student=student, baseline=baseline,
+        student_vs_teacher_pct=gain(student.test_mse, teach.test_mse),
+        student_vs_baseline_pct=gain(student.test_mse, baseline.test_mse) if baseline else None,
+        param_ratio=teach.params / student.params,
+        speedup=teach.latency_ms / student.latency_ms if teach.latency_ms and student.latency_ms else None,
+        device=latency.device if latency else students.device,
+        latency_batch=latency.batch if latency else None, latency_threads=latency.threads if latency else None,
+        intervals=students.intervals,
+    )
+
+
+def gain(value: float, reference: float) -> float:
+    """Relative MSE reduction in %: positive when `value` is better (lower) than `reference`."""
+    return 100.0 * (reference - value) / reference
 
 
 def score_windows(model: ForecastModel, values: np.ndarray, starts: np.ndarray, scaler: Scaler) -> float:
@@ -78,7 +103,8 @@ def time_models(storage: Storage, dataset: Dataset, series: np.ndarray, teacher:
     windows, on the CPU, with a fixed number of torch threads."""
     starts = window_starts(dataset.splits["test"], teacher.lookback, teacher.horizon)[:LATENCY_BATCH]
     x, _ = WindowBatcher(series, teacher.lookback, teacher.horizon)(starts)  # [B, L, C]
-    models = {"teacher": teacher.load(storage), **{role: run.load(storage, role) for role in run.models}}
+    models = {"teacher": load_teacher(storage, teacher),
+              **{role: load_trained(storage, run, role) for role in run.models}}
     threads = torch.get_num_threads()
     torch.set_num_threads(LATENCY_THREADS)
     try:

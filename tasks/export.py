@@ -25,6 +25,7 @@ from timedistill.store.record import Record
 from timedistill.store.records import RegistryEntry
 from timedistill.store.registry import read_version
 from timedistill.store.storage import Storage
+from timedistill.store.weights import load_registered
 
 Format = Literal["onnx", "torchscript"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -78,7 +79,7 @@ class ModelCard(Record):
 def export(storage: Storage, name: str, version: str | None, fmt: Format, output: Storage) -> ModelCard:
     """Write the file and its card under `output` (each atomically); returns the card."""
     entry = read_version(storage, name, version)
-    module = DataUnits(entry.load(storage), list(entry.scaler.mean), list(entry.scaler.std)).eval()
+    module = DataUnits(load_registered(storage, entry), list(entry.scaler.mean), list(entry.scaler.std)).eval()
     example = torch.randn(2, entry.config.lookback, len(entry.config.variables))
     stem = f"{entry.model}-{entry.version}"
     file = stem + SUFFIX[fmt]

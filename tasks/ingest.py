@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import polars as pl
 
-from timedistill.conf import Config, DataConfig, stable_hash
+from timedistill.conf import FORMAT, Config, DataConfig, stable_hash
 from timedistill.conf.schema import duration
+from timedistill.store.record import read_record, write_record
 from timedistill.store.records import SERIES, Dataset, Lineage, Missing, RowCut
 from timedistill.store.scaler import Scaler
 from timedistill.store.storage import Storage
@@ -73,7 +74,7 @@ def ingest(config: Config, storage: Storage) -> Dataset:
     fingerprint = data_fingerprint(content, data)  # what is read off the file follows from these two
     directory = dataset_dir(data, fingerprint)
     if storage.exists(f"{directory}/{MANIFEST}"):  # the manifest is written last: complete
-        found = Dataset.from_json(storage.read_json(f"{directory}/{MANIFEST}"), directory=directory, cached=True)
+        found = read_record(storage, f"{directory}/{MANIFEST}", Dataset, directory=directory, cached=True)
         check_windows(found.splits, data, data.path)
         storage.write_bytes(f"datasets/{data.name}/{LATEST}", f"{fingerprint}\n".encode())
         return found
@@ -98,7 +99,7 @@ def ingest(config: Config, storage: Storage) -> Dataset:
         **lineage.model_dump(), directory=directory)
     with storage.publish_dir(directory) as staging:
         storage.write_parquet(f"{staging}/{SERIES}", frame.to_arrow())
-        storage.write_json(f"{staging}/{MANIFEST}", dataset.to_json())
+        write_record(storage, f"{staging}/{MANIFEST}", dataset)
     storage.write_bytes(f"datasets/{data.name}/{LATEST}", f"{fingerprint}\n".encode())  # only once complete
     return dataset
 
@@ -195,7 +196,7 @@ def ingest_summary(dataset: Dataset, lookback: int, horizons: list[int], storage
 
 def data_fingerprint(content: bytes, data: DataConfig) -> str:
     settings = fingerprint_settings(data)
-    return stable_hash({"sha256": hashlib.sha256(content).hexdigest(), "settings": settings})[:16]
+    return stable_hash({"sha256": hashlib.sha256(content).hexdigest(), "settings": settings, "format": FORMAT})[:16]
 
 
 def parse_series(content: bytes, data: DataConfig, time_hint: str | None = None) -> Series:

@@ -80,7 +80,7 @@ class Trainee:
     decay: float
     hold_epochs: int
     early: EarlyStopping
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: the fields of an Epoch record
 
     @property
     def active(self) -> bool:
@@ -284,12 +284,13 @@ def train(trainees: list[Trainee], *, epochs: int, epoch_batches: Callable[[int]
         for trainee in active:
             scores = evaluate(trainee.model, val_batcher, val_starts, rank, world, device)
             improved = trainee.early.update(epoch, scores.mse, trainee.model)
+            parts = {k: v / max(steps, 1) for k, v in parts_sums[trainee.name].items()}
             record = {"epoch": epoch + 1, "train_loss": sums[trainee.name] / max(steps, 1),
                       "val_mse": scores.mse, "val_mae": scores.mae, "seconds": seconds,
-                      "lr": trainee.optimizer.param_groups[0]["lr"], "improved": float(improved),
-                      **{k: v / max(steps, 1) for k, v in parts_sums[trainee.name].items()}}
-            trainee.history.append(record)
-            metrics.update({f"{trainee.name}/{k}": v for k, v in record.items() if k != "epoch"})
+                      "lr": trainee.optimizer.param_groups[0]["lr"], "improved": improved, "parts": parts}
+            trainee.history.append(record)  # an Epoch record's fields (plain, for the checkpoint)
+            metrics.update({f"{trainee.name}/{k}": v for k, v in {**record, **parts}.items()
+                            if k not in ("epoch", "parts")})
             metrics[f"{trainee.name}/stopped"] = trainee.early.stopped
         # 4. Ray: checkpoint and report (every rank, every epoch)
         report_epoch(epoch, trainees, metrics, rank)

@@ -13,8 +13,9 @@ import numpy as np
 from timedistill.conf import Config
 from timedistill.store.forecaster import ForecastModel
 from timedistill.store.record import Record
-from timedistill.store.records import Dataset
+from timedistill.store.records import SERIES, Dataset
 from timedistill.store.registry import RegistryError, read_version
+from timedistill.store.series import series_timestamps, series_values
 from timedistill.store.storage import Storage
 from timedistill.tasks.evaluate import score_windows
 
@@ -52,12 +53,12 @@ def check_drift(config: Config, storage: Storage, dataset: Dataset, horizon: int
     registered = entry.config
     if registered.variables != dataset.variables:
         return no_verdict(f"it forecasts {registered.variables}, the data has {dataset.variables}", entry.version)
-    trained_on = f"datasets/{registered.dataset}/{registered.data_fingerprint}"
-    if not storage.exists(f"{trained_on}/manifest.json"):
+    trained_on = f"datasets/{registered.dataset}/{registered.data_fingerprint}/{SERIES}"
+    if not storage.exists(trained_on):
         return no_verdict(f"the data it was trained on ({storage.uri(trained_on)}) is gone", entry.version)
-    trained_until = np.datetime64(Dataset.from_json(storage.read_json(f"{trained_on}/manifest.json"),
-                                                    directory=trained_on).end)
-    timestamps = dataset.timestamps(storage)
+    stamps = storage.read_parquet(trained_on).column(0)  # the time column comes first
+    trained_until = np.datetime64(stamps[len(stamps) - 1].as_py())
+    timestamps = series_timestamps(storage, dataset)
     lookback, horizon = registered.lookback, registered.horizon
     starts = np.arange(max(len(timestamps) - lookback - horizon + 1, 0))
     starts = starts[timestamps[starts + lookback] > trained_until]  # the whole forecast is new truth
@@ -65,7 +66,7 @@ def check_drift(config: Config, storage: Storage, dataset: Dataset, horizon: int
         return no_verdict(f"{len(starts)} window(s) with truth after {trained_until}, fewer than "
                           f"monitor.min_windows ({config.monitor.min_windows})", entry.version, len(starts))
     model = ForecastModel.from_registry(storage, name, entry.version)
-    recent = score_windows(model, dataset.values(storage), starts, entry.scaler)
+    recent = score_windows(model, series_values(storage, dataset), starts, entry.scaler)
     at_registration = entry.metrics.student.test_mse
     ratio = recent / at_registration
     drift = ratio > config.monitor.threshold

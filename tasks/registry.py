@@ -23,11 +23,22 @@ from typing import NamedTuple
 from timedistill.conf import Config
 from timedistill.store.errors import BrokenLatest, BrokenVersion
 from timedistill.store.forecaster import ForecastModel, load_verified
+from timedistill.store.record import read_record, write_record
 from timedistill.store.records import ChampionDecision, Dataset, RegisteredModel, Registration, ResultRow, StudentsRun
-from timedistill.store.registry import LATEST, VERSION, check_name, latest, read_entry, read_version, versions
+from timedistill.store.registry import (
+    LATEST,
+    REGISTRY_FORMATS,
+    VERSION,
+    check_name,
+    latest,
+    read_entry,
+    read_version,
+    versions,
+)
 from timedistill.store.scaler import NamedScaler
+from timedistill.store.series import series_timestamps, series_values
 from timedistill.store.storage import SUCCESS, Storage
-from timedistill.store.weights import load_forecaster
+from timedistill.store.weights import load_forecaster, load_trained
 from timedistill.tasks.errors import StepError
 from timedistill.tasks.evaluate import score_windows, window_range
 from timedistill.tasks.windows import window_starts
@@ -70,12 +81,12 @@ def champion_gate(config: Config, storage: Storage, model: str, dataset: Dataset
         return Verdict(True, f"gate 'beats-champion': champion {version} forecasts another window or other "
                              "variables and cannot be compared")
     champion = ForecastModel.from_registry(storage, model, version)
-    challenger = ForecastModel.with_scaler(students.load(storage, "student"), dataset.scaler, students.lookback,
-                                           students.horizon)
-    values = dataset.values(storage)
+    challenger = ForecastModel.with_scaler(load_trained(storage, students, "student"), dataset.scaler,
+                                           students.lookback, students.horizon)
+    values = series_values(storage, dataset)
     starts = window_starts(dataset.splits["val"], students.lookback, students.horizon)
     champion_mse, challenger_mse = (score_windows(m, values, starts, dataset.scaler) for m in (champion, challenger))
-    windows = window_range(dataset.timestamps(storage), starts, students.lookback, students.horizon)
+    windows = window_range(series_timestamps(storage, dataset), starts, students.lookback, students.horizon)
     decision = ChampionDecision(champion=version, champion_mse=champion_mse, challenger_mse=challenger_mse,
                                 windows=windows)
     if not math.isfinite(champion_mse):
@@ -100,7 +111,8 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
                             registry_path=path, metrics=row.headline(), decision=verdict.decision)
 
     if current is not None and storage.exists(f"registry/{model}/{current}/config.json"):
-        held = RegisteredModel.from_json(storage.read_json(f"registry/{model}/{current}/config.json"))
+        held = read_record(storage, f"registry/{model}/{current}/config.json", RegisteredModel,
+                           formats=REGISTRY_FORMATS)
         if held.run_id == run_id and held.data_fingerprint == dataset.fingerprint:
             return decided(False, current, Verdict(False, f"already registered as {current}"))
     verdict = gate(config, storage, model, dataset, students, row)
@@ -118,9 +130,9 @@ def register(config: Config, storage: Storage, dataset: Dataset, students: Stude
     scaler = NamedScaler(variables=dataset.variables, mean=dataset.scaler.mean, std=dataset.scaler.std)
     with storage.publish_dir(folder, replace=False) as staging:
         storage.write_bytes(f"{staging}/student.pt", storage.read_bytes(students.weights_path("student")))
-        storage.write_json(f"{staging}/config.json", registered.to_json())
-        storage.write_json(f"{staging}/scaler.json", scaler.to_json())
-        storage.write_json(f"{staging}/metrics.json", row.to_json())
+        write_record(storage, f"{staging}/config.json", registered)
+        write_record(storage, f"{staging}/scaler.json", scaler)
+        write_record(storage, f"{staging}/metrics.json", row)
         try:  # what a server will do with it: read it back, load it, ask it once; only then is it complete
             entry = read_entry(storage, model, version, staging)
             ForecastModel.with_scaler(load_forecaster(storage, f"{staging}/student.pt", entry.config.spec),

@@ -13,13 +13,24 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure  # no pyplot: no display and no global state needed
 
 from timedistill.models import QuantileStudent
-from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher, TeacherChoice, TeacherSet, change
+from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher, TeacherChoice, TeacherSet
+from timedistill.store.series import series_timestamps
 from timedistill.store.storage import Storage
+from timedistill.store.weights import load_teacher, load_trained
 from timedistill.tasks.windows import WindowBatcher, window_starts
 
 LABELS = {"teacher": "teacher", "student": "distilled student", "baseline": "MLP baseline"}
 FEW_EPOCHS = 3  # models trained fewer epochs than this have scores that say little about the method
 COLORS = {"teacher": "tab:orange", "student": "tab:blue", "baseline": "tab:green"}
+
+
+def change(gain_pct: float | None) -> str:
+    """A gain in words that cannot be read backwards: '7.4% better', '5.0% worse'."""
+    if gain_pct is None:
+        return ""
+    if round(gain_pct, 1) == 0:
+        return "the same"
+    return f"{abs(gain_pct):.1f}% {'better' if gain_pct > 0 else 'worse'}"
 
 
 def few_epochs(rows: list[ResultRow]) -> str | None:
@@ -116,8 +127,8 @@ def training_figure(teachers: list[Teacher], students: list[StudentsRun]) -> byt
         for col, (key, title) in enumerate((("train_loss", "training loss"), ("val_mse", "validation MSE"))):
             ax = axes[row][col]
             for role, history in histories.items():
-                epochs = [logged["epoch"] for logged in history]
-                ax.plot(epochs, [logged[key] for logged in history], marker="o", ms=3, color=COLORS[role],
+                epochs = [logged.epoch for logged in history]
+                ax.plot(epochs, [getattr(logged, key) for logged in history], marker="o", ms=3, color=COLORS[role],
                         label=LABELS[role])
             ax.set_title(f"h={teacher.horizon}: {title}", fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
@@ -134,7 +145,7 @@ def forecast_figure(storage: Storage, dataset: Dataset, series: np.ndarray, teac
                     students: list[StudentsRun], windows: int = 3) -> bytes:
     """PNG: history, truth and each model's forecast of the last variable for a few test windows
     (`series`: the standardized series the caller already holds)."""
-    times = dataset.timestamps(storage)
+    times = series_timestamps(storage, dataset)
     target = len(dataset.variables) - 1  # data.target, when set, is the last variable
     fig = Figure(figsize=(5 * windows, 3.2 * len(teachers)))
     axes = fig.subplots(len(teachers), windows, squeeze=False)
@@ -143,10 +154,10 @@ def forecast_figure(storage: Storage, dataset: Dataset, series: np.ndarray, teac
         starts = window_starts(dataset.splits["test"], lookback, horizon)
         chosen = starts[np.linspace(0, len(starts) - 1, windows).astype(int)]
         x, y = WindowBatcher(series, lookback, horizon)(chosen)
-        forecasts = {"teacher": teacher.load(storage)(x).prediction}
+        forecasts = {"teacher": load_teacher(storage, teacher)(x).prediction}
         bands = None  # the student's quantiles [B, Q, S, C], with student.quantiles
         for role in run.models:
-            model = run.load(storage, role)
+            model = load_trained(storage, run, role)
             forecasts[role] = model(x).prediction
             if isinstance(model, QuantileStudent):
                 bands = model.quantiles(x)[1]

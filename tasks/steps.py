@@ -24,6 +24,7 @@ import ray
 import yaml
 
 from timedistill.conf import Config, storage_root
+from timedistill.store.record import write_record
 from timedistill.store.records import (
     RUN_CONFIG,
     Cache,
@@ -38,6 +39,7 @@ from timedistill.store.records import (
     StudentsRun,
     Teacher,
 )
+from timedistill.store.series import standardized_series
 from timedistill.store.storage import Storage
 from timedistill.tasks import loops
 from timedistill.tasks.cache import build_cache, find_cache
@@ -89,7 +91,7 @@ class RunContext:
         """Ray: the standardized series, put in the object store once per run."""
         self.ensure_ray()
         if self._series is None or self._series[0] != dataset.fingerprint:
-            self._series = (dataset.fingerprint, ray.put(dataset.standardized(self.storage)))
+            self._series = (dataset.fingerprint, ray.put(standardized_series(self.storage, dataset)))
         return self._series[1]
 
     def run_id(self, dataset: Dataset) -> str:
@@ -192,5 +194,5 @@ def summarize(run: RunContext, dataset: Dataset, steps: dict[str, StepTime], tea
         teacher_sets=[t.ensemble for t in teachers if t.ensemble is not None],
         students=sorted(students, key=lambda s: s.horizon), config=run.config.public(), root=run.storage.uri())
     if registrations:
-        run.storage.write_json(f"{run_dir}/metrics.json", summary.to_json())
+        write_record(run.storage, f"{run_dir}/metrics.json", summary)
     return summary

@@ -25,10 +25,11 @@ from timedistill.models import (
     pinball_loss,
     reduce_feature_width,
 )
+from timedistill.store.record import StaleRecord, read_record, write_record
 from timedistill.store.records import Cache, Dataset, Intervals, ModelSpec, StudentsRun, Teacher
 from timedistill.store.registry import RegistryError, read_version
 from timedistill.store.storage import SUCCESS, Storage
-from timedistill.store.weights import read_state, state_bytes
+from timedistill.store.weights import build_forecaster, load_teacher, read_state, resolve_spec, state_bytes
 from timedistill.tasks import loops
 from timedistill.tasks.cache import stored_feature_dim
 from timedistill.tasks.errors import StepError
@@ -78,12 +79,12 @@ def find_students(storage: Storage, run_dir: str, horizon: int) -> StudentsRun |
     directory = students_dir(run_dir, horizon)
     if not storage.complete(directory):
         return None
-    return StudentsRun.from_json(storage.read_json(f"{directory}/{STUDENTS_META}"), directory=directory,
+    return read_record(storage, f"{directory}/{STUDENTS_META}", StudentsRun, directory=directory,
                                  cached=True)
 
 
 def student_spec(config: Config, dataset: Dataset, horizon: int) -> ModelSpec:
-    return ModelSpec.resolve("student", config.student.name, lookback=config.data.lookback, horizon=horizon,
+    return resolve_spec("student", config.student.name, lookback=config.data.lookback, horizon=horizon,
                              n_vars=len(dataset.variables), preset=config.student.preset or config.data.name,
                              params=config.student.params, quantiles=config.student.quantiles)
 
@@ -95,7 +96,10 @@ def warm_base(config: Config, storage: Storage, dataset: Dataset, horizon: int) 
         entry = read_version(storage, config.model_name(horizon))
     except RegistryError:
         return None
-    found = find_students(storage, f"runs/{entry.config.dataset}/{entry.config.run_id}", horizon)
+    try:
+        found = find_students(storage, f"runs/{entry.config.dataset}/{entry.config.run_id}", horizon)
+    except StaleRecord:  # a version registered by an earlier format: not a start for this one
+        return None
     spec = student_spec(config, dataset, horizon).to_json()
     if found is None or found.spec("student").to_json() != spec or found.variables != dataset.variables:
         return None
@@ -154,7 +158,7 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teachers:
     with storage.publish_dir(directory) as staging:
         for role in students.models:
             storage.write_bytes(f"{staging}/{role}.pt", state_bytes(result.weights[role]))  # the forecaster alone
-        storage.write_json(f"{staging}/{STUDENTS_META}", students.to_json())
+        write_record(storage, f"{staging}/{STUDENTS_META}", students)
         storage.write_bytes(f"{staging}/{SUCCESS}", b"")
     return students
 
@@ -163,7 +167,7 @@ def calibrated(spec: ModelSpec, weights: dict[str, torch.Tensor], series: np.nda
                half_life: float | None) -> Intervals:
     """Calibrate a quantile student's intervals on the validation split (tasks/intervals.py), in
     place in `weights`, and score them on the test split."""
-    model = spec.build()
+    model = build_forecaster(spec)
     model.load_state_dict(weights)
     batcher = WindowBatcher(series, spec.lookback, spec.horizon)
     starts = {split: window_starts(dataset.splits[split], spec.lookback, spec.horizon) for split in ("val", "test")}
@@ -216,7 +220,7 @@ class StudentsJob(TrainingJob):
                 return loops.EpochBatches(stream.steps(epoch, worker.world),
                                           map(cached_batch, stream.epoch(epoch, worker.rank, worker.world)))
         else:
-            teacher_models = [teacher.load(self.storage, device) for teacher in self.teachers]
+            teacher_models = [load_teacher(self.storage, teacher, device) for teacher in self.teachers]
 
             def online_batch(positions: np.ndarray) -> Batch:  # inference-mode tensors cannot enter autograd
                 nonlocal forward_batches
@@ -235,7 +239,7 @@ class StudentsJob(TrainingJob):
         # 2. the trainees: the distilled student, and the baseline from the same initial weights
         def build(spec: ModelSpec) -> nn.Module:
             torch.manual_seed(settings.seed)
-            return spec.build()
+            return build_forecaster(spec)
 
         student = build(self.model)
         options = {"tau": settings.tau, "scales": settings.scales, "sup": settings.sup, "period": settings.period,

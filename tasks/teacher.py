@@ -20,7 +20,8 @@ import numpy as np
 import ray
 import torch
 
-from timedistill.conf import AUTO, Config, ConfigError, TeacherConfig, stable_hash
+from timedistill.conf import AUTO, FORMAT, Config, ConfigError, TeacherConfig, stable_hash
+from timedistill.store.record import StaleRecord, read_record, write_record
 from timedistill.store.records import (
     TEACHER_WEIGHTS,
     Dataset,
@@ -31,7 +32,7 @@ from timedistill.store.records import (
     TeacherSet,
 )
 from timedistill.store.storage import SUCCESS, Storage
-from timedistill.store.weights import read_state, state_bytes
+from timedistill.store.weights import build_forecaster, read_state, resolve_spec, state_bytes
 from timedistill.tasks import loops
 from timedistill.tasks.events import Listener
 from timedistill.tasks.progress import relay
@@ -48,7 +49,7 @@ def teacher_key(config: Config, dataset: Dataset, horizon: int, salt: str | None
         "horizon": horizon,
         "teacher": config.teacher.key_payload(),
         "preset": teacher_preset(config),
-        "format": 1,
+        "format": FORMAT,
     }
     if salt is not None:  # teacher.refresh: always
         payload["salt"] = salt
@@ -72,12 +73,11 @@ def find_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: in
 def read_teacher(storage: Storage, directory: str, key: str) -> Teacher | None:
     if not storage.complete(directory):
         return None
-    return Teacher.from_json(storage.read_json(f"{directory}/{TEACHER_META}"), directory=directory, key=key,
-                             cached=True)
+    return read_record(storage, f"{directory}/{TEACHER_META}", Teacher, directory=directory, key=key, cached=True)
 
 
 def teacher_spec(config: Config, dataset: Dataset, horizon: int) -> ModelSpec:
-    return ModelSpec.resolve("teacher", config.teacher.name, lookback=config.data.lookback, horizon=horizon,
+    return resolve_spec("teacher", config.teacher.name, lookback=config.data.lookback, horizon=horizon,
                              n_vars=len(dataset.variables), preset=teacher_preset(config),
                              params=config.teacher.params)
 
@@ -92,7 +92,7 @@ def member_configs(config: Config, dataset: Dataset, horizon: int) -> list[Confi
     key = "teacher.names" if config.teacher.names else "teacher.candidates"
     configs = [config.model_copy(update={"teacher": config.teacher.alone(name)}) for name in config.teacher.members()]
     for member in configs:
-        ModelSpec.resolve(key, member.teacher.name, lookback=config.data.lookback, horizon=horizon,
+        resolve_spec(key, member.teacher.name, lookback=config.data.lookback, horizon=horizon,
                           n_vars=len(dataset.variables), preset=teacher_preset(member), params={})
     return configs
 
@@ -136,7 +136,10 @@ def warm_base(config: Config, storage: Storage, dataset: Dataset, horizon: int) 
     spec = teacher_spec(config, dataset, horizon).to_json()
     found = []
     for key in storage.listdir(f"teachers/{dataset.name}"):
-        teacher = read_teacher(storage, f"teachers/{dataset.name}/{key}", key)
+        try:
+            teacher = read_teacher(storage, f"teachers/{dataset.name}/{key}", key)
+        except StaleRecord:  # trained by an earlier format: not a start for this one
+            continue
         if (teacher is not None and teacher.data_fingerprint != dataset.fingerprint
                 and teacher.spec.to_json() == spec and teacher.variables == dataset.variables):
             found.append(teacher)
@@ -169,7 +172,7 @@ def train_teacher(config: Config, storage: Storage, dataset: Dataset, horizon: i
         warm_from=base.directory if base else None, directory=directory, key=key)
     with storage.publish_dir(directory) as staging:
         storage.write_bytes(f"{staging}/{TEACHER_WEIGHTS}", weights)
-        storage.write_json(f"{staging}/{TEACHER_META}", teacher.to_json())
+        write_record(storage, f"{staging}/{TEACHER_META}", teacher)
         storage.write_bytes(f"{staging}/{SUCCESS}", b"")
     return teacher
 
@@ -183,7 +186,7 @@ class TeacherJob(TrainingJob):
     def setup(self, worker: Worker) -> Plan:
         settings = self.settings
         torch.manual_seed(settings.seed)
-        module = loops.prepare(self.model.build())  # Ray: to the device, DDP-wrapped when world > 1
+        module = loops.prepare(build_forecaster(self.model))  # Ray: to the device, DDP-wrapped when world > 1
         train_starts = worker.starts["train"]
 
         def loss_fn(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

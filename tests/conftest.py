@@ -122,7 +122,7 @@ class SmokeArtifacts:
 def smoke_pipeline(smoke_run, session_root, smoke_csv):
     """The smoke run's artifacts as objects (every lookup hits what the flow stored)."""
     from timedistill.conf import load_config
-    from timedistill.store.records import ResultRow
+    from timedistill.tasks.evaluate import compare
     from timedistill.tasks.steps import RunContext, cache_step, distill_step, ingest_step, teacher_step
 
     config = load_config("smoke", smoke_overrides(session_root, smoke_csv))
@@ -133,7 +133,7 @@ def smoke_pipeline(smoke_run, session_root, smoke_csv):
         students = distill_step(run, dataset, teachers, caches)
         teacher = teachers.chosen
         yield SmokeArtifacts(config=config, run=run, dataset=dataset, teachers=teachers, teacher=teacher,
-                             cache=caches.caches[0], students=students, row=ResultRow.compare(teacher, students),
+                             cache=caches.caches[0], students=students, row=compare(teacher, students),
                              summary=smoke_run)
 
 

@@ -22,8 +22,8 @@ import pytest
 from bench.bench_serving import MODEL, free_port, make_registry, register_random, wait_healthy
 from tests.conftest import ROOT
 from tests.processes import Tagged
-from timedistill.store.records import ModelSpec
 from timedistill.store.storage import Storage
+from timedistill.store.weights import resolve_spec
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
@@ -257,7 +257,7 @@ def test_a_request_in_flight_on_a_lost_pool_replica_is_a_503_that_the_client_ret
     server, port, tag, _ = started_serve(tmp_path, "serve.access_log=false", "serve.ingress_models=0",
                                          f"serve.ingress={ingress}")
     try:
-        register_random(Storage(str(tmp_path / "artifacts")), SLOW, ModelSpec.resolve(
+        register_random(Storage(str(tmp_path / "artifacts")), SLOW, resolve_spec(
             "teacher", "timemixer", lookback=720, horizon=96, n_vars=7, preset="etth1", params={}))
         wait_healthy(f"http://127.0.0.1:{port}", server)
         replicas = replica_pids(tag, "ModelPool")

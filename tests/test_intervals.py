@@ -11,6 +11,8 @@ import torch
 
 from timedistill.models import MLP, QuantileStudent, build_model, check_levels, pinball_loss
 from timedistill.models.mlp import MLPConfig
+from timedistill.store.series import standardized_series
+from timedistill.store.weights import build_forecaster, load_trained, resolve_spec
 
 
 def small_quantile_student(levels=(0.1, 0.25, 0.5, 0.75, 0.9)) -> QuantileStudent:
@@ -57,18 +59,17 @@ def test_levels_that_do_not_make_central_intervals_are_refused(levels):
 
 def test_a_seed_gives_the_point_model_the_same_weights_with_or_without_quantiles():
     """The baseline and the quantile student start from the same weights (ModelSpec.build)."""
-    from timedistill.store.records import ModelSpec
 
-    spec = ModelSpec.resolve("student", "mlp", lookback=48, horizon=12, n_vars=3, preset=None,
+    spec = resolve_spec("student", "mlp", lookback=48, horizon=12, n_vars=3, preset=None,
                              params={"d_model": 16}, quantiles=[0.1, 0.5, 0.9])
     torch.manual_seed(7)
-    quantile = spec.build()
+    quantile = build_forecaster(spec)
     torch.manual_seed(7)
-    point = spec.point().build()
+    point = build_forecaster(spec.point())
     assert isinstance(quantile, QuantileStudent) and not isinstance(point, QuantileStudent)
     assert all(torch.equal(a, b) for a, b in zip(quantile.student.state_dict().values(),
                                                  point.state_dict().values(), strict=True))
-    assert spec.point().to_json() == ModelSpec.resolve("student", "mlp", lookback=48, horizon=12, n_vars=3,
+    assert spec.point().to_json() == resolve_spec("student", "mlp", lookback=48, horizon=12, n_vars=3,
                                                        preset=None, params={"d_model": 16}).to_json()
     assert isinstance(build_model("mlp", lookback=48, horizon=12, n_vars=3), MLP)
 
@@ -101,12 +102,12 @@ def test_the_calibrated_intervals_cover_the_validation_split_and_are_reported(qu
     (interval,) = run.intervals.intervals
     assert (interval.lower, interval.upper) == (0.1, 0.9) and run.intervals.levels == [0.1, 0.5, 0.9]
     assert run.student.quantiles == [0.1, 0.5, 0.9] and run.baseline.quantiles == []
-    assert "pinball" in run.student.history[-1] and "pinball" not in run.baseline.history[-1]
-    model = run.load(storage, "student").requires_grad_(False)
+    assert "pinball" in run.student.history[-1].parts and "pinball" not in run.baseline.history[-1].parts
+    model = load_trained(storage, run, "student").requires_grad_(False)
     assert isinstance(model, QuantileStudent) and model.widen.abs().sum() > 0
     with RunContext(quantile_run.config) as pipe:
         dataset = ingest_step(pipe)
-    series = dataset.standardized(storage)
+    series = standardized_series(storage, dataset)
     x, y = WindowBatcher(series, 96, 24)(window_starts(dataset.splits["val"], 96, 24))
     _, quantiles = model.quantiles(x)
     assert run.intervals.half_life_windows == 7 * 24  # the default, 7d, of an hourly series

@@ -1,5 +1,7 @@
-"""The typed records read the files that earlier code wrote (tests/fixtures/legacy: a smoke run of
-commit 6fd532a, before the records existed) and write them back with the same fields."""
+"""The typed records and the files of earlier releases (tests/fixtures/legacy: a smoke run from
+before the records existed, format 1): its registry still serves, its other records are refused
+naming their format, and what this version writes keeps every field of theirs but those format 2
+changed (in_format_2)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from timedistill.store.records import Cache, Dataset, RegistryEntry, ResultRow, StudentsRun, Teacher
+from timedistill.store.record import StaleRecord, read_record
+from timedistill.store.records import Cache, Dataset, RegistryEntry, StudentsRun, Teacher
 from timedistill.store.registry import list_models, read_version
 from timedistill.store.storage import Storage
+from timedistill.store.weights import load_registered
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy"
 
@@ -52,22 +56,34 @@ def legacy_json(pattern: str) -> tuple[Path, dict[str, Any]]:
     return path, json.loads(path.read_text())
 
 
+EPOCH = {"epoch", "train_loss", "val_mse", "val_mae", "seconds", "lr", "improved"}
+
+
+def in_format_2(value: Any) -> Any:
+    """A legacy JSON value as format 2 writes it: a trained model's epochs keep their loss terms
+    under `parts`, and it has no `latency_ms` of its own (the evaluate step times every model)."""
+    if isinstance(value, list):
+        return [in_format_2(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "best_epoch" in value:  # a trained model
+        value = {key: item for key, item in value.items() if key != "latency_ms"}
+    if set(value) >= EPOCH:  # an epoch
+        value = {**{key: value[key] for key in EPOCH}, "parts": {k: v for k, v in value.items() if k not in EPOCH}}
+    return {key: in_format_2(item) for key, item in value.items()}
+
+
 @pytest.mark.parametrize(("pattern", "record"), [
     ("datasets/*/*/manifest.json", Dataset),
     ("teachers/*/*/teacher.json", Teacher),
     ("cache/*/cache.json", Cache),
     ("runs/*/*/h24/students.json", StudentsRun),
-    ("registry/smoke-24/v1/metrics.json", ResultRow),
 ])
-def test_legacy_files_load_and_round_trip(pattern, record):
-    path, data = legacy_json(pattern)
-    where = {"directory": str(path.parent.relative_to(LEGACY / "root"))}
-    if record is Teacher:
-        where["key"] = path.parent.name
-    loaded = record.from_json(data, **where)
-    written = loaded.to_json()
-    assert {key: written[key] for key in data} == data  # every field, the same values (new ones may follow)
-    assert loaded.describe()
+def test_records_of_an_earlier_format_are_refused_naming_it(pattern, record):
+    path, _ = legacy_json(pattern)
+    storage = Storage(str(LEGACY / "root"))
+    with pytest.raises(StaleRecord, match=r"was written in format 1; this version reads format 2"):
+        read_record(storage, str(path.relative_to(LEGACY / "root")), record)
 
 
 def test_the_legacy_registry_still_serves():
@@ -78,7 +94,7 @@ def test_the_legacy_registry_still_serves():
     for name, part in (("config", entry.config), ("scaler", entry.scaler), ("metrics", entry.metrics)):
         legacy, written = storage.read_json(f"registry/smoke-24/v1/{name}.json"), part.to_json()
         assert {key: written[key] for key in legacy} == legacy, name  # every field, the same values
-    model = entry.load(storage)  # weights_only=True inside
+    model = load_registered(storage, entry)  # weights_only=True inside
     prediction = model(torch.zeros(2, entry.config.lookback, len(entry.config.variables))).prediction
     assert prediction.shape == (2, entry.config.horizon, len(entry.scaler.variables))
 
@@ -106,7 +122,9 @@ def test_the_files_of_a_run_keep_every_field(smoke_pipeline):
         "registry/smoke-24/v1/metrics.json": "registry/smoke-24/v1/metrics.json",
     }
     for pattern, path in written.items():
-        same_fields(storage.read_json(path), legacy_json(pattern)[1])
+        data = storage.read_json(path)
+        assert data.pop("record_format") == 2, path
+        same_fields(data, in_format_2(legacy_json(pattern)[1]))
 
 
 def test_the_commands_json_keeps_every_field(smoke_pipeline, session_root, smoke_csv):
@@ -114,13 +132,14 @@ def test_the_commands_json_keeps_every_field(smoke_pipeline, session_root, smoke
 
     from timedistill.flows.cli import app
 
-    same_fields(smoke_pipeline.summary.to_json(), json.loads((LEGACY / "cli" / "retrain.json").read_text()))
+    legacy_retrain = in_format_2(json.loads((LEGACY / "cli" / "retrain.json").read_text()))
+    same_fields(smoke_pipeline.summary.to_json(), legacy_retrain)
     runner = CliRunner()
     for command in ("ingest", "teacher", "distill"):
         result = runner.invoke(app, [command, "smoke", "--set", f"storage.root={session_root}",
                                      "--set", f"data.path={smoke_csv}", "--json"])
         assert result.exit_code == 0, result.output
-        legacy = json.loads((LEGACY / "cli" / f"{command}.json").read_text())
+        legacy = in_format_2(json.loads((LEGACY / "cli" / f"{command}.json").read_text()))
         same_fields(json.loads(result.stdout.strip().splitlines()[-1]), legacy)
 
 

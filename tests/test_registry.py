@@ -19,7 +19,7 @@ import torch
 from timedistill.conf import ConfigError, load_config
 from timedistill.store.registry import RegistryError, check_name, latest, list_models, read_version, versions
 from timedistill.store.storage import Storage
-from timedistill.store.weights import state_bytes
+from timedistill.store.weights import load_registered, load_trained, state_bytes
 from timedistill.tasks.errors import StepError
 from timedistill.tasks.registry import claim_version, gate, register
 from timedistill.tasks.windows import window_starts
@@ -56,8 +56,8 @@ def test_versions_latest_and_idempotence(fresh):
     assert entry.scaler.variables == dataset.variables
     assert entry.config.data_fingerprint == dataset.fingerprint
     assert entry.metrics == run.row
-    model = entry.load(storage)
-    reference = run.students.load(storage, "student")
+    model = load_registered(storage, entry)
+    reference = load_trained(storage, run.students, "student")
     x = torch.randn(2, 96, 7)
     assert torch.equal(model(x).prediction, reference(x).prediction)
 

@@ -22,6 +22,8 @@ from tests.conftest import smoke_overrides
 from timedistill.conf import load_config
 from timedistill.store.forecaster import ForecastModel
 from timedistill.store.registry import latest
+from timedistill.store.series import standardized_series
+from timedistill.store.weights import load_trained
 from timedistill.tasks.registry import register
 
 TOKEN = "test-token"
@@ -68,7 +70,7 @@ def served(smoke_pipeline, quantile_run, session_root, smoke_csv):
 def history(smoke_pipeline):
     """A real history of the smoke series (data units): the last 96 rows before the test split."""
     dataset = smoke_pipeline.dataset
-    z = dataset.standardized(smoke_pipeline.storage)
+    z = standardized_series(smoke_pipeline.storage, dataset)
     start = dataset.splits["test"][0]
     return dataset.scaler.unstandardize(z[start - 96 : start].astype(np.float64))
 
@@ -101,7 +103,8 @@ def test_served_forecast_equals_the_in_process_model(served, history):
         mean, std = np.asarray(pipe.dataset.scaler.mean), np.asarray(pipe.dataset.scaler.std)
         z = (history - mean) / std
         with torch.no_grad():
-            raw = students.load(pipe.storage, "student")(torch.from_numpy(z[None]).float()).prediction[0].double()
+            raw = load_trained(pipe.storage, students, "student")(torch.from_numpy(z[None]).float()).prediction[0]
+            raw = raw.double()
         assert np.allclose(body["forecast"], raw.numpy() * std + mean, rtol=1e-4, atol=1e-4)
 
 

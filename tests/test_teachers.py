@@ -79,9 +79,9 @@ def test_one_student_learns_from_every_listed_teacher(ray_local, smoke_csv, two_
     (listed,) = summary.to_json()["teacher_sets"]
     assert [m["name"] for m in listed["members"]] == ["dlinear", "itransformer"] and listed["weighting"] == "learned"
     history = students.student.history
-    weights = [history[-1]["teacher_weight_0"], history[-1]["teacher_weight_1"]]
+    weights = [history[-1].parts["teacher_weight_0"], history[-1].parts["teacher_weight_1"]]
     assert sum(weights) == pytest.approx(1.0) and weights[0] != pytest.approx(0.5)  # learned away from equal
-    assert "teacher_weight_0" not in students.baseline.history[-1]
+    assert "teacher_weight_0" not in students.baseline.history[-1].parts
     report = (two_teachers_root / run.run_dir(dataset) / "report.md").read_text()
     assert "| 24 | dlinear |" in report and "learned |" in report
     # each teacher and its cache are the ones a run naming it alone uses

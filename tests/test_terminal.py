@@ -12,7 +12,8 @@ from rich.console import Console
 
 from tests.conftest import ROOT
 from timedistill.flows.cli import results_table
-from timedistill.store.records import ResultRow, change
+from timedistill.store.records import ResultRow
+from timedistill.tasks.report import change
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "cli" / "retrain.json"
 

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from timedistill import models
 from timedistill.conf import load_config
 from timedistill.flows.cli import app
+from timedistill.store.series import standardized_series
+from timedistill.store.weights import load_teacher, load_trained
 from timedistill.tasks.cache import cache_table, read_cache_split, unpack
 from timedistill.tasks.faults import CrashOnce
 from timedistill.tasks.steps import RunContext, ingest_step, teacher_step
@@ -42,7 +44,7 @@ def test_teacher_is_trained_and_stored(trained):
     assert np.isfinite(teacher.val_mse) and np.isfinite(teacher.test_mse)
     assert teacher.params == models.build_model("itransformer", lookback=96, horizon=24, n_vars=7,
                                                 **teacher.hparams).num_params()
-    model = teacher.load(pipe.storage)  # weights_only=True inside
+    model = load_teacher(pipe.storage, teacher)  # weights_only=True inside
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     # a second request reuses it: same key, nothing trained
     assert teacher_step(trained.run, trained.dataset, 24).cached
@@ -81,7 +83,7 @@ def test_cached_rows_come_back_in_window_order_whatever_order_they_arrive_in():
 def test_cache_loss_equals_online_loss(trained):
     """The loss from cached teacher outputs matches the loss with the teacher run online."""
     pipe, teacher, cache = trained, trained.teacher, trained.cache
-    series = pipe.dataset.standardized(pipe.storage)
+    series = standardized_series(pipe.storage, pipe.dataset)
     starts = window_starts(pipe.dataset.splits["train"], 96, 24)
     ids = np.arange(40, 72)
     x, y = WindowBatcher(series, 96, 24)(starts[ids])
@@ -89,7 +91,7 @@ def test_cache_loss_equals_online_loss(trained):
     student = models.build_model("mlp", lookback=96, horizon=24, n_vars=7, d_model=64)
     loss = models.TimeDistillLoss(cache.feature_dim, student.feature_dim, alpha=1.0, beta=1.0)
     step = DistillStep(student, loss)
-    frozen = teacher.load(pipe.storage)
+    frozen = load_teacher(pipe.storage, teacher)
     with torch.no_grad():
         online_pred, online_feat = frozen(x)
         reduced = models.reduce_feature_width(online_feat, cache.feature_dim)
@@ -111,10 +113,10 @@ def test_students_are_trained_with_the_baseline(trained):
         info = students.models[role]
         assert info.params == 2 * (96 * 64 + 64) + 2 * (64 * 24 + 24) + 2 * 2 * 7
         assert np.isfinite(info.test_mse)
-        model = students.load(trained.storage, role)
+        model = load_trained(trained.storage, students, role)
         assert isinstance(model, torch.nn.Module)
     history = students.student.history[0]
-    assert {"sup", "pred_scale", "pred_period", "feat_scale", "feat_period"} <= set(history)
+    assert {"sup", "pred_scale", "pred_period", "feat_scale", "feat_period"} <= set(history.parts)
     assert row.teacher.name == "itransformer" and row.horizon == 24
     assert row.param_ratio == pytest.approx(row.teacher.params / row.student.params)
     # latency: timed by the evaluate step, each model the same way (batch, threads stated)
@@ -169,6 +171,6 @@ def test_a_killed_worker_resumes_from_its_checkpoint(ray_local, tmp_path):
     assert marker.exists()  # the failure really happened
     assert teacher.epochs == 2
     assert teacher.resumed_from == 1  # the final attempt started at epoch 2, not 1
-    assert [h["epoch"] for h in teacher.history] == [1, 2]
+    assert [h.epoch for h in teacher.history] == [1, 2]
     state = torch.load(io.BytesIO(pipe.storage.read_bytes(teacher.weights_path)), weights_only=True)
-    assert state.keys() == teacher.load(pipe.storage).state_dict().keys()
+    assert state.keys() == load_teacher(pipe.storage, teacher).state_dict().keys()
