@@ -1,5 +1,6 @@
 """Configuration: the YAML files of this folder and the schema that validates them."""
 
+from timedistill.conf.loading import load_config, storage_root
 from timedistill.conf.schema import (
     AUTO,
     FORMAT,
@@ -13,9 +14,7 @@ from timedistill.conf.schema import (
     StorageConfig,
     StudentConfig,
     TeacherConfig,
-    load_config,
     stable_hash,
-    storage_root,
 )
 
 __all__ = [

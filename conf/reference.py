@@ -30,6 +30,8 @@ config; an unknown key is an error that names it. `--set section.field=value` ov
 own ([own-data.md](own-data.md)).
 """
 
+DERIVED = {("data", "name"): "the file's name"}  # defaults a validator derives from another field
+
 
 def reference() -> str:
     """The whole page."""
@@ -53,8 +55,9 @@ def reference() -> str:
             if name not in model.model_fields:
                 continue
             kind = _type(ast.get_source_segment(source, statement.annotation) or "")
-            default = model.model_fields[name].get_default(call_default_factory=True)
-            parts.append(f"| `{name}` | {kind} | {_default(default)} | {_describe(comments, statement)} |")
+            default = DERIVED.get((section, name)) or _default(model.model_fields[name].get_default(
+                call_default_factory=True))
+            parts.append(f"| `{name}` | {kind} | {default} | {_describe(comments, statement)} |")
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 
@@ -78,7 +81,8 @@ def _describe(comments: dict[int, tuple[str, bool]], statement: ast.AnnAssign) -
         row -= 1
     own = [comments[row][0] for row in range(statement.lineno, (statement.end_lineno or statement.lineno) + 1)
            if row in comments]
-    return " ".join([*above, *own]).replace("|", "\\|")
+    text = " ".join([*above, *own])
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")  # a table cell, not HTML
 
 
 def _type(annotation: str) -> str:

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PLAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DURATION = re.compile(r"^(\d+)(w|d|h|min|s)$")  # a span of time: 14d, 36h, 90min
 DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "min": "minutes", "s": "seconds"}
-PACKAGE_CONF_DIR = Path(__file__).resolve().parent
 AUTO = "auto"  # teacher.name: choose among teacher.candidates by validation MSE
 # The format of every artifact this version writes. It enters every key (data fingerprints, teacher,
 # cache and run keys) and every record file says it (store/record.py): artifacts of another format
@@ -51,43 +47,56 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
+    """The series: where it is, how to read it, how to split it, and the window of a forecast."""
+
     # a long file's ids may be numbers: `target: 7` names the variable "7"
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
-    name: str = "etth1"  # dataset name: used in storage paths and model names; unset: from the file's name
-    path: str = "../data/ETTh1.csv"  # CSV or Parquet; local path or URI (s3://, gs://, file://)
-    # the time column; None finds it: the one column of a date type, or of text that reads as dates
-    # (a name such as ds, date or timestamp settles a tie)
+    # the dataset's name, in storage paths and model names (<name>-<horizon>); unset: the file's
+    # name (data/My Load.csv is my-load)
+    name: str = "etth1"
+    # the series: CSV (plain or gzip) or Parquet; a local path (relative to the config's folder,
+    # then the working directory) or a URI (s3://, gs://, file://)
+    path: str = "../data/ETTh1.csv"
+    # the time column; unset: the one column of a date type, or of text that reads as dates (a name
+    # such as ds, date or timestamp settles a tie)
     timestamp: str | None = None
-    timestamp_format: str | None = None  # strftime format; None infers it from the first row
-    # a variable kept last, the Time-Series-Library's convention for its target (OT in the ETT
-    # configs); None keeps the file's order. Every variable is forecast either way.
+    timestamp_format: str | None = None  # strftime format of the times (%d.%m.%Y %H:%M); unset: inferred
+    # a variable kept last, the forecasting literature's convention for its target (OT in the ETT
+    # configs); unset: the file's order. Every variable is forecast either way.
     target: str | None = None
-    columns: list[str] | None = None  # variables to keep, in this order; None keeps every column
-    # wide: a column per variable; long: one row per (id, time, value), one variable per id;
-    # auto: long when the file has an id and a value column (unique_id and y, id and value, or
-    # the configured ones), else wide
+    columns: list[str] | None = None  # variables to keep, in this order; unset: every column
+    # wide: a column per variable; long: one row per (id, time, value), one variable per id; auto:
+    # long when the file has an id and a value column (unique_id and y, id and value, or the
+    # configured ones), else wide
     format: Literal["auto", "wide", "long"] = "auto"
-    id_column: str | None = None  # format=long: the column naming the series; None: unique_id or id
-    value_column: str | None = None  # format=long: the column holding the value; None: y or value
-    align: Literal["inner", "outer"] = "inner"  # format=long, ids on different times: keep the common
-    # times (inner), or every time (outer; data.missing fills the holes)
-    max_series: int = Field(1000, gt=0)  # format=long: more ids than this is an error
+    id_column: str | None = None  # format long: the column naming the series; unset: unique_id or id
+    value_column: str | None = None  # format long: the column holding the value; unset: y or value
+    # format long, ids on different times: keep the times every id has (inner), or all of them
+    # (outer; data.missing fills the holes)
+    align: Literal["inner", "outer"] = "inner"
+    max_series: int = Field(1000, gt=0)  # format long: more ids than this is an error
+    # ratio: train/val/test by `ratios`, oldest first; rolling: the newest rows validate and test
+    # (val_size, test_size); ett-hour, ett-minute: the ETT benchmark's 12/4/4 months
     split: Literal["ett-hour", "ett-minute", "ratio", "rolling"] = "ratio"
-    ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train / val / test for split=ratio
-    # split=rolling: test is the newest test_size steps, val the val_size steps before them, train
-    # everything before (or its last train_size steps). A count of steps, or a duration: "14d".
+    ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train / val / test for split ratio
+    # split rolling: the newest rows the validation split takes, before the test split; a count of
+    # steps, or a duration (14d, 36h, 90min)
     val_size: int | str | None = None
-    test_size: int | str | None = None
+    test_size: int | str | None = None  # split rolling: the newest rows the test split takes
+    # split rolling: train on the last this many rows before validation; unset: on all of them
     train_size: int | str | None = None
-    history: Literal["any", "append-only"] = "any"  # append-only: new data may only add rows after
-    # the previous version's (a changed or shorter history is an error)
-    lookback: int = Field(720, gt=0)
-    horizons: list[int] = [96, 192, 336, 720]
-    missing: Literal["error", "ffill", "interpolate"] = "error"  # gaps in the time index, NaN and empty cells
+    # append-only: new data may only add rows after the previous version's (a changed or shorter
+    # history is an error); any: a new file is a new truth
+    history: Literal["any", "append-only"] = "any"
+    lookback: int = Field(720, gt=0)  # rows of history a forecast reads
+    horizons: list[int] = [96, 192, 336, 720]  # steps forecast: a teacher, a student and a model each
+    # gaps in the time index, NaN and empty cells: error names the first one; ffill carries the
+    # last value forward; interpolate draws a line between the values around it
+    missing: Literal["error", "ffill", "interpolate"] = "error"
     duplicates: Literal["error", "drop"] = "error"  # drop: remove rows identical to the one before
-    # keep only the first N time steps (quick looks); ingest says how many it kept of how many.
-    # Training only: a forecast reads its whole input.
+    # keep only the first this many time steps (quick looks); ingest says how many it kept of how
+    # many. Training only: a forecast reads its whole input.
     max_rows: int | None = Field(None, gt=0)
 
     @model_validator(mode="before")
@@ -98,7 +107,6 @@ class DataConfig(Section):
             path = values.get("path") or cls.model_fields["path"].get_default()
             return {**values, "name": dataset_name(str(path))}
         return values
-
 
     @field_validator("name")
     @classmethod
@@ -145,27 +153,28 @@ class DataConfig(Section):
 
 
 class TeacherConfig(Section):
-    # a teacher of models.TEACHERS, or "auto": train every one of `candidates` (each reused by its
-    # own key, as if named alone) and keep, per horizon, the one with the lowest validation MSE
+    """The big forecaster (or forecasters) the student learns from."""
+
+    # a teacher of models/ (itransformer, patchtst, moderntcn, timemixer, dlinear), or auto: train
+    # every one of `candidates` and keep, per horizon, the one with the lowest validation MSE
     name: str = "itransformer"
-    candidates: list[str] = []
+    candidates: list[str] = []  # with name auto: the teachers to choose from (two or more)
     # several teachers for one student: each trained (or reused by its own key, as if named alone)
     # and cached; distill.teacher_weighting combines them. `name` is not read then.
     names: list[str] = []
-    preset: str | None = None  # per-dataset hyperparameters of the model file; None uses data.name
-    params: dict[str, Any] = {}  # hyperparameters that override the preset
-    epochs: int = Field(10, gt=0)
-    lr: float = Field(1e-4, gt=0)
+    preset: str | None = None  # the model file's hyperparameters for a dataset; unset: data.name's
+    params: dict[str, Any] = {}  # hyperparameters that override the preset (d_model, e_layers, ...)
+    epochs: int = Field(10, gt=0)  # at most this many; early stopping may end sooner
+    lr: float = Field(1e-4, gt=0)  # Adam's learning rate
     lr_decay: float = Field(0.5, gt=0, le=1)  # multiply the lr by this after every epoch
-    batch_size: int = Field(32, gt=0)
-    patience: int = Field(3, gt=0)  # early stopping on validation MSE
-    seed: int = 2021
+    batch_size: int = Field(32, gt=0)  # windows per batch, per worker
+    patience: int = Field(3, gt=0)  # epochs without a better validation MSE before it stops
+    seed: int = 2021  # of the weights' initialization and the batches' order
     # always: train anew every run; if-data-changed: reuse the teacher trained on the same data
     # and settings; warm: like if-data-changed, but new data fine-tunes the latest teacher of the
     # same architecture and window for warm_epochs instead of training from scratch
     refresh: Literal["always", "if-data-changed", "warm"] = "if-data-changed"
-    warm_epochs: int = Field(3, gt=0)
-
+    warm_epochs: int = Field(3, gt=0)  # refresh warm: the epochs a fine-tune trains
 
     @model_validator(mode="after")
     def _names(self) -> TeacherConfig:
@@ -208,17 +217,18 @@ class TeacherConfig(Section):
 
 
 class StudentConfig(Section):
-    name: str = "mlp"  # a student of models.STUDENTS
-    preset: str | None = None
-    params: dict[str, Any] = {}  # e.g. d_model, norm
+    """The small forecaster that is distilled and served."""
+
+    name: str = "mlp"  # a student of models/: mlp (the paper's), tsmixer, lightts
+    preset: str | None = None  # the model file's hyperparameters for a dataset; unset: data.name's
+    params: dict[str, Any] = {}  # hyperparameters that override the preset (d_model, norm, ...)
     # quantile levels, e.g. [0.1, 0.5, 0.9]: the student also forecasts these (pinball loss on the
     # ground truth; the distillation terms act on the median), each central interval calibrated
     # on the validation split; [] forecasts the point alone
     quantiles: list[float] = []
-    # the intervals' calibration weighs each validation window by its age: the weight halves
-    # every this many steps, or this long (a duration: 7d); null weighs every window alike
+    # the intervals' calibration weighs each validation window by its age: the weight halves every
+    # this many steps, or this long (a duration: 7d); unset: every window alike
     calibration_half_life: int | str | None = "7d"
-
 
     @field_validator("calibration_half_life")
     @classmethod
@@ -240,21 +250,24 @@ class StudentConfig(Section):
 
 
 class DistillConfig(Section):
+    """How the student learns from the teacher (the TimeDistill loss, docs/method.md) and the
+    plain MLP baseline beside it."""
+
     alpha: float = Field(1.0, ge=0)  # weight of the prediction-level terms
     beta: float = Field(1.0, ge=0)  # weight of the feature-level terms
     tau: float = Field(0.5, gt=0)  # softmax temperature of the period terms
     scales: int = Field(3, ge=0)  # rounds of width-2 average pooling in the scale terms
-    sup: bool = True  # keep the ground-truth term (False: the paper's "w/o sup" ablation)
+    sup: bool = True  # keep the ground-truth term (false: the paper's "w/o sup" ablation)
     period: bool = True  # the multi-period terms (ablation switch)
     multiscale: bool = True  # the multi-scale terms (ablation switch)
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.01, gt=0)  # Adam's learning rate, for the student and the baseline alike
     lr_hold_epochs: int = Field(2, ge=0)  # keep the lr this many epochs, then halve it every epoch
-    epochs: int = Field(10, gt=0)
-    patience: int = Field(5, gt=0)
-    batch_size: int = Field(32, gt=0)
-    seed: int = 2021
+    epochs: int = Field(10, gt=0)  # at most this many; early stopping may end sooner
+    patience: int = Field(5, gt=0)  # epochs without a better validation MSE before it stops
+    batch_size: int = Field(32, gt=0)  # windows per batch, per worker
+    seed: int = 2021  # of the weights' initialization and the batches' order
     baseline: bool = True  # also train the plain student on the ground truth alone
-    use_cache: bool = True  # read the teacher from the Parquet cache (False: run it online)
+    use_cache: bool = True  # read the teacher from the Parquet cache (false: run it online)
     # teacher.names: how the teachers' predictions are combined into one target. val-softmax:
     # weights softmax(-10 * val MSE / best val MSE) (a teacher 10% worse weighs e^-1 as much);
     # uniform; learned: trained with the student from equal weights
@@ -266,34 +279,42 @@ class DistillConfig(Section):
     # start the student and the baseline from the run behind the model's registered LATEST
     # version (same architecture and window), for warm_epochs, instead of from scratch
     warm_start: bool = False
-    warm_epochs: int = Field(3, gt=0)
-
+    warm_epochs: int = Field(3, gt=0)  # warm_start: the epochs a fine-tune trains
 
 
 class RayConfig(Section):
-    address: str | None = None  # None: $RAY_ADDRESS if set, else a local Ray started on demand
-    # None picks for you (tasks/runtime.py, `Workers`): a local Ray gets one worker with every CPU
-    # (one per GPU when it has GPUs), a cluster one worker with one CPU unless the config says more
+    """Where training runs and with what (docs/cluster.md)."""
+
+    # a Ray cluster's address; unset: $RAY_ADDRESS if set, else a local Ray started on demand
+    address: str | None = None
+    # data-parallel training workers; unset picks for you (tasks/runtime.py, `Workers`): a local
+    # Ray gets one worker with every CPU (one per GPU when it has GPUs), a cluster one worker with
+    # one CPU unless the config says more
     num_workers: int | None = Field(None, ge=1)
-    use_gpu: bool | None = None  # None: the GPUs of a local Ray, none on a cluster
-    cpus_per_worker: float | None = Field(None, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)
+    use_gpu: bool | None = None  # unset: the GPUs of a local Ray, none on a cluster
+    cpus_per_worker: float | None = Field(None, gt=0)  # unset: see num_workers
+    gpus_per_worker: float = Field(1.0, ge=0)  # with use_gpu
     mixed_precision: bool = False  # bfloat16 autocast on GPU workers
     max_failures: int = Field(2, ge=0)  # worker failures a training run survives
-    # horizons whose teachers (then students) train at once; None: as many as the cluster's free
+    # horizons whose teachers (then students) train at once; unset: as many as the cluster's free
     # resources fit (one on a local Ray, whose run has every CPU unless cpus_per_worker is set)
     parallel_runs: int | None = Field(None, ge=1)
 
 
 class StorageConfig(Section):
+    """Where every artifact goes (docs/architecture.md has the layout)."""
+
     root: str = "./artifacts"  # local path or URI (s3://bucket/prefix, gs://...)
     endpoint_override: str | None = None  # S3-compatible endpoint, e.g. http://127.0.0.1:9000
 
 
 class RegistryConfig(Section):
-    model_name: str | None = None  # None: <dataset>-<horizon>
-    # beats-champion: the new student and the registered LATEST are scored on the same newest
-    # windows (the new validation split); the new one must be better by `margin`
+    """Which students are registered, under which name (what serving serves)."""
+
+    model_name: str | None = None  # unset: <dataset>-<horizon>
+    # always; beats-baseline: the student's test MSE below the plain MLP's; beats-champion: the new
+    # student and the registered LATEST are scored on the same newest windows (the new validation
+    # split), and the new one must be better by `margin`
     gate: Literal["always", "beats-baseline", "beats-champion"] = "beats-baseline"
     margin: float = Field(0.0, ge=0, lt=1)  # relative MSE improvement needed by beats-champion
 
@@ -307,6 +328,8 @@ class RegistryConfig(Section):
 
 
 class MonitorConfig(Section):
+    """The drift check of `timedistill monitor` (docs/cluster.md, the daily loop)."""
+
     threshold: float = Field(1.3, gt=1)  # drift: recent MSE / MSE at registration above this
     min_windows: int = Field(1, gt=0)  # fewer windows with new truth: no verdict (drift null)
 
@@ -384,22 +407,6 @@ class Config(Section):
         return stable_hash(payload)[:12]
 
 
-# What `--data FILE` (and `timedistill.fit`) set: the file, and nothing of the config's own data
-# (its name, its time column and layout, its variables, its calendar split) but what fits any file.
-DATA_FILE_RESETS = ("timestamp", "timestamp_format", "target", "columns", "id_column", "value_column")
-
-
-def data_file_overrides(path: str, data: DataConfig | None = None) -> list[str]:
-    """`--set` overrides that point a config at another file: named after it, its time column,
-    layout and variables found in it, and a calendar split of the config's own data (ett-hour,
-    ett-minute) replaced by the default ratio split."""
-    overrides = [f"data.path={json.dumps(path)}", f"data.name={json.dumps(dataset_name(path))}", "data.format=auto",
-                 *[f"data.{key}=null" for key in DATA_FILE_RESETS]]
-    if data is not None and data.split.startswith("ett-"):
-        overrides.append("data.split=ratio")
-    return overrides
-
-
 def steps_or_duration(value: int | str | None) -> int | str | None:
     """A span of a series as a config writes it: a positive count of steps, or a duration."""
     if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
@@ -420,95 +427,3 @@ def duration(text: str) -> timedelta:
 
 def stable_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def resolve_config_path(path: str | Path) -> Path:
-    """A config is a file path, or the bare name of a config shipped in conf/ (`smoke`)."""
-    candidate = Path(path)
-    if candidate.is_file():
-        return candidate.resolve()
-    shipped = PACKAGE_CONF_DIR / f"{candidate.name.removesuffix('.yaml')}.yaml"
-    if candidate.suffix in ("", ".yaml") and candidate.parent == Path(".") and shipped.is_file():
-        return shipped
-    raise ConfigError(f"config file not found: {path}")
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (or the defaults when path is None), apply `dotted.key=value`
-    overrides (values parsed as YAML) and validate the result into one frozen Config."""
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
-    base_dir = Path.cwd()
-    if path is not None:
-        file = resolve_config_path(path)
-        source, base_dir = str(file), file.parent
-        try:
-            loaded = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections")
-        raw = loaded
-    for override in overrides:
-        _apply_override(raw, override)
-    try:
-        config = Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
-    return _resolve_data_path(config, base_dir)
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    key, sep, text = override.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {override!r}: expected dotted.key=value")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value is not valid YAML: {exc}") from None
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "<root>"
-        if error["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
-        else:
-            lines.append(f"{source}: {key}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(lines)
-
-
-def _resolve_data_path(config: Config, base_dir: Path) -> Config:
-    """Relative data paths resolve against the config file's folder first, then the working
-    directory; URIs are left alone."""
-    path = config.data.path
-    if "://" in path or Path(path).is_absolute():
-        return config
-    for root in (base_dir, Path.cwd()):
-        candidate = (root / path).resolve()
-        if candidate.exists():
-            break
-    else:
-        candidate = (base_dir / path).resolve()  # missing: ingestion reports it with this path
-    data = config.data.model_copy(update={"path": str(candidate)})
-    return config.model_copy(update={"data": data})
-
-
-def storage_root(config: Config) -> str:
-    """The storage root as an absolute URI or path: Ray workers run in another directory."""
-    root = config.storage.root
-    if "://" in root:
-        return root
-    return str(Path(os.path.expanduser(root)).resolve())

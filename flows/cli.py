@@ -62,7 +62,7 @@ def config_overrides(config: str, data: str | None, sets: list[str] | None) -> l
     data_file_overrides)."""
     from pathlib import Path
 
-    from timedistill.conf.schema import data_file_overrides
+    from timedistill.conf.loading import data_file_overrides
 
     if data is None:
         return list(sets or [])

@@ -47,7 +47,7 @@ def test_a_fresh_environment_imports_and_predicts(wheel, smoke_pipeline, session
                     str(wheel)], check=True, capture_output=True, timeout=300)
     script = (
         "import importlib.util, json, os, numpy as np, timedistill\n"
-        "from timedistill.conf.schema import load_config\n"
+        "from timedistill.conf import load_config\n"
         "shadows = [n for n in ('conf', 'flows', 'tasks', 'models', 'serving', 'store')"
         " if importlib.util.find_spec(n) is not None]\n"
         f"model = timedistill.load_model('smoke-24', version='v1', storage={str(session_root)!r})\n"

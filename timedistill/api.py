@@ -48,7 +48,7 @@ def fit(frame: Any, horizon: int, config: str | Path = "smoke", *, name: str = "
     Runs the pipeline's steps in this process, without a Prefect server (as `timedistill
     teacher` and `distill` do)."""
     from timedistill.conf import Config, DataConfig, load_config
-    from timedistill.conf.schema import data_file_overrides, storage_root
+    from timedistill.conf.loading import data_file_overrides, storage_root
     from timedistill.flows.progress import StepProgress
     from timedistill.flows.retrain import progress
     from timedistill.flows.retrain import retrain as retrain_flow
