@@ -631,6 +631,32 @@ def start_serving(cfg: Config) -> None:
                         f"{cfg.serve.port}, serve.haproxy_stats_port and serve.haproxy_metrics_port choose "
                         "its ports") from None
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+    wait_until_answering(cfg)
+
+
+INGRESS_ANSWERS_WITHIN_S = 60.0
+
+
+def wait_until_answering(cfg: Config) -> None:
+    """Return once /healthz answers 200 through the ingress at serve.host:serve.port, as a client
+    reaches it (HAProxy takes a moment to learn the replicas Serve reports ready); a server that
+    does not is a StepError, never a "listening on" line."""
+    import httpx
+
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::", "") else cfg.serve.host
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{cfg.serve.port}/healthz"
+    deadline, answer = time.monotonic() + INGRESS_ANSWERS_WITHIN_S, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status = httpx.get(url, timeout=5, trust_env=False).status_code  # straight, never through a proxy
+        except httpx.HTTPError as exc:
+            answer = type(exc).__name__
+        else:
+            if status == 200:
+                return
+            answer = f"HTTP {status}"
+        time.sleep(0.5)
+    raise StepError(f"the server started but {url} does not answer ({answer} after {INGRESS_ANSWERS_WITHIN_S:.0f} s)")
 
 
 def shut_down_serve() -> None:
