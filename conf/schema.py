@@ -343,6 +343,11 @@ class ServeConfig(Section):
     # "auto": HAProxy where its binary is installed (ray[serve] on Linux), else the proxy; a Ray
     # cluster keeps the mode it was started with (BENCHMARKS.md, "Serving" and "Serving defaults").
     ingress: Literal["auto", "proxy", "haproxy"] = "auto"
+    # HAProxy's stats page and Prometheus endpoint, on 127.0.0.1, in HAProxy mode with a Ray that
+    # `timedistill serve` starts (serving/ingress.py, `local_ray_environment`); unset: a free port,
+    # chosen at start and named in the start-up line (so several servers share a machine)
+    haproxy_stats_port: int | None = Field(None, gt=0, lt=65536)
+    haproxy_metrics_port: int | None = Field(None, gt=0, lt=65536)
     num_cpus: float = Field(0.5, gt=0)  # per replica
     # replicas each deployment keeps at least; unset: two where the Ray cluster has the CPUs for two
     # of each (losing one then costs only the requests in flight on it), else one
@@ -380,6 +385,10 @@ class Config(Section):
             raise ValueError("serve.max_batch_size must not exceed serve.max_ongoing_requests")
         if (self.serve.min_replicas or 1) > self.serve.max_replicas:
             raise ValueError("serve.min_replicas must not exceed serve.max_replicas")
+        ports = [port for port in (self.serve.port, self.serve.haproxy_stats_port, self.serve.haproxy_metrics_port)
+                 if port is not None]
+        if len(set(ports)) < len(ports):
+            raise ValueError("serve.port, serve.haproxy_stats_port and serve.haproxy_metrics_port must differ")
         return self
 
     def public(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from timedistill.conf import Config, ConfigError, load_config, storage_root
@@ -26,11 +27,13 @@ from timedistill.flows.progress import StepProgress
 from timedistill.store.errors import InputError, RegistryError
 from timedistill.store.records import RUN_CONFIG
 from timedistill.store.storage import Storage
-from timedistill.tasks.errors import DataError, StepError, interrupt_on_sigterm
+from timedistill.tasks import lifetime
+from timedistill.tasks.errors import INTERRUPTED_BETWEEN_STEPS, DataError, Interrupted, StepError
 
 if TYPE_CHECKING:  # torch and Ray load only when a command runs: `--help` stays fast
     from prefect.server.api.server import SubprocessASGIServer
 
+    from timedistill.serving.ingress import LocalIngress
     from timedistill.store.records import Dataset, ResultRow, RunSummary, Teacher
 
 app = typer.Typer(
@@ -92,22 +95,36 @@ def main_callback(version: VersionOpt = False) -> None:
 
 
 def run_command(debug: bool, body: Callable[[], Any]) -> Any:
-    """Run a command body; user errors become one line on stderr and exit code 1; on Ctrl-C
-    every step's atomic writes leave nothing half written, and Prefect's temporary server, which
-    would outlive us, is stopped. SIGTERM is handled as Ctrl-C is."""
-    interrupt_on_sigterm()
+    """Run a command body; user errors become one line on stderr and exit code 1.
+
+    Ctrl-C and SIGTERM, to the command or to its whole process group, stop it within seconds
+    with one line (`Interrupted.describe`): every step's atomic writes leave nothing half written,
+    and nothing the command started outlives it (tasks/lifetime.py: Prefect's temporary server,
+    Ray's processes, HAProxy; after a SIGKILL too)."""
+    if lifetime.is_the_command_line():
+        lifetime.tie_to_this_process()
+        lifetime.on_stop(130, INTERRUPTED_BETWEEN_STEPS)
+    lifetime.stop_on_signals()
     try:
         return body()
     except USER_ERRORS as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
+        line = exc.describe() if isinstance(exc, Interrupted) else INTERRUPTED_BETWEEN_STEPS
+        if lifetime.current() is None:  # called in-process (a test, a notebook): its process stays
+            stop_prefect_server()
+            err.print(escape(line), highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        lifetime.last_words(line)  # what a stop cut short prints
+        if not debug:
+            lifetime.hush()
         stop_prefect_server()
-        where = getattr(exc, "resume_from", None) or "the steps already done"
-        err.print(f"interrupted; nothing half written; rerun resumes from {where}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        lifetime.end_started_processes()
+        lifetime.say(line)
+        exit_now(130)
 
 
 def stop_prefect_server() -> None:
@@ -116,7 +133,8 @@ def stop_prefect_server() -> None:
     Only its process ends: the instance stays registered as running, so a Prefect thread that
     still calls the API after the interrupt (the runner of `schedule`) fails on the stopped
     address instead of starting a new server that nothing would stop. At exit Prefect's own
-    handler reaps the process."""
+    handler reaps the process. Each wait is short: after a signal to the whole process group the
+    server has already stopped, and nothing answers."""
     if "prefect.server.api.server" not in sys.modules:
         return
     from prefect.events.worker import EventsWorker
@@ -127,15 +145,18 @@ def stop_prefect_server() -> None:
         # what the run logged and emitted goes out first: sent after the server has stopped, it
         # would be retried against nothing for a minute before the process could exit
         for worker in (APILogWorker, EventsWorker):
-            worker.drain_all(timeout=5)
+            worker.drain_all(timeout=PREFECT_STOP_WAIT_S)
     for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
         if (process := getattr(server, "server_process", None)) is None:
             continue
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=PREFECT_STOP_WAIT_S)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+PREFECT_STOP_WAIT_S = 1.5
 
 
 def emit_json(payload: dict[str, Any]) -> None:
@@ -603,54 +624,123 @@ def serve_command(config: Annotated[str | None, typer.Argument(help="config (def
     """Serve the registered students over HTTP with Ray Serve until Ctrl-C or SIGTERM."""
 
     def body() -> None:
-        import signal
+        import shutil
         import threading
 
         cfg = load_config(config, set_ or [])
         storage = open_storage(cfg)
-        use_ray_environment(cfg, ray_address)
+        ingress = use_ray_environment(cfg, ray_address)
 
-        from ray import serve
-
-        from timedistill.serving.app import APP_NAME, build_app, http_options
         from timedistill.store.registry import list_models
         from timedistill.tasks.runtime import ray_session
 
-        stop = threading.Event()
-        with ray_session(cfg, ray_address, quiet=not debug):
-            # after Ray starts: ray.init installs a SIGTERM handler of its own that aborts the process
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, lambda *_: stop.set())
-            serve.start(http_options=http_options(cfg.serve))
-            try:
-                serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
-                names = list_models(storage)
-                err.print(f"serving {len(names)} model(s) from {storage.uri('registry')}: {', '.join(names) or '-'}")
-                out.print(f"listening on http://{cfg.serve.host}:{cfg.serve.port} (docs: /docs); Ctrl-C stops")
-                stop.wait()
-            finally:
-                err.print("shutting down Ray Serve")
-                serve.shutdown()
+        lifetime.on_stop(0, SHUTTING_DOWN)  # a stop is the end of serving, not an error
+        try:
+            with ray_session(cfg, ray_address, quiet=not debug):
+                try:
+                    start_serving(cfg)
+                    names = list_models(storage)
+                    err.print(f"serving {len(names)} model(s) from {storage.uri('registry')}: "
+                              f"{', '.join(names) or '-'}")
+                    extra = f"; {ingress.describe()}" if ingress else ""
+                    out.print(f"listening on http://{cfg.serve.host}:{cfg.serve.port} (docs: /docs){extra}; "
+                              "Ctrl-C stops", highlight=False, soft_wrap=True)
+                    threading.Event().wait()  # until Ctrl-C or SIGTERM: KeyboardInterrupt
+                except KeyboardInterrupt:
+                    lifetime.say(SHUTTING_DOWN)
+                    if not debug:
+                        lifetime.hush()
+                finally:
+                    shut_down_serve()
+        finally:
+            if ingress is not None:
+                shutil.rmtree(ingress.folder, ignore_errors=True)
         exit_now()
 
     run_command(debug, body)
 
 
+SERVE_STOP_WAIT_S = 5.0  # requests in flight finish, then the replicas stop (about 2 s)
+SHUTTING_DOWN = "shutting down Ray Serve"
+
+
+def start_serving(cfg: Config) -> None:
+    """Start Ray Serve's ingress and the application; an ingress that cannot start (a port in
+    use) is a one-line StepError, not Ray's traceback of the actor that failed."""
+    import ray
+    from ray import serve
+
+    from timedistill.serving.app import APP_NAME, build_app, http_options
+    from timedistill.serving.ingress import resolved, start_failure
+
+    try:
+        serve.start(http_options=http_options(cfg.serve))
+    except ray.exceptions.RayError as exc:
+        what = {"haproxy": "HAProxy", "proxy": "Ray Serve's proxy"}[resolved(cfg.serve)]
+        raise StepError(f"the HTTP ingress ({what}) did not start: {start_failure(exc)}; serve.port "
+                        f"{cfg.serve.port}, serve.haproxy_stats_port and serve.haproxy_metrics_port choose "
+                        "its ports") from None
+    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+    wait_until_answering(cfg)
+
+
+INGRESS_ANSWERS_WITHIN_S = 60.0
+
+
+def wait_until_answering(cfg: Config) -> None:
+    """Return once /healthz answers 200 through the ingress at serve.host:serve.port, as a client
+    reaches it (HAProxy takes a moment to learn the replicas Serve reports ready); a server that
+    does not is a StepError, never a "listening on" line."""
+    import httpx
+
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::", "") else cfg.serve.host
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{cfg.serve.port}/healthz"
+    deadline, answer = time.monotonic() + INGRESS_ANSWERS_WITHIN_S, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status = httpx.get(url, timeout=5, trust_env=False).status_code  # straight, never through a proxy
+        except httpx.HTTPError as exc:
+            answer = type(exc).__name__
+        else:
+            if status == 200:
+                return
+            answer = f"HTTP {status}"
+        time.sleep(0.5)
+    raise StepError(f"the server started but {url} does not answer ({answer} after {INGRESS_ANSWERS_WITHIN_S:.0f} s)")
+
+
+def shut_down_serve() -> None:
+    """serve.shutdown(), given SERVE_STOP_WAIT_S: after a signal to the whole process group, Ray's
+    GCS and raylet are gone and Serve's controller never answers (what is left is ended with the
+    command, tasks/lifetime.py)."""
+    import threading
+
+    from ray import serve
+
+    closing = threading.Thread(target=serve.shutdown, name="timedistill-serve-shutdown", daemon=True)
+    closing.start()
+    closing.join(SERVE_STOP_WAIT_S)
+
+
 def exit_now(status: int = 0) -> None:
-    """Exit without the interpreter's teardown, once Serve has drained and Ray has stopped:
-    the destructors of Ray's core worker and its gRPC threads took about 3 s of each stop,
-    longer than the drain itself (BENCHMARKS.md, "Serving defaults")."""
+    """End what the command started and is still running, and exit without the interpreter's
+    teardown, once Serve has drained and Ray has stopped (or did not in time): the destructors of
+    Ray's core worker and its gRPC threads took about 3 s of each stop, longer than the drain
+    itself (BENCHMARKS.md, "Serving defaults"), and wait forever on a Ray whose GCS is gone."""
     import logging
 
+    lifetime.end_started_processes()
+    lifetime.remove_folder()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
 
 
-def use_ray_environment(cfg: Config, address: str | None) -> None:
+def use_ray_environment(cfg: Config, address: str | None) -> LocalIngress | None:
     """Give a Ray that this command starts the environment `serve.ingress` needs (read by Ray
-    Serve at import, so before the first `ray.serve` import). A running cluster keeps its own."""
+    Serve at import, so before the first `ray.serve` import). A running cluster keeps its own.
+    Returns the local HAProxy's ports and folder, in HAProxy mode."""
     import ray
 
     from timedistill.serving.ingress import local_ray_environment, ray_environment
@@ -658,15 +748,17 @@ def use_ray_environment(cfg: Config, address: str | None) -> None:
 
     wanted = ray_environment(cfg.serve)
     if not wanted:
-        return
+        return None
     if ray.is_initialized() or ray_address(cfg, address):
         if cfg.serve.ingress == "auto":  # the cluster's own mode, whatever it is
-            return
+            return None
         settings = " ".join(f"{key}={value}" for key, value in wanted.items())
         err.print(f"serve.ingress={cfg.serve.ingress} applies to a Ray this command starts; on a cluster, start "
                   f"Ray with {settings} in its environment (see infra/kuberay/rayservice.yaml)")
-        return
-    os.environ.update(local_ray_environment(cfg.serve))
+        return None
+    environment, ingress = local_ray_environment(cfg.serve, lifetime.command_folder())
+    os.environ.update(environment)
+    return ingress
 
 
 def results_table(results: list[ResultRow]) -> Table:

@@ -27,7 +27,19 @@ from torch import nn
 from timedistill.tasks.windows import WindowBatcher
 
 STATE_FILE = "state.pt"
-LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class Batch:
+    """A batch of windows on the worker's device, and, when distilling, each teacher's outputs on them."""
+
+    x: torch.Tensor  # [B, L, C]
+    y: torch.Tensor  # [B, S, C]
+    teacher_predictions: list[torch.Tensor] = field(default_factory=list)  # [B, S, C] per teacher
+    teacher_features: list[torch.Tensor] = field(default_factory=list)  # [B, C, D] per teacher
+
+
+LossFn = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 # ---- the schedule and early stopping ----------------------------------------------------------
@@ -210,6 +222,12 @@ def load_checkpoint(trainees: list[Trainee]) -> int:
     for trainee in trainees:
         trainee.load_state_dict(state["trainees"][trainee.name])
     return int(state["epoch"]) + 1
+
+
+def best_weights(folder: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Each trainee's best weights (by validation MSE) in a checkpoint folder this loop wrote."""
+    state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    return {name: trainee["early"]["best_state"] for name, trainee in state["trainees"].items()}
 
 
 def report_epoch(epoch: int, trainees: list[Trainee], metrics: dict[str, Any], rank: int) -> None:

@@ -10,7 +10,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -18,7 +18,8 @@ import ray
 from ray._private import ray_constants
 
 from timedistill.conf import Config
-from timedistill.tasks.errors import Interrupted, StepError, interrupt_on_sigterm
+from timedistill.tasks import lifetime
+from timedistill.tasks.errors import Interrupted, StepError
 
 log = logging.getLogger("timedistill")
 
@@ -27,7 +28,9 @@ log = logging.getLogger("timedistill")
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # see single_machine_node
-STOP_WAIT_S = 10.0  # how long an interrupt waits for the runs in flight to end (stop_training_runs)
+STOP_WAIT_S = 2.0  # how long an interrupt waits for the runs in flight to end (stop_training_runs)
+SHUTDOWN_WAIT_S = 2.0  # how long a stop waits for ray.shutdown() (which hangs once the GCS is gone)
+RAY_CALLERS = {"timedistill-run", "timedistill-serve-shutdown"}  # our threads that wait in Ray calls
 Result = TypeVar("Result")
 _local_gcs: set[str] = set()  # the GCS addresses of the Rays this process started (is_local_ray)
 
@@ -59,6 +62,7 @@ def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> str |
             context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
                                logging_level=logging.WARNING, log_to_driver=not quiet)
         _local_gcs.add(ray.get_runtime_context().gcs_address)
+        lifetime.note_ray_session(context.address_info["session_dir"])
         return context.dashboard_url or None
     finally:
         for key, value in saved.items():
@@ -122,11 +126,59 @@ def ray_session(config: Config, address: str | None = None, *, quiet: bool = Tru
         log.info("connected to the Ray cluster at %s", target)
     if quiet:
         quiet_ray_data()
-    interrupt_on_sigterm()
+    lifetime.stop_on_signals()  # again: ray.init installs a SIGTERM handler that exits on the spot
     try:
-        yield dashboard
+        with muted_ray_errors() if quiet else nullcontext():
+            yield dashboard
     finally:
+        shut_down_ray()
+
+
+def shut_down_ray() -> None:
+    """ray.shutdown(), bounded during a stop. A signal to the command's whole process group (as
+    systemd and supervisors send it) reaches Ray's GCS and raylet too, and ray.shutdown() then
+    waits a minute for a GCS that no longer answers; the command ends Ray's processes itself
+    instead (tasks/lifetime.py). Not at all while a thread of ours is still inside a Ray call
+    that did not return in time (a training run, Serve's shutdown): tearing Ray's core worker down
+    under it ends the process on the spot ("The core worker has already been shutdown")."""
+    if not lifetime.stopping():
         ray.shutdown()
+        return
+    callers = [thread for thread in threading.enumerate() if thread.name in RAY_CALLERS]
+    for thread in callers:  # one that has just returned from Ray is still finishing
+        thread.join(0.5)
+    if any(thread.is_alive() for thread in callers):
+        return
+    closing = threading.Thread(target=ray.shutdown, name="timedistill-ray-shutdown", daemon=True)
+    closing.start()
+    closing.join(SHUTDOWN_WAIT_S)
+
+
+@contextmanager
+def muted_ray_errors() -> Iterator[None]:
+    """Print none of the errors Ray publishes to the driver: a paragraph for each Ray process that
+    ends other than by Ray's own hand ("(raylet) A worker died or was killed ... OOM killer ...
+    SIGSEGV", "The autoscaler failed ... Terminated with signal 15", "Task
+    ServeController.graceful_shutdown failed"), which is every process at a stop, and a failure
+    that matters reaches the command as an exception anyway (`--debug` shows them all).
+
+    Ray 2.60 prints them from a thread of the driver (ray._private.worker.listen_error_messages)
+    through the module's `print_to_stdstream`, whatever log_to_driver says, with no setting to
+    turn them off; the thread looks the function up at each message, so replacing it here (a
+    private name, hence this comment) silences that thread only, not the workers' own logs."""
+    from ray._private import worker
+
+    shown = worker.print_to_stdstream
+
+    def unless_from_raylet(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            shown(data, ignore_prefix)
+
+    worker.print_to_stdstream = unless_from_raylet
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = shown
 
 
 def cluster_cpus() -> float:
@@ -217,7 +269,9 @@ def run_concurrently(calls: list[Callable[[], Result]], limit: int, resume_from:
                 wait(futures, timeout=STOP_WAIT_S)
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
                 pass
-        raise Interrupted(resume_from) from None
+        interrupt = Interrupted(resume_from)
+        lifetime.last_words(interrupt.describe())
+        raise interrupt from None
     return [future.result() for future in futures]
 
 
@@ -237,7 +291,8 @@ def stop_training_runs() -> int:
 
     context = ray.get_runtime_context()
     try:
-        controllers = list_actors(address=context.gcs_address, timeout=10, detail=True, raise_on_missing_output=False,
+        controllers = list_actors(address=context.gcs_address, timeout=STOP_WAIT_S, detail=True,
+                                  raise_on_missing_output=False,
                                   filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE"),
                                            ("job_id", "=", context.get_job_id())])
     except Exception as exc:  # no state API (no dashboard): ray.shutdown() stops them, as before

@@ -37,7 +37,7 @@ from timedistill.tasks.events import Listener
 from timedistill.tasks.intervals import calibrate
 from timedistill.tasks.progress import relay
 from timedistill.tasks.stream import CachedRows, CacheStream
-from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training, timestamp
+from timedistill.tasks.training import Plan, TrainingJob, Worker, run_training, timestamp
 from timedistill.tasks.windows import WindowBatcher, window_starts
 
 STUDENTS_META = "students.json"
@@ -202,18 +202,18 @@ class StudentsJob(TrainingJob):
         # 1. this worker's batches, with the teachers' outputs from the caches or from the teachers
         teacher_models, forward_batches = [], 0
 
-        def with_windows(window_ids: np.ndarray) -> Batch:
+        def with_windows(window_ids: np.ndarray) -> loops.Batch:
             x, y = worker.batcher(train_starts[window_ids])
-            return {"x": x.to(device), "y": y.to(device)}
+            return loops.Batch(x.to(device), y.to(device))
 
         if self.stream is not None:
             stream = self.stream
 
-            def cached_batch(rows: CachedRows) -> Batch:  # float16 rows -> new float32 tensors on the device
+            def cached_batch(rows: CachedRows) -> loops.Batch:  # float16 rows -> new float32 tensors on the device
                 batch = with_windows(rows.window_id)
-                for k, outputs in enumerate(rows.teachers):
-                    batch[f"teacher_prediction_{k}"] = torch.from_numpy(outputs.prediction).to(device).float()
-                    batch[f"teacher_feature_{k}"] = torch.from_numpy(outputs.feature).to(device).float()
+                for outputs in rows.teachers:
+                    batch.teacher_predictions.append(torch.from_numpy(outputs.prediction).to(device).float())
+                    batch.teacher_features.append(torch.from_numpy(outputs.feature).to(device).float())
                 return batch
 
             def epoch_batches(epoch: int) -> loops.EpochBatches:
@@ -222,15 +222,15 @@ class StudentsJob(TrainingJob):
         else:
             teacher_models = [load_teacher(self.storage, teacher, device) for teacher in self.teachers]
 
-            def online_batch(positions: np.ndarray) -> Batch:  # inference-mode tensors cannot enter autograd
+            def online_batch(positions: np.ndarray) -> loops.Batch:  # inference-mode tensors cannot enter autograd
                 nonlocal forward_batches
                 batch = with_windows(positions)
-                for k, (model, dim) in enumerate(zip(teacher_models, self.teacher_feature_dims, strict=True)):
+                for model, dim in zip(teacher_models, self.teacher_feature_dims, strict=True):
                     with torch.inference_mode():
-                        prediction, feature = model(batch["x"])
+                        prediction, feature = model(batch.x)
                     forward_batches += 1
-                    batch[f"teacher_prediction_{k}"] = prediction.float().clone()
-                    batch[f"teacher_feature_{k}"] = reduce_feature_width(feature, dim).float().clone()
+                    batch.teacher_predictions.append(prediction.float().clone())
+                    batch.teacher_features.append(reduce_feature_width(feature, dim).float().clone())
                 return batch
 
             epoch_batches = loops.sharded_epochs(len(train_starts), worker.rank, worker.world, settings.seed,
@@ -251,19 +251,17 @@ class StudentsJob(TrainingJob):
             loss = MultiTeacherLoss(list(self.teacher_feature_dims), student.feature_dim, settings.alpha,
                                     settings.beta, weights=list(self.weights) if self.weights else None, **options)
         step_module = loops.prepare(DistillStep(student, loss))  # Ray: device + DDP
-        teachers = range(len(self.teachers))
 
-        def distill_loss(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return step_module(batch["x"], batch["y"], [batch[f"teacher_prediction_{k}"] for k in teachers],
-                               [batch[f"teacher_feature_{k}"] for k in teachers])
+        def distill_loss(batch: loops.Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            return step_module(batch.x, batch.y, batch.teacher_predictions, batch.teacher_features)
 
         trainees = [self.trainee("student", step_module, loops.unwrap(step_module).student, distill_loss)]
         if settings.baseline:
             baseline_module = loops.prepare(build(self.spec_of("baseline")))
 
-            def plain_loss(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-                prediction = baseline_module(batch["x"]).prediction.float()
-                return torch.nn.functional.mse_loss(prediction, batch["y"]), {}
+            def plain_loss(batch: loops.Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                prediction = baseline_module(batch.x).prediction.float()
+                return torch.nn.functional.mse_loss(prediction, batch.y), {}
 
             trainees.append(self.trainee("baseline", baseline_module, loops.unwrap(baseline_module), plain_loss))
         # 3. early stopping (in the loop) watches the validation MSE against the ground truth only

@@ -36,7 +36,7 @@ from timedistill.store.weights import build_forecaster, read_state, resolve_spec
 from timedistill.tasks import loops
 from timedistill.tasks.events import Listener
 from timedistill.tasks.progress import relay
-from timedistill.tasks.training import Batch, Plan, TrainingJob, Worker, run_training, timestamp
+from timedistill.tasks.training import Plan, TrainingJob, Worker, run_training, timestamp
 
 TEACHER_META = "teacher.json"
 SHARPNESS = 10.0  # distill.teacher_weighting val-softmax: a teacher 10% worse than the best weighs e^-1 as much
@@ -189,13 +189,13 @@ class TeacherJob(TrainingJob):
         module = loops.prepare(build_forecaster(self.model))  # Ray: to the device, DDP-wrapped when world > 1
         train_starts = worker.starts["train"]
 
-        def loss_fn(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            prediction = module(batch["x"]).prediction
-            return torch.nn.functional.mse_loss(prediction.float(), batch["y"]), {}
+        def loss_fn(batch: loops.Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            prediction = module(batch.x).prediction
+            return torch.nn.functional.mse_loss(prediction.float(), batch.y), {}
 
-        def make_batch(positions: np.ndarray) -> Batch:
+        def make_batch(positions: np.ndarray) -> loops.Batch:
             x, y = worker.batcher(train_starts[positions])
-            return {"x": x.to(worker.device, non_blocking=True), "y": y.to(worker.device, non_blocking=True)}
+            return loops.Batch(x.to(worker.device, non_blocking=True), y.to(worker.device, non_blocking=True))
 
         trainee = loops.Trainee(
             name="teacher", module=module, model=loops.unwrap(module), loss_fn=loss_fn,

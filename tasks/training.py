@@ -9,7 +9,6 @@ trainee's best weights on the test split, and what goes back to the driver.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,11 +25,10 @@ from timedistill.conf import Config, DistillConfig, TeacherConfig
 from timedistill.store.record import Record
 from timedistill.store.records import ModelSpec, TrainedModel
 from timedistill.store.storage import Storage
-from timedistill.tasks import loops
+from timedistill.tasks import lifetime, loops
+from timedistill.tasks.errors import Interrupted
 from timedistill.tasks.runtime import Workers, run_concurrently
 from timedistill.tasks.windows import Span, WindowBatcher, window_starts
-
-Batch = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -149,19 +147,28 @@ def score_best(trainee: loops.Trainee, spec: ModelSpec, worker: Worker) -> Train
         name=spec.name, hparams=spec.hparams, quantiles=spec.quantiles, params=trainee.model.num_params(),
         val_mse=trainee.early.best,
         best_epoch=trainee.early.best_epoch + 1, epochs=len(trainee.history), test_mse=scores.mse,
-        test_mae=scores.mae, latency_ms=None, history=trainee.history)  # latency: timed by the evaluate step
+        test_mae=scores.mae, history=trainee.history)
 
 
-def fit_interruptibly(trainer: TorchTrainer, checkpoints: str) -> ray.train.Result:
+def fit_interruptibly(trainer: TorchTrainer, storage: Storage, checkpoints: str) -> ray.train.Result:
     """`trainer.fit()` in a thread of its own, so that Ctrl-C and SIGTERM reach this thread.
 
     Called in the main thread, fit() installs Ray Train's SIGINT handler, which aborts the run
     and then exits the process (SystemExit, past every step's error handling), and leaves that
     handler installed after fit returns. Here an interrupt raises Interrupted, naming the
-    checkpoints the same command resumes from, once the run in flight has been stopped
-    (run_concurrently). The thread carries the caller's context
-    (Prefect's run context among it) and is a daemon, so it never holds the process open."""
-    (result,) = run_concurrently([trainer.fit], 1, checkpoints)
+    checkpoints (under `storage`) the same command resumes from, or none where the run had not
+    written one yet, once the run in flight has been stopped (run_concurrently). The thread
+    carries the caller's context (Prefect's run context among it) and is a daemon, so it never
+    holds the process open."""
+    try:
+        (result,) = run_concurrently([trainer.fit], 1, storage.uri(checkpoints))
+    except Interrupted:
+        if not any(entry.startswith("checkpoint_") and not entry.endswith(".json")
+                   for entry in storage.listdir(checkpoints)):
+            interrupt = Interrupted(None)
+            lifetime.last_words(interrupt.describe())
+            raise interrupt from None
+        raise
     return result
 
 
@@ -184,8 +191,7 @@ def run_training(job: TrainingJob, config: Config, storage: Storage, name: str) 
         ),
     )
     started = timestamp()
-    result = fit_interruptibly(trainer, storage.uri(f"ray/{name}"))
+    result = fit_interruptibly(trainer, storage, f"ray/{name}")
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, loops.STATE_FILE), map_location="cpu", weights_only=True)
-    weights = {name: trainee["early"]["best_state"] for name, trainee in state["trainees"].items()}
+        weights = loops.best_weights(folder)
     return TrainingResult(result.return_value, weights, result.path, started)

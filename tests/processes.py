@@ -1,11 +1,14 @@
 """What a command leaves running, and where it listens: every process that inherited a tag in its
 environment (Ray's processes and Prefect's server inherit ours), and their listening TCP sockets,
-read from /proc (Linux)."""
+read from /proc (Linux). Ray's agents write their process title over their environment; they are
+found by the files they hold in the session folder of a tagged Ray (tasks/lifetime.py does the
+same)."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ from pathlib import Path
 PROC = Path("/proc")
 TAG = "TIMEDISTILL_TEST_TAG"
 LISTEN = "0A"  # TCP state in /proc/net/tcp*
+SESSION = re.compile(r"--session[-_]dir=([^\x00 ]+)")  # in the command line of Ray's GCS and raylet
 
 
 @dataclass(frozen=True)
@@ -38,19 +42,30 @@ class Tagged:
     def __init__(self) -> None:
         self.value = uuid.uuid4().hex
         self.marker = f"{TAG}={self.value}".encode()
+        self.sessions: set[str] = set()  # of the tagged Rays seen so far
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, TAG: self.value, **extra}
 
     def pids(self) -> dict[int, str]:
-        found = {}
+        found, others = {}, []
         for entry in PROC.iterdir():
             if not entry.name.isdigit():
                 continue
             try:
                 if self.marker in (entry / "environ").read_bytes().split(b"\0"):
                     found[int(entry.name)] = (entry / "comm").read_text().strip()
+                    self.sessions |= set(SESSION.findall((entry / "cmdline").read_bytes().decode(errors="replace")))
+                elif (entry / "comm").read_text().startswith("ray::"):
+                    others.append(entry)
             except OSError:  # gone, or not ours to read
+                continue
+        prefixes = tuple(f"{folder}/" for folder in self.sessions)
+        for entry in others if prefixes else []:
+            try:
+                if any(os.readlink(fd).startswith(prefixes) for fd in (entry / "fd").iterdir()):
+                    found[int(entry.name)] = (entry / "comm").read_text().strip()
+            except OSError:
                 continue
         return found
 

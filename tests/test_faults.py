@@ -1,8 +1,11 @@
 """Commands as a user runs them on one machine, and the faults of README's "What a fault costs":
-a local `timedistill serve` listens on loopback only; Ctrl-C or SIGTERM stops `retrain`
-(mid-teacher) and `serve` with one line, leaving no process of theirs running (Ray's, Prefect's
-temporary server) and no port open; a replica killed under load costs the requests in flight on
-it. Run apart from the other tests (`pytest -m cluster`): each command starts a Ray of its own."""
+a local `timedistill serve` listens on loopback only, and two of them share a machine; Ctrl-C or
+SIGTERM, to a command or to its whole process group, stops `retrain` (mid-teacher) and `serve`
+within 10 s with one line, leaving no process of theirs running (Ray's, HAProxy, Prefect's
+temporary server) and no port open; after SIGKILL nothing of theirs outlives them by more than
+10 s; a serve whose ingress cannot start says so in one line; a replica killed under load costs
+the requests in flight on it. Run apart from the other tests (`pytest -m cluster`): each command
+starts a Ray of its own."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import asyncio
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -36,13 +41,24 @@ def started(args: list[str], tag: Tagged, log: Path) -> subprocess.Popen:
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stopped(process: subprocess.Popen, signum: int) -> int:
-    process.send_signal(signum)
+def stopped(process: subprocess.Popen, signum: int, *, group: bool = False, within: float = 120) -> int:
+    """Signal the command (or its whole process group, as systemd and supervisors stop a service)
+    and wait for its exit."""
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     try:
-        return process.wait(120)
+        return process.wait(within)
     except subprocess.TimeoutExpired:
         subprocess.run(["kill", "-9", f"-{process.pid}"], check=False)
-        pytest.fail("the command did not exit within 120 s of the signal")
+        pytest.fail(f"the command did not exit within {within} s of the signal")
+
+
+def said_after(log: Path, mark: int) -> list[str]:
+    """What the command printed from `mark` (a length of its log) on, but its progress lines
+    (indented): what a stop printed."""
+    return [line for line in log.read_text()[mark:].splitlines() if line.strip() and not line.startswith("  ")]
 
 
 def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> str:
@@ -57,9 +73,40 @@ def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 3
     pytest.fail(f"no {text!r} within {timeout} s: {log.read_text()[-3000:]}")
 
 
-def assert_nothing_left(tag: Tagged, log: Path) -> None:
-    assert not tag.left_running(), f"left running: {tag.pids()}; {log.read_text()[-2000:]}"
+def assert_nothing_left(tag: Tagged, log: Path, grace: float = 15) -> None:
+    assert not tag.left_running(grace), f"left running: {tag.pids()}; {log.read_text()[-2000:]}"
     assert not tag.listeners()
+
+
+def command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone
+        return b""
+
+
+def haproxy_folders(tag: Tagged) -> set[Path]:
+    """The folders of the command's HAProxy (its configuration, admin socket and state), from the
+    configuration it was started with (`-f`)."""
+    folders = set()
+    for pid, command in tag.pids().items():
+        args = command_line(pid).split(b"\0")
+        if command == "haproxy" and b"-f" in args:
+            folders.add(Path(args[args.index(b"-f") + 1].decode()).parent)
+    return folders
+
+
+def announced_ports(log: Path) -> tuple[int, int]:
+    """HAProxy's stats and metrics ports, as the start-up line of `timedistill serve` names them."""
+    found = re.search(r"HAProxy stats http://127\.0\.0\.1:(\d+)/stats, metrics http://127\.0\.0\.1:(\d+)/metrics",
+                      log.read_text())
+    assert found, log.read_text()[-3000:]
+    return int(found.group(1)), int(found.group(2))
+
+
+def forecast_answers(port: int) -> httpx.Response:
+    history = np.random.default_rng(0).normal(size=(720, 7)).tolist()
+    return httpx.post(f"http://127.0.0.1:{port}/v1/forecast", json={"model": MODEL, "history": history}, timeout=60)
 
 
 def started_serve(tmp_path: Path, *settings: str) -> tuple[subprocess.Popen, int, Tagged, Path]:
@@ -78,34 +125,103 @@ def test_a_local_serve_listens_on_loopback_only_and_stops_on_sigterm(tmp_path, i
     server, port, tag, log = started_serve(tmp_path, f"serve.ingress={ingress}")
     try:
         wait_healthy(f"http://127.0.0.1:{port}", server)
-        history = np.random.default_rng(0).normal(size=(720, 7)).tolist()
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/forecast", json={"model": MODEL, "history": history},
-                            timeout=60)
+        answer = forecast_answers(port)
         assert answer.status_code == 200, answer.text
-        listeners = tag.listeners()
+        wait_for(log, "Ctrl-C stops", server)
+        listeners, folders = tag.listeners(), haproxy_folders(tag)
+        sockets = [folder / "admin.sock" for folder in folders]
+        modes = [stat.S_IMODE(path.stat().st_mode) for path in sockets]
     finally:
         status = stopped(server, signal.SIGTERM)
     assert any(listener.port == port for listener in listeners), [str(item) for item in listeners]
     assert len({listener.pid for listener in listeners}) >= 5  # Ray's GCS, raylet, agents, replicas: all found
     if ingress == "haproxy":  # its stats page and Prometheus endpoint too (serving/ingress.py, loopback_haproxy)
-        assert {8404, 9101} <= {listener.port for listener in listeners if listener.command == "haproxy"}
+        assert set(announced_ports(log)) <= {listener.port for listener in listeners if listener.command == "haproxy"}
+        # its admin socket reconfigures the ingress: for its owner only, in a folder removed at the stop
+        assert len(sockets) == 1 and modes == [0o600], (sockets, [oct(mode) for mode in modes])
+        assert not any(folder.exists() for folder in folders)
     exposed = [str(item) for item in listeners if not item.loopback]
     assert not exposed, exposed
     assert status == 0, log.read_text()[-3000:]
     assert_nothing_left(tag, log)
 
 
+def test_two_servers_share_a_host_and_each_stops_alone(tmp_path):
+    """Two `timedistill serve` in HAProxy mode on one machine (each on its own serve.port) both
+    answer, each with HAProxy ports of its own. The first stops within 10 s of SIGTERM to its whole
+    process group, with one line, leaving nothing; the second, killed outright, leaves nothing 10 s
+    later; neither stop touches the other server."""
+    first_folder, second_folder = tmp_path / "first", tmp_path / "second"
+    first_folder.mkdir(), second_folder.mkdir()
+    first, first_port, first_tag, first_log = started_serve(first_folder, "serve.ingress=haproxy")
+    second = None
+    try:
+        wait_healthy(f"http://127.0.0.1:{first_port}", first)
+        second, second_port, second_tag, second_log = started_serve(second_folder, "serve.ingress=haproxy")
+        wait_healthy(f"http://127.0.0.1:{second_port}", second)
+        wait_for(first_log, "Ctrl-C stops", first)
+        wait_for(second_log, "Ctrl-C stops", second)
+        assert [forecast_answers(port).status_code for port in (first_port, second_port)] == [200, 200]
+        first_ports, second_ports = announced_ports(first_log), announced_ports(second_log)
+        assert not set(first_ports) & set(second_ports)
+        for stats, _ in (first_ports, second_ports):
+            assert "HAProxy" in httpx.get(f"http://127.0.0.1:{stats}/stats", timeout=5).text
+        first_folders, second_folders = haproxy_folders(first_tag), haproxy_folders(second_tag)
+        second_tag.pids()  # learns its Ray's session folder (where its agents are found)
+
+        mark = len(first_log.read_text())
+        assert stopped(first, signal.SIGTERM, group=True, within=10) == 0, first_log.read_text()[-3000:]
+        assert said_after(first_log, mark) == ["shutting down Ray Serve"], first_log.read_text()[mark:]
+        assert_nothing_left(first_tag, first_log, grace=5)
+        assert not any(folder.exists() for folder in first_folders)
+        assert forecast_answers(second_port).status_code == 200  # the other server still answers
+
+        second.kill()
+        second.wait(10)
+        assert_nothing_left(second_tag, second_log, grace=10)
+        assert not any(folder.exists() for folder in second_folders)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_serve_whose_ingress_cannot_start_exits_with_one_line(tmp_path):
+    """serve.port held by another program: HAProxy cannot bind it, and `serve` says so in one line
+    and exits 1, leaving nothing running (not an 80-line traceback, not a server that answers
+    nothing)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        server, _, tag, log = started_serve(tmp_path, "serve.ingress=haproxy", f"serve.port={taken}")
+        try:
+            status = server.wait(300)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            pytest.fail(f"serve did not give up: {log.read_text()[-3000:]}")
+    printed = [line for line in log.read_text().splitlines() if line.strip() and " INFO " not in line]
+    assert status == 1, log.read_text()[-3000:]
+    assert len(printed) == 1 and printed[0].startswith("error: the HTTP ingress (HAProxy) did not start: "), printed
+    assert f"127.0.0.1:{taken}" in printed[0] and "Address already in use" in printed[0]
+    assert_nothing_left(tag, log)
+
+
+def retrain_command(root: Path) -> list[str]:
+    """`timedistill retrain smoke` with a teacher that trains long enough to be interrupted."""
+    return [str(BIN / "timedistill"), "retrain", str(ROOT / "conf" / "smoke.yaml"), "--set", f"storage.root={root}",
+            "--set", "teacher.epochs=200", "--set", "teacher.patience=1000"]
+
+
 def test_an_interrupted_retrain_stops_with_one_line_and_resumes_from_its_checkpoint(tmp_path):
-    command = [str(BIN / "timedistill"), "retrain", str(ROOT / "conf" / "smoke.yaml"), "--set",
-               f"storage.root={tmp_path / 'artifacts'}", "--set", "teacher.epochs=200", "--set",
-               "teacher.patience=1000"]
+    command = retrain_command(tmp_path / "artifacts")
     first, log = Tagged(), tmp_path / "first.log"
     retrain = started(command, first, log)
-    wait_for(log, "epoch 2/200", retrain)
-    assert stopped(retrain, signal.SIGINT) == 130, log.read_text()[-3000:]
-    last = log.read_text().strip().splitlines()[-1]
-    assert last.startswith("interrupted; nothing half written; rerun resumes from "), log.read_text()[-3000:]
-    checkpoint = Path(last.rsplit(" ", 1)[1])
+    mark = len(wait_for(log, "epoch 2/200", retrain))
+    assert stopped(retrain, signal.SIGINT, within=10) == 130, log.read_text()[-3000:]
+    said = said_after(log, mark)
+    assert len(said) == 1 and said[0].startswith("interrupted; nothing half written; rerun resumes from "), said
+    checkpoint = Path(said[0].rsplit(" ", 1)[1])
     assert checkpoint.is_dir() and any(checkpoint.glob("checkpoint_*"))
     assert "Traceback" not in log.read_text()
     assert_nothing_left(first, log)
@@ -115,9 +231,37 @@ def test_an_interrupted_retrain_stops_with_one_line_and_resumes_from_its_checkpo
     text = wait_for(log, "/200: val MSE", retrain)
     first_epoch = int(re.search(r"epoch (\d+)/200: val MSE", text).group(1))
     assert first_epoch > 1, text[-2000:]  # resumed from the first run's checkpoint, not from scratch
-    assert stopped(retrain, signal.SIGTERM) == 130, log.read_text()[-3000:]
-    assert log.read_text().strip().splitlines()[-1].startswith("interrupted; nothing half written")
+    mark = len(log.read_text())
+    assert stopped(retrain, signal.SIGTERM, within=10) == 130, log.read_text()[-3000:]
+    said = said_after(log, mark)
+    assert len(said) == 1 and said[0].startswith("interrupted; nothing half written"), said
     assert_nothing_left(again, log)
+
+
+def test_sigterm_to_the_process_group_stops_retrain_within_10_s(tmp_path):
+    """As systemd or a supervisor stops it: the signal reaches Ray's GCS, raylet and Prefect's
+    server too, and the command stops all the same, with one line, leaving nothing."""
+    tag, log = Tagged(), tmp_path / "retrain.log"
+    retrain = started(retrain_command(tmp_path / "artifacts"), tag, log)
+    mark = len(wait_for(log, "epoch 2/200", retrain))
+    assert stopped(retrain, signal.SIGTERM, group=True, within=10) == 130, log.read_text()[-3000:]
+    said = said_after(log, mark)
+    assert len(said) == 1 and said[0].startswith("interrupted; nothing half written"), said
+    assert "Traceback" not in log.read_text()
+    assert_nothing_left(tag, log, grace=5)
+
+
+def test_nothing_outlives_a_killed_retrain_by_10_s(tmp_path):
+    """SIGKILL leaves the command no say: what it started (Prefect's temporary server, Ray's node
+    and agents) is ended by its watchdog (tasks/lifetime.py)."""
+    tag, log = Tagged(), tmp_path / "retrain.log"
+    retrain = started(retrain_command(tmp_path / "artifacts"), tag, log)
+    wait_for(log, "epoch 2/200", retrain)
+    running = tag.pids()  # also learns its Ray's session folder, where its agents are found
+    assert any(b"uvicorn" in command_line(pid) for pid in running), running  # Prefect's temporary server
+    retrain.kill()
+    retrain.wait(10)
+    assert_nothing_left(tag, log, grace=10)
 
 
 def test_sigterm_stops_schedule_and_its_temporary_prefect_server(tmp_path):
@@ -128,6 +272,7 @@ def test_sigterm_stops_schedule_and_its_temporary_prefect_server(tmp_path):
     time.sleep(3)  # the runner is up: a signal before it has installed its handler can be lost in Prefect
     assert stopped(schedule, signal.SIGTERM) == 130, log.read_text()[-3000:]
     assert_nothing_left(tag, log)
+
 
 def replica_pids(tag: Tagged, deployment: str) -> list[int]:
     found = []

@@ -5,7 +5,9 @@ a local Ray of its own with HAProxy in front of the ingress replicas. Run apart 
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -18,22 +20,34 @@ from timedistill.store.storage import Storage
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
-STATS = "http://127.0.0.1:8404/stats"  # HAProxy's stats page (Ray's default port), only there in this mode
+
+
+def stats_page(log: Path, timeout: float = 120) -> str:
+    """HAProxy's stats page (only there in this mode), as the start-up line names it."""
+    deadline = time.monotonic() + timeout
+    while not (found := re.search(r"HAProxy stats (http://127\.0\.0\.1:\d+/stats)", log.read_text())):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no HAProxy stats page in the start-up line: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return found.group(1)
 
 
 def test_serve_command_in_haproxy_mode(tmp_path):
     root = tmp_path / "artifacts"
     make_registry(root)
-    port = free_port()
+    port, stats = free_port(), free_port()
     server = start([str(BIN / "timedistill"), "serve", "--set", f"storage.root={root}", "--set",
-                    f"serve.port={port}", "--set", "serve.ingress=haproxy"], tmp_path / "serve.log")
+                    f"serve.port={port}", "--set", "serve.ingress=haproxy", "--set",
+                    f"serve.haproxy_stats_port={stats}"], tmp_path / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:
         try:
             wait_healthy(url, server)
         except (RuntimeError, TimeoutError) as exc:
             pytest.fail(f"{exc}: {(tmp_path / 'serve.log').read_text()[-3000:]}")
-        assert "HAProxy" in httpx.get(STATS, timeout=5).text
+        page = stats_page(tmp_path / "serve.log")
+        assert page == f"http://127.0.0.1:{stats}/stats"  # the port asked for (serve.haproxy_stats_port)
+        assert "HAProxy" in httpx.get(page, timeout=5).text
 
         history = np.random.default_rng(1).normal(5, 2, (720, 7))
         with httpx.Client(base_url=url, timeout=60) as client:
