@@ -62,7 +62,7 @@ def probe() -> dict[str, float]:
         [sys.executable, "-c", "import timedistill.flows.cli, timedistill.flows.retrain, timedistill.tasks.steps"],
         check=True))}
 
-    from timedistill.flows.cli import temporary_prefect_server
+    from timedistill.flows.prefect_server import temporary_prefect_server
 
     server = temporary_prefect_server()
     if server is not None:

@@ -123,3 +123,12 @@ def storage_root(config: Config) -> str:
     if "://" in root:
         return root
     return str(Path(os.path.expanduser(root)).resolve())
+
+
+def with_data_file(config: str | Path | None, data: str | None, overrides: list[str] | None) -> list[str]:
+    """`overrides` after those that point `config` at `data` (`--data FILE`; the file, named after
+    itself, its columns read off it), so that an override still wins."""
+    if data is None:
+        return list(overrides or [])
+    path = data if "://" in data else str(Path(data).expanduser().resolve())
+    return [*data_file_overrides(path, load_config(config, overrides or []).data), *(overrides or [])]

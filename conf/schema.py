@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from timedistill.conf.spans import steps_or_duration
+
 PLAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-DURATION = re.compile(r"^(\d+)(w|d|h|min|s)$")  # a span of time: 14d, 36h, 90min
-DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "min": "minutes", "s": "seconds"}
 AUTO = "auto"  # teacher.name: choose among teacher.candidates by validation MSE
 # The format of every artifact this version writes. It enters every key (data fingerprints, teacher,
 # cache and run keys) and every record file says it (store/record.py): artifacts of another format
@@ -335,33 +334,34 @@ class MonitorConfig(Section):
 
 
 class ServeConfig(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, gt=0, lt=65536)
-    # What answers HTTP in front of the replicas when `timedistill serve` starts Ray (serving/ingress.py,
-    # `ray_environment`): "proxy" is Ray Serve's default Python proxy; "haproxy" is Ray Serve's
-    # high-throughput mode (HAProxy, and gRPC between replicas).
-    # "auto": HAProxy where its binary is installed (ray[serve] on Linux), else the proxy; a Ray
-    # cluster keeps the mode it was started with (BENCHMARKS.md, "Serving" and "Serving defaults").
+    """`timedistill serve`: where the HTTP API listens and how Ray Serve runs it (docs/serving.md)."""
+
+    host: str = "127.0.0.1"  # the API's address; 0.0.0.0 opens it to the network
+    port: int = Field(8000, gt=0, lt=65536)  # the API's port
+    # what answers HTTP in front of the replicas when `timedistill serve` starts Ray
+    # (serving/ingress.py): proxy, Ray Serve's Python proxy; haproxy, Ray Serve's high-throughput
+    # mode (HAProxy, and gRPC between replicas); auto, HAProxy where its binary is installed
+    # (ray[serve] on Linux), else the proxy. A Ray cluster keeps the mode it was started with.
     ingress: Literal["auto", "proxy", "haproxy"] = "auto"
-    # HAProxy's stats page and Prometheus endpoint, on 127.0.0.1, in HAProxy mode with a Ray that
-    # `timedistill serve` starts (serving/ingress.py, `local_ray_environment`); unset: a free port,
-    # chosen at start and named in the start-up line (so several servers share a machine)
+    # HAProxy's stats page on 127.0.0.1, in HAProxy mode with a Ray that `timedistill serve`
+    # starts; unset: a free port, chosen at start and named in the start-up line (so that several
+    # servers share a machine)
     haproxy_stats_port: int | None = Field(None, gt=0, lt=65536)
-    haproxy_metrics_port: int | None = Field(None, gt=0, lt=65536)
-    num_cpus: float = Field(0.5, gt=0)  # per replica
+    haproxy_metrics_port: int | None = Field(None, gt=0, lt=65536)  # HAProxy's Prometheus endpoint, likewise
+    num_cpus: float = Field(0.5, gt=0)  # CPUs of each replica
     # replicas each deployment keeps at least; unset: two where the Ray cluster has the CPUs for two
     # of each (losing one then costs only the requests in flight on it), else one
     min_replicas: int | None = Field(None, ge=1)
-    max_replicas: int = Field(2, ge=1)
-    max_ongoing_requests: int = Field(32, ge=1)
-    max_queued_requests: int = Field(256, ge=1)
-    max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
-    max_models_per_replica: int = Field(8, ge=1)
+    max_replicas: int = Field(2, ge=1)  # replicas each deployment scales up to under load
+    max_ongoing_requests: int = Field(32, ge=1)  # per replica; more wait in its queue
+    max_queued_requests: int = Field(256, ge=1)  # beyond these, a request is a 503 with Retry-After
+    max_batch_size: int = Field(16, ge=1)  # single histories one forward pass answers together
+    batch_wait_timeout_s: float = Field(0.01, ge=0)  # how long a batch waits for company, when some is waiting
+    max_models_per_replica: int = Field(8, ge=1)  # models a pool replica holds; the least recent is evicted
     # models each ingress replica answers itself, the most recently requested: no hop to the pool
     # for them (serving/app.py, ResidentModels); 0 sends every request to the pool
     ingress_models: int = Field(4, ge=0)
-    max_body_bytes: int = Field(16 * 2**20, gt=0)
+    max_body_bytes: int = Field(16 * 2**20, gt=0)  # a larger request body is a 413
     request_timeout_s: float = Field(30.0, gt=0)  # a request (a slow or stalled body included) ends by then
     reload_interval_s: float = Field(5.0, gt=0)  # how often replicas look for new LATEST versions
     access_log: bool = True  # a log line per request in each replica's Ray Serve log
@@ -369,6 +369,8 @@ class ServeConfig(Section):
 
 
 class Config(Section):
+    """A whole config: one frozen object, every field defaulted."""
+
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
@@ -414,24 +416,6 @@ class Config(Section):
         if salt is not None:
             payload["salt"] = salt
         return stable_hash(payload)[:12]
-
-
-def steps_or_duration(value: int | str | None) -> int | str | None:
-    """A span of a series as a config writes it: a positive count of steps, or a duration."""
-    if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
-        raise ValueError(f"must be a positive number of steps or a duration such as '14d', got {value!r}")
-    if isinstance(value, str) and not DURATION.match(value.strip()):
-        raise ValueError(f"must be a number of steps or a duration such as 14d, 36h, 90min, got {value!r}")
-    return value.strip() if isinstance(value, str) else value
-
-
-def duration(text: str) -> timedelta:
-    """'14d', '36h', '90min', '30s', '2w' as a timedelta (the form steps are written in)."""
-    match = DURATION.match(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration such as 14d, 36h, 90min")
-    number, unit = match.groups()
-    return int(number) * timedelta(**{DURATION_UNITS[unit]: 1})
 
 
 def stable_hash(payload: Any) -> str:

@@ -135,6 +135,14 @@ def retrain(config: str = "smoke", overrides: list[str] | None = None, ray_addre
         return summarize(run, dataset, log.times(), teachers, caches, students, evaluation, registrations)
 
 
+def run_steps(config: str, overrides: list[str], ray_address: str | None = None, *, terminal: Terminal | None = None,
+              quiet: bool = True, **stop: Any) -> RunSummary:
+    """The flow's body without Prefect, so without its server: what the step commands (`teacher`,
+    `distill`) and `timedistill.fit` run, up to `stop_after`."""
+    with progress(terminal, quiet=quiet):
+        return retrain.fn(config=config, overrides=overrides, ray_address=ray_address, **stop)
+
+
 def deployment(config: str, cron: str, *, overrides: list[str] | None = None, name: str | None = None,
                ray_address: str | None = None) -> Any:
     """The retrain flow as a Prefect deployment with a cron schedule (what `timedistill schedule`

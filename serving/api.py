@@ -37,7 +37,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
 from timedistill.conf import ServeConfig
-from timedistill.conf.schema import duration
+from timedistill.conf.spans import duration
 from timedistill.serving.schema import (
     BatchForecastRequest,
     BatchForecastResponse,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from timedistill.conf.schema import duration
+from timedistill.conf.spans import duration
 from timedistill.store.contract import (
     LONG_ID,
     Card,

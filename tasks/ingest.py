@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from timedistill.conf import FORMAT, Config, DataConfig, stable_hash
-from timedistill.conf.schema import duration
+from timedistill.conf.spans import duration
 from timedistill.store.record import read_record, write_record
 from timedistill.store.records import SERIES, Dataset, Lineage, Missing, RowCut
 from timedistill.store.scaler import Scaler

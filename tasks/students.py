@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from timedistill.conf import Config, DistillConfig
-from timedistill.conf.schema import duration
+from timedistill.conf.spans import duration
 from timedistill.models import (
     MultiTeacherLoss,
     QuantileStudent,

@@ -1,4 +1,4 @@
-"""Commands as a user runs them on one machine, and the faults of README's "What a fault costs":
+"""Commands as a user runs them on one machine, and the faults of docs/operations.md:
 a local `timedistill serve` listens on loopback only, and two of them share a machine; Ctrl-C or
 SIGTERM, to a command or to its whole process group, stops `retrain` (mid-teacher) and `serve`
 within 10 s with one line, leaving no process of theirs running (Ray's, HAProxy, Prefect's

@@ -1,5 +1,5 @@
 """The floors of the code base (installed as timedistill.flows, timedistill.tasks, ...) and the
-direction of their imports (README, "Layout"):
+direction of their imports (docs/architecture.md, "Floors"):
 
     timedistill -> flows -> tasks -> store -> models      serving -> store -> models      conf below all
 

@@ -11,7 +11,7 @@ import sys
 from rich.console import Console
 
 from tests.conftest import ROOT
-from timedistill.flows.cli import results_table
+from timedistill.flows.render import results_table
 from timedistill.store.records import ResultRow
 from timedistill.tasks.report import change
 

@@ -50,8 +50,7 @@ def fit(frame: Any, horizon: int, config: str | Path = "smoke", *, name: str = "
     from timedistill.conf import Config, DataConfig, load_config
     from timedistill.conf.loading import data_file_overrides, storage_root
     from timedistill.flows.progress import StepProgress
-    from timedistill.flows.retrain import progress
-    from timedistill.flows.retrain import retrain as retrain_flow
+    from timedistill.flows.retrain import run_steps
     from timedistill.store.contract import is_frame, to_polars
     from timedistill.tasks.errors import StepError
 
@@ -76,8 +75,8 @@ def fit(frame: Any, horizon: int, config: str | Path = "smoke", *, name: str = "
     if not store.exists(source):
         store.write_bytes(source, buffer.getvalue())
     sets = [*data_file_overrides(store.uri(source), settings.data), f"data.name={json.dumps(name)}", *sets]
-    with StepProgress(enabled=not quiet) as terminal, progress(terminal):
-        summary = retrain_flow.fn(config=str(config), overrides=sets, ray_address=ray_address)
+    with StepProgress(enabled=not quiet) as terminal:
+        summary = run_steps(str(config), sets, ray_address, terminal=terminal)
     (registration,) = summary.models
     if registration.version is None:
         raise StepError(f"{registration.name} was not registered: {registration.reason}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from timedistill.conf.schema import duration
+from timedistill.conf.spans import duration
 from timedistill.store.contract import Card
 from timedistill.store.record import Record
 from timedistill.store.records.models import Headline, ModelSpec
