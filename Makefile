@@ -39,8 +39,10 @@ KIT_HAVE ?=
 gpu-kit: install
 	$(BIN)/python -m bench.offline_kit build --python $(KIT_PYTHON) $(if $(KIT_HAVE),--have $(KIT_HAVE))
 
+# ruff, and mypy over the package (timedistill/ links to the folders at the top: pyproject.toml)
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) artifacts

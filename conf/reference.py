@@ -75,7 +75,8 @@ def _comments(source: str) -> dict[int, tuple[str, bool]]:
 
 def _describe(comments: dict[int, tuple[str, bool]], statement: ast.AnnAssign) -> str:
     """The comment lines just above a field and those on its own lines, as one sentence."""
-    above, row = [], statement.lineno - 1
+    above: list[str] = []
+    row = statement.lineno - 1
     while row in comments and comments[row][1]:
         above.insert(0, comments[row][0])
         row -= 1

@@ -14,7 +14,7 @@ import os
 import time
 from contextlib import nullcontext, suppress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -47,6 +47,9 @@ from timedistill.flows.render import (
 )
 from timedistill.store.records import RUN_CONFIG
 from timedistill.store.storage import Storage
+
+if TYPE_CHECKING:
+    from timedistill.tasks.predict import Layout
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -268,7 +271,8 @@ def predict(config: ConfigArg, model: Annotated[str, typer.Option("--model", hel
         from timedistill.tasks.predict import predict
         from timedistill.tasks.runtime import ray_session
 
-        if layout not in ("wide", "long"):
+        layouts: dict[str, Layout] = {"wide": "wide", "long": "long"}
+        if layout not in layouts:
             raise ConfigError(f"--layout {layout!r}: expected wide or long")
         cfg = load_config(config, set_ or [])
         target = output or f"predictions/{model}-{version or 'latest'}.parquet"
@@ -279,7 +283,7 @@ def predict(config: ConfigArg, model: Annotated[str, typer.Option("--model", hel
         several = origins != "last"  # one forecast needs no cluster
         with ray_session(cfg, ray_address, quiet=not debug) if several else nullcontext():
             summary = predict(cfg, open_storage(cfg), model, version, input_,
-                              Storage(folder, cfg.storage.endpoint_override), name, origins, layout)
+                              Storage(folder, cfg.storage.endpoint_override), name, origins, layouts[layout])
         if as_json:
             emit_json(summary.to_json())
         else:

@@ -3,7 +3,7 @@ version serves, and a registered student as one file for other runtimes."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,6 +23,9 @@ from timedistill.flows.command import (
 from timedistill.flows.render import emit_json, err, model_record, out, print_model, print_models
 from timedistill.store.storage import Storage
 from timedistill.tasks.errors import StepError
+
+if TYPE_CHECKING:
+    from timedistill.tasks.export import Format
 
 models_app = typer.Typer(help="The model registry: list, show, roll back.", no_args_is_help=True)
 
@@ -109,12 +112,13 @@ def export_command(model: ModelArg, fmt: Annotated[str, typer.Option("--format",
     def body() -> None:
         from timedistill.tasks.export import export
 
-        if fmt not in ("onnx", "torchscript"):
+        formats: dict[str, Format] = {"onnx": "onnx", "torchscript": "torchscript"}
+        if fmt not in formats:
             raise ConfigError(f"--format {fmt!r}: expected onnx or torchscript")
         store = registry_storage(config, set_, storage)
         target = Storage(output, store.endpoint_override)
         try:
-            card = export(store, model, version, fmt, target)
+            card = export(store, model, version, formats[fmt], target)
         except ModuleNotFoundError as exc:  # the export extra is optional
             raise StepError(f"--format onnx needs {exc.name}: pip install 'timedistill[export]'") from None
         if as_json:

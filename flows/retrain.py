@@ -116,7 +116,7 @@ def retrain(config: str = "smoke", overrides: list[str] | None = None, ray_addre
     the run early (the step commands); `train_teachers=False` requires trained teachers."""
     settings = load_config(config, overrides or [])
     terminal, flow_run = _terminal.get(), FlowRunContext.get()
-    if flow_run is not None:  # a Prefect run: progress goes to its log too
+    if flow_run is not None and flow_run.flow_run is not None:  # a Prefect run: progress goes to its log too
         terminal = RunLog(terminal, get_run_logger())
         terminal.note(f"Prefect flow run '{flow_run.flow_run.name}' of {retrain.name}")
     with (RunContext(settings, ray_address=ray_address, quiet=_quiet.get(), listener=terminal,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import wraps
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -27,6 +27,9 @@ from ray.exceptions import RayActorError
 from timedistill.store.records import Dataset, StepTime
 from timedistill.tasks.runtime import parallel_runs, run_concurrently
 from timedistill.tasks.steps import STEPS, RunContext
+
+if TYPE_CHECKING:
+    from prefect.states import State
 
 TRANSIENT = (OSError, ConnectionError, TimeoutError, RayActorError)  # I/O, a lost Ray worker or connection
 
@@ -108,7 +111,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 def step(name: str, function: Callable[..., Result], **options: Any) -> Callable[..., Result]:
     """`function` as a step of the pipeline named `name` (module docstring)."""
     options = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-               "retry_condition_fn": retry_transient, "cache_policy": NO_CACHE} | options
+               "retry_condition_fn": retry_transient, "cache_policy": NO_CACHE, **options}
 
     @wraps(function)
     def body(*args: Any, **kwargs: Any) -> Any:
@@ -125,7 +128,8 @@ def step(name: str, function: Callable[..., Result], **options: Any) -> Callable
     def run(*args: Any) -> Result:
         in_flow = FlowRunContext.get() is not None
         began = time.perf_counter()
-        result = as_task(*args, return_state=True).result() if in_flow else function(*args)
+        # in a flow run, a synchronous body: Prefect gives back its State, never a coroutine
+        result = cast("State[Result]", as_task(*args, return_state=True)).result() if in_flow else function(*args)
         seconds = time.perf_counter() - began
         if (log := _log.get()) is not None:
             log.record(name, seconds, result)

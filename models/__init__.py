@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from torch import nn
-
 from .base import Forecast, ForecastConfig, Forecaster
 from .distill import MultiTeacherLoss, TimeDistillLoss, multiscale_mse, period_kl, reduce_feature_width
 from .dlinear import DLinear
@@ -73,7 +71,7 @@ def build_config(
 
 def build_model(
     name: str, *, lookback: int, horizon: int, n_vars: int, preset: str | None = None, **hparams: object
-) -> nn.Module:
+) -> Forecaster:
     """Build a registered model; explicit ``hparams`` override the preset's values.
 
     Raises ValueError for an unknown model name or hyperparameter name (listing the allowed ones) and for

@@ -228,7 +228,7 @@ def _times(column: pl.Series) -> list[datetime]:
     if column.null_count():
         raise InputError(f"the history's time column {column.name!r}, row {int(column.is_null().arg_true()[0])}: "
                          "no time")
-    if column.dtype.time_zone is not None:  # type: ignore[union-attr]
+    if isinstance(column.dtype, pl.Datetime) and column.dtype.time_zone is not None:
         column = column.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
     return column.cast(pl.Datetime("us")).to_list()
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from timedistill.models import QuantileStudent
 from timedistill.store.errors import BrokenVersion, RegistryError, one_line
 from timedistill.store.records import RegistryEntry
 from timedistill.store.registry import read_version
@@ -60,7 +61,7 @@ class ForecastModel:
     def forecast_quantiles(self, histories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[N, L, C] in data units -> the point [N, S, C] and the calibrated quantiles at `levels`
         [N, Q, S, C], in data units, from one forward pass. A model without quantiles raises."""
-        if not self.levels:
+        if not isinstance(self.model, QuantileStudent):
             raise ValueError("this model forecasts no quantiles (its run had no student.quantiles)")
         z = ((histories - self.mean) / self.std).astype(np.float32)
         forecast, quantiles = self.model.quantiles(torch.from_numpy(z))
