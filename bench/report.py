@@ -38,6 +38,7 @@ SECTIONS = (
     Section("demo", "bench.bench_demo"),
     Section("overhead", "bench.bench_overhead"),
     Section("startup", "bench.startup"),
+    Section("commands", "bench.bench_commands"),
     Section("cpu-share", "bench.cpu_share"),
     Section("training", "bench.bench_training"),
     Section("scale", "bench.bench_scale"),

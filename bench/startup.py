@@ -4,6 +4,12 @@ Data actor job that do no work at all (twice each: the first run of a kind pays 
 runs reuse). Every round is a fresh process; the table holds the medians.
 
     python -m bench.startup [--rounds 3] [--no-write]
+    python -m bench.startup --check [--rounds 3]     # did a fixed cost grow? (exit 1 if one did)
+
+`--check` measures the same and compares each median with the table in BENCHMARKS.md: a cost
+whose median is above the recorded range by more than that range's width (its spread, at least
+FLOOR_S) grew, and is named; the table is left alone. For whoever changes the runtime (Ray's
+start, a training run, the imports): the fixed cost of a retrain must not grow unnoticed.
 
 `timedistill retrain` pays the imports and Prefect's server side by side (the server starts in a
 thread while the command imports), then Ray's start, one Ray Train run for the teacher, a Ray
@@ -28,7 +34,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-from bench.report import markdown_table, write_section
+from bench.report import BENCHMARKS_MD, markdown_table, sections, write_section
 
 # BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
 READING = {
@@ -36,6 +42,32 @@ READING = {
 Ray's part alone (its start and stop, two Ray Train runs, one Ray Data job) is more than half of what the CLI
 adds to the plain script in "Framework overhead"; a run of each kind after the first is cheaper.""",
 }
+
+
+FLOOR_S = 0.5  # a recorded range narrower than this still allows this much for noise
+
+
+def recorded(markdown: str) -> dict[str, tuple[float, float, float]]:
+    """The table of the startup section: fixed cost -> (median, lowest, highest)."""
+    found = {}
+    for line in markdown.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and " - " in cells[2]:
+            low, high = (float(value) for value in cells[2].split(" - "))
+            found[cells[0]] = (float(cells[1]), low, high)
+    return found
+
+
+def grown(now: dict[str, float], before: dict[str, tuple[float, float, float]]) -> list[str]:
+    """The fixed costs whose median now is above their recorded range by more than its spread."""
+    verdicts = []
+    for name, median in now.items():
+        if name not in before:
+            continue
+        _, low, high = before[name]
+        if median > high + max(high - low, FLOOR_S):
+            verdicts.append(f"{name}: {median:.1f} s now, {low:.1f} - {high:.1f} s recorded")
+    return verdicts
 
 
 def timed(action: Callable[[], Any]) -> float:
@@ -103,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    parser.add_argument("--check", action="store_true", help="compare with the table in BENCHMARKS.md; exit 1 "
+                        "when a fixed cost grew by more than its spread (BENCHMARKS.md is left alone)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # one round, as JSON
     args = parser.parse_args(argv)
     if args.probe:
@@ -129,7 +163,13 @@ def main(argv: list[str] | None = None) -> None:
         markdown_table(["fixed cost", "seconds (median)", "range"], rows),
     ])
     print(text)
-    if not args.no_write:
+    if args.check:
+        before = recorded(sections(BENCHMARKS_MD.read_text())["startup"].markdown)
+        medians = {name: statistics.median(run[name] for run in rounds) for name in rounds[0]}
+        if verdicts := grown(medians, before):
+            raise SystemExit("fixed costs that grew:\n  " + "\n  ".join(verdicts))
+        print(f"no fixed cost grew beyond its recorded spread ({len(before)} compared)")
+    elif not args.no_write:
         write_section("startup", text, READING["startup"])
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -49,7 +49,7 @@ from timedistill.store.records import RUN_CONFIG
 from timedistill.store.storage import Storage
 
 if TYPE_CHECKING:
-    from timedistill.tasks.predict import Layout
+    from timedistill.tasks.predict import Engine, Layout
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -227,17 +227,22 @@ def monitor_command(config: ConfigArg, set_: SetOpt = None, data: DataOpt = None
                     ray_address: RayAddressOpt = None, debug: DebugOpt = False) -> None:
     """Ingest the newest data and check every registered model of the config for drift: its MSE
     on the windows with new truth against its MSE at registration. Exits 3 when a model drifted
-    (0 when none did, 1 on an error), so that cron and CI can act on it."""
+    (0 when none did, 1 on an error), so that cron and CI can act on it. The check runs in this
+    process, without Ray or a Prefect server (`schedule --monitor` records each run in Prefect)."""
 
     def body() -> list[Any]:
+        from timedistill.tasks.monitor import check_models
+
         quiet_prefect(debug)
         overrides = with_data_file(config, data, set_)
-        load_config(config, overrides)
-        with prefect_server_warming():
-            from timedistill.flows.monitor import monitor
+        cfg = load_config(config, overrides)
+        _, reports = check_models(cfg, open_storage(cfg))  # in this process: no Ray, no Prefect server
+        if trigger and any(report.drift for report in reports):  # a retrain needs both
+            from timedistill.flows.monitor import retrain_drifted
             from timedistill.flows.retrain import progress
-        with StepProgress() as terminal, progress(terminal, quiet=not debug):
-            reports = monitor(config=config, overrides=overrides, trigger=trigger, ray_address=ray_address)
+
+            with StepProgress() as terminal, progress(terminal, quiet=not debug):
+                reports = retrain_drifted(cfg, config, overrides, ray_address, reports)
         if as_json:
             for report in reports:
                 emit_json(report.to_json())
@@ -261,29 +266,33 @@ def predict(config: ConfigArg, model: Annotated[str, typer.Option("--model", hel
                                                  "row): several origins are a backtest")] = "last",
             layout: Annotated[str, typer.Option(help="wide (a column per variable) or long (a row per "
                                                 "variable)")] = "wide",
+            engine: Annotated[str, typer.Option(help="auto: this process up to 100,000 origins, Ray Data beyond or "
+                                                "when a Ray cluster is named; process; ray")] = "auto",
             set_: SetOpt = None, as_json: JsonOpt = False, ray_address: RayAddressOpt = None,
             debug: DebugOpt = False) -> None:
     """Forecast offline from a file with a registered student: from its last window, or from every
-    origin of a range with MSE and MAE where the truth is known; writes Parquet."""
+    origin of a range with MSE and MAE where the truth is known; writes Parquet. Runs in this
+    process; a backtest of very many origins, or one given a Ray cluster, runs on Ray Data."""
 
     def body() -> None:
         from timedistill.store.storage import make_filesystem
         from timedistill.tasks.predict import predict
-        from timedistill.tasks.runtime import ray_session
 
         layouts: dict[str, Layout] = {"wide": "wide", "long": "long"}
+        engines: dict[str, Engine | None] = {"auto": None, "process": "process", "ray": "ray"}
         if layout not in layouts:
             raise ConfigError(f"--layout {layout!r}: expected wide or long")
+        if engine not in engines:
+            raise ConfigError(f"--engine {engine!r}: expected auto, process or ray")
         cfg = load_config(config, set_ or [])
         target = output or f"predictions/{model}-{version or 'latest'}.parquet"
         folder, name = (target.rsplit("/", 1) if "/" in target else (".", target))
         if "://" not in target:
             folder = str(Path(folder).expanduser().resolve())
         make_filesystem(folder, cfg.storage.endpoint_override)  # a bad URI fails before any work
-        several = origins != "last"  # one forecast needs no cluster
-        with ray_session(cfg, ray_address, quiet=not debug) if several else nullcontext():
-            summary = predict(cfg, open_storage(cfg), model, version, input_,
-                              Storage(folder, cfg.storage.endpoint_override), name, origins, layouts[layout])
+        written = Storage(folder, cfg.storage.endpoint_override)
+        summary = predict(cfg, open_storage(cfg), model, version, input_, written, name, origins, layouts[layout],
+                          engine=engines[engine], ray_address=ray_address, quiet=not debug)
         if as_json:
             emit_json(summary.to_json())
         else:

@@ -15,26 +15,40 @@ from prefect.exceptions import ObjectNotFound
 
 from timedistill.conf import Config, load_config, storage_root
 from timedistill.flows.retrain import artifact_key, retrain
+from timedistill.store.records import Dataset
 from timedistill.store.storage import Storage
-from timedistill.tasks.ingest import ingest
-from timedistill.tasks.monitor import DriftReport, check_drift
+from timedistill.tasks.monitor import DriftReport, check_models
+
+
+def check(config: str, overrides: list[str] | None = None, trigger: bool = False,
+          ray_address: str | None = None) -> tuple[Dataset, list[DriftReport]]:
+    """Check every registered model of one config for drift; with `trigger`, a drift starts the
+    retrain flow (its deployment when one exists, here otherwise). A check needs neither Ray nor
+    Prefect; only a retrain it starts does."""
+    settings = load_config(config, overrides or [])
+    dataset, reports = check_models(settings, Storage(storage_root(settings), settings.storage.endpoint_override))
+    if trigger:
+        reports = retrain_drifted(settings, config, overrides or [], ray_address, reports)
+    return dataset, reports
+
+
+def retrain_drifted(settings: Config, config: str, overrides: list[str], ray_address: str | None,
+                    reports: list[DriftReport]) -> list[DriftReport]:
+    """The reports, with what a drift among them started (nothing when none drifted)."""
+    if not any(report.drift for report in reports):
+        return reports
+    started = start_retrain(settings, config, overrides, ray_address)
+    return [report.model_copy(update={"retrain": started}) if report.drift else report for report in reports]
 
 
 @flow(name="timedistill-monitor", log_prints=True)
 def monitor(config: str = "smoke", overrides: list[str] | None = None, trigger: bool = False,
             ray_address: str | None = None) -> list[DriftReport]:
-    """Check every registered model of one config for drift; with `trigger`, a drift starts the
-    retrain flow (its deployment when one exists, here otherwise)."""
-    settings = load_config(config, overrides or [])
-    storage = Storage(storage_root(settings), settings.storage.endpoint_override)
-    dataset = ingest(settings, storage)
-    reports = [check_drift(settings, storage, dataset, horizon) for horizon in settings.data.horizons]
+    """`check` as a Prefect flow run: each report in the run's log, all of them as a table artifact."""
+    dataset, reports = check(config, overrides, trigger, ray_address)
     logger = get_run_logger()
     for report in reports:
         logger.info("%s", report.describe())
-    if trigger and any(report.drift for report in reports):
-        started = start_retrain(settings, config, overrides or [], ray_address)
-        reports = [report.model_copy(update={"retrain": started}) if report.drift else report for report in reports]
     create_table_artifact([report.to_json() for report in reports], key=artifact_key(f"{dataset.name}-monitor"),
                           description=f"timedistill drift check of {dataset.name}, data {dataset.fingerprint}")
     return reports

@@ -18,6 +18,7 @@ from timedistill.store.registry import RegistryError, read_version
 from timedistill.store.series import series_timestamps, series_values
 from timedistill.store.storage import Storage
 from timedistill.tasks.evaluate import score_windows
+from timedistill.tasks.ingest import ingest
 
 
 class DriftReport(Record):
@@ -36,6 +37,12 @@ class DriftReport(Record):
     def describe(self) -> str:
         verdict = {True: "drift", False: "no drift", None: "no verdict"}[self.drift]
         return f"{self.model} {self.version or '-'}: {verdict}, {self.reason}"
+
+
+def check_models(config: Config, storage: Storage) -> tuple[Dataset, list[DriftReport]]:
+    """Ingest the newest data, and check the model of every configured horizon on it."""
+    dataset = ingest(config, storage)
+    return dataset, [check_drift(config, storage, dataset, horizon) for horizon in config.data.horizons]
 
 
 def check_drift(config: Config, storage: Storage, dataset: Dataset, horizon: int) -> DriftReport:

@@ -7,9 +7,12 @@ alignment of a long file's ids) and none of its training ones: every row of it c
 data.max_rows says. Its columns are matched to the model's variables by name, as the forecast
 contract says (store/contract.py); the time column is the model's, where the file has it.
 
-An origin is the time of the last history row a forecast starts from. Many origins are spread
-over the Ray cluster with Ray Data's `map_batches`, each actor holding the model once; where the
-truth of a forecast is in the file, it is scored (MSE and MAE in the model's standardized space,
+An origin is the time of the last history row a forecast starts from. Up to IN_PROCESS_ORIGINS
+origins are forecast in the command's own process (no cluster: most backtests take less time than
+Ray takes to start); more, or any number when a Ray cluster is named (--ray-address, ray.address,
+$RAY_ADDRESS), are spread over Ray with Ray Data's `map_batches`, each actor holding the model
+once (BENCHMARKS.md, "Light commands", measures where that pays off). Where the truth of a
+forecast is in the file, it is scored (MSE and MAE in the model's standardized space,
 the scale of its registered test scores). A quantile model's quantiles come out beside its forecast
 (a column per variable and level, "OT_q0.1"; in the long layout a column per level, "y_q0.1");
 the scores are the point forecast's.
@@ -23,8 +26,6 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import ray
-import ray.data
 
 from timedistill.conf import Config
 from timedistill.store.contract import LONG_ID, LONG_TIME, LONG_VALUE, MEDIAN, STEP_COLUMN, from_frame, quantile_column
@@ -34,11 +35,18 @@ from timedistill.store.record import Record
 from timedistill.store.storage import Storage
 from timedistill.tasks.ingest import parse_series
 from timedistill.tasks.reading import read_source
+from timedistill.tasks.runtime import ray_address as cluster_address
+from timedistill.tasks.runtime import ray_session
 from timedistill.tasks.values import format_step
 from timedistill.tasks.windows import WindowBatcher
 
 ORIGIN = "origin"
+# Up to this many origins are forecast in the command's process: on a machine of a few cores a Ray
+# Data pool only pays for its start (a local Ray, a job, its actors loading the model) beyond it
+# (BENCHMARKS.md, "Light commands")
+IN_PROCESS_ORIGINS = 100_000
 BATCH = 256  # origins per actor call (the Ray Data path); each forward takes batcher.inference_batch
+Engine = Literal["process", "ray"]
 SCORES = ["mse", "mae", "squares", "absolutes", "count"]  # per origin, where its truth is known
 Layout = Literal["wide", "long"]
 
@@ -61,6 +69,7 @@ class Predictions(Record):
     last_origin: str
     found: str | None  # what was read off the file (its time column, its layout)
     ignored_columns: list[str]  # the file's columns that the model's training data ignored too
+    engine: Engine  # where the forecasts were computed: this process, or a Ray Data pool
 
     def describe(self) -> str:
         scores = f"; MSE {self.mse:.4f}, MAE {self.mae:.4f} over {self.scored} origin(s) with truth" if self.scored \
@@ -107,9 +116,11 @@ def split_range(spec: str) -> tuple[pl.Series | None, pl.Series | None]:
 
 
 def predict(config: Config, storage: Storage, name: str, version: str | None, source: str, output: Storage,
-            output_name: str, origins: str = "last", layout: Layout = "wide") -> Predictions:
+            output_name: str, origins: str = "last", layout: Layout = "wide", *, engine: Engine | None = None,
+            ray_address: str | None = None, quiet: bool = True) -> Predictions:
     """Forecast from every chosen origin of `source` and write the forecasts (and the scores, when
-    there is truth) as Parquet under `output`."""
+    there is truth) as Parquet under `output`: in this process, or on Ray for many origins or a
+    named cluster (module docstring); `engine` decides instead."""
     predictor = Predictor.load(storage, name, version)
     data = config.data.model_copy(update={"path": source, "max_rows": None, "columns": None, "target": None})
     series = parse_series(read_source(source, config.storage.endpoint_override), data,
@@ -120,10 +131,14 @@ def predict(config: Config, storage: Storage, name: str, version: str | None, so
     history = from_frame(series.frame, predictor.card)
     timestamps = series.frame[series.layout.timestamp]
     ends = origin_rows(origins, timestamps, predictor.lookback)
-    if len(ends) == 1:  # one forecast: no cluster needed
+    if engine is None:
+        named = cluster_address(config, ray_address) is not None
+        engine = "ray" if len(ends) > IN_PROCESS_ORIGINS or named else "process"
+    if engine == "process":
         rows = forecast_origins(predictor, history.values, timestamps, ends)
     else:
-        rows = spread(storage, predictor, history.values, timestamps, ends)
+        with ray_session(config, ray_address, quiet=quiet):
+            rows = spread(storage, predictor, history.values, timestamps, ends)
     scores = (rows.filter(pl.col("count").is_not_null()).group_by(ORIGIN, maintain_order=True)
               .agg(pl.col(SCORES).first()).sort(ORIGIN))
     forecasts = rows.drop(SCORES).sort(ORIGIN, STEP_COLUMN)
@@ -149,7 +164,7 @@ def predict(config: Config, storage: Storage, name: str, version: str | None, so
         mae=float(scores["absolutes"].sum()) / count if count else None,
         scores_output=output.uri(scores_name) if scores_name else None, source_rows=len(timestamps),
         first_origin=str(timestamps[int(ends[0]) - 1]), last_origin=str(timestamps[int(ends[-1]) - 1]),
-        found=series.layout.found, ignored_columns=list(history.ignored))
+        found=series.layout.found, ignored_columns=list(history.ignored), engine=engine)
 
 
 def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Series,
@@ -160,9 +175,12 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
     padded = np.concatenate([values, np.full((horizon, values.shape[1]), np.nan)])  # truth past the end: unknown
     batcher = WindowBatcher(padded, lookback, horizon)
     std = np.asarray(predictor.entry.scaler.std)
-    frames, step = [], batcher.inference_batch
-    for begin in range(0, len(ends), step):
-        chunk = ends[begin : begin + step]
+    step, time_column = predictor.step, predictor.entry.config.timestamp or timestamps.name
+    stamp = (pl.col(ORIGIN) + pl.duration(microseconds=pl.col(STEP_COLUMN) * (step // timedelta(microseconds=1)))
+             if step else pl.lit(None, dtype=timestamps.dtype))  # each forecast row's time
+    frames, batch = [], batcher.inference_batch
+    for begin in range(0, len(ends), batch):
+        chunk = ends[begin : begin + batch]
         x, truth = batcher(chunk - lookback)
         history = x.numpy()
         if not np.isfinite(history).all():
@@ -188,13 +206,10 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
             "squares": np.repeat(squares, horizon), "absolutes": np.repeat(absolutes, horizon),
             "count": np.repeat(np.where(known, elements, 0), horizon),
         })
-        step, time_column = predictor.step, predictor.entry.config.timestamp or timestamps.name
-        stamp = (pl.col(ORIGIN) + pl.duration(microseconds=pl.col(STEP_COLUMN) * (step // timedelta(microseconds=1)))
-                 if step else pl.lit(None, dtype=timestamps.dtype))
         frames.append(frame.with_columns(stamp.alias(time_column), pl.col("count").replace(0, None))
                       .fill_nan(None).select(ORIGIN, time_column, STEP_COLUMN, *predictor.variables, *quantiles,
                                              *SCORES))
-    return pl.concat(frames)
+    return pl.concat(frames, how="vertical")
 
 
 class OriginForecaster:
@@ -212,6 +227,9 @@ class OriginForecaster:
 def spread(storage: Storage, predictor: Predictor, values: np.ndarray, timestamps: pl.Series,
            ends: np.ndarray) -> pl.DataFrame:
     """Ray: the origins in batches over a pool of actors, as many as the cluster has CPUs."""
+    import ray
+    import ray.data
+
     actors = max(int(ray.cluster_resources().get("CPU", 1)), 1)
     tables = (
         ray.data.from_arrow(pa.table({"end": ends}))
@@ -221,4 +239,4 @@ def spread(storage: Storage, predictor: Predictor, values: np.ndarray, timestamp
                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1)
         .to_arrow_refs()
     )
-    return pl.concat([pl.from_arrow(table) for table in ray.get(tables)])
+    return pl.concat([pl.DataFrame(pl.from_arrow(table)) for table in ray.get(tables)])

@@ -65,24 +65,32 @@ def test_predict_from_the_last_window(smoke, tmp_path):
 
 
 def test_a_backtest_over_the_test_windows_reproduces_the_registered_test_mse(smoke, tmp_path, ray_local):
-    """Every origin of the test split, spread over Ray Data: the overall MSE is the student's
+    """Every origin of the test split, in the command's process (the default for this many) and on
+    Ray Data (`--engine ray`): the same forecasts, and an overall MSE that is the student's
     registered test MSE, computed again through the predict path."""
     dataset = smoke["run"].dataset
     starts = window_starts(dataset.splits["test"], 96, 24)
     dates = smoke["frame"]["date"]
     first, last = dates[int(starts[0]) + 95], dates[int(starts[-1]) + 95]  # the last history row of each
-    output = tmp_path / "backtest.parquet"
-    result = runner.invoke(app, ["predict", "smoke", "--model", "smoke-24", "--version", "v1", "--input",
-                                 str(smoke["csv"]), "--output", str(output), "--origins", f"{first}:{last}",
-                                 "--json", *smoke["sets"]])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["origins"] == summary["scored"] == len(starts)
+    summaries = {}
+    for engine in ("auto", "ray"):
+        output = tmp_path / f"backtest-{engine}.parquet"
+        result = runner.invoke(app, ["predict", "smoke", "--model", "smoke-24", "--version", "v1", "--input",
+                                     str(smoke["csv"]), "--output", str(output), "--origins", f"{first}:{last}",
+                                     "--engine", engine, "--json", *smoke["sets"]])
+        assert result.exit_code == 0, result.output
+        summaries[engine] = json.loads(result.stdout.strip().splitlines()[-1])
+    local, spread = summaries["auto"], summaries["ray"]
+    assert (local["engine"], spread["engine"]) == ("process", "ray")
+    assert local["origins"] == local["scored"] == len(starts)
     registered = smoke["run"].row.student.test_mse
-    assert summary["mse"] == pytest.approx(registered, rel=1e-4)
-    scores = pl.read_parquet(summary["scores_output"])
+    assert local["mse"] == pytest.approx(registered, rel=1e-4)
+    assert spread["mse"] == pytest.approx(local["mse"], rel=1e-9) and spread["mae"] == pytest.approx(local["mae"],
+                                                                                                      rel=1e-9)
+    forecasts = [pl.read_parquet(tmp_path / f"backtest-{engine}.parquet") for engine in ("auto", "ray")]
+    assert forecasts[0].height == len(starts) * 24 and forecasts[0].equals(forecasts[1])
+    scores = pl.read_parquet(local["scores_output"])
     assert scores.height == len(starts) and scores["mse"].mean() == pytest.approx(registered, rel=1e-4)
-    assert pl.read_parquet(output).height == len(starts) * 24
 
 
 def test_bad_predict_input_is_one_line(smoke, tmp_path):

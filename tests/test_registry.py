@@ -212,12 +212,12 @@ def test_registrations_at_once_get_distinct_complete_versions_and_latest_is_the_
     holding its own flow's files; LATEST names the newest. A folder that another writer left
     without a claim is neither reused nor touched."""
     run, model = smoke_pipeline, "smoke-24"
-    source = run.pipe.storage
+    source = run.storage
     weights = run.students.weights_path("student")
     shared_root.write_bytes(weights, source.read_bytes(weights))
     shared_root.write_json(f"registry/{model}/v2/config.json", {"half": "written"})  # an older writer's, no _SUCCESS
     config = load_config("smoke", ["registry.gate=always"])
-    outcomes = at_once(6, lambda i: register(config, shared_root, run.pipe.dataset, run.students, run.row,
+    outcomes = at_once(6, lambda i: register(config, shared_root, run.dataset, run.students, run.row,
                                               run_id=f"flow-{i}"))
     registered = {outcome.version: f"flow-{i}" for i, outcome in enumerate(outcomes) if outcome.registered}
     assert len(registered) == 6 and "v2" not in registered, outcomes
@@ -234,7 +234,7 @@ def test_a_registration_repairs_a_latest_that_names_no_version(fresh):
     run, storage, name = fresh
     config = settings(name, "registry.gate=beats-champion")
     storage.write_bytes(f"registry/{name}/LATEST", b"\xff\xfe")
-    registered = register(config, storage, run.pipe.dataset, run.students, run.row, run_id="repair")
+    registered = register(config, storage, run.dataset, run.students, run.row, run_id="repair")
     assert registered.registered and "no champion to beat" in registered.reason and "UTF-8" in registered.reason
     assert latest(storage, name) == registered.version == "v1"
 

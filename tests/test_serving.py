@@ -557,7 +557,7 @@ def test_weights_broken_after_verification_are_a_503_never_a_500_and_served_agai
     interval its requests are a 503 naming why (the ingress, or a replica loading it, notices that
     its files changed), /readyz is not ready, and once the files are repaired the version serves
     again without a reload."""
-    client, storage = served["client"], served["run"].pipe.storage
+    client, storage = served["client"], served["run"].storage
     copy_version(storage, f"registry/smoke-24/{latest(storage, 'smoke-24')}", "registry/late-24/v1")
     storage.write_bytes("registry/late-24/LATEST", b"v1\n")
     body = {"model": "late-24", "history": history.tolist()}
