@@ -69,7 +69,8 @@ def in_format_2(value: Any) -> Any:
     if "best_epoch" in value:  # a trained model
         value = {key: item for key, item in value.items() if key != "latency_ms"}
     if set(value) >= EPOCH:  # an epoch
-        value = {**{key: value[key] for key in EPOCH}, "parts": {k: v for k, v in value.items() if k not in EPOCH}}
+        value = {**{key: value[key] for key in EPOCH}, "improved": bool(value["improved"]),  # a flag, not a number
+                 "parts": {k: v for k, v in value.items() if k not in EPOCH}}
     return {key: in_format_2(item) for key, item in value.items()}
 
 
