@@ -128,18 +128,18 @@ def check_times(times: list[datetime], card: Card, last: int) -> None:
     stamps = pl.Series(times[-last:], dtype=pl.Datetime("us"))
     if stamps.len() < 2:
         return
+    first = len(times) - stamps.len()  # where `stamps` begin in `times`
     gaps = stamps.diff().slice(1)
     backwards = (gaps <= timedelta(0)).arg_true()
-    if len(backwards):
-        row = len(times) - stamps.len() + int(backwards[0]) + 1
-        raise InputError(f"the history's times are not in increasing order: row {row} "
-                         f"({stamps[int(backwards[0]) + 1]}) comes after {stamps[int(backwards[0])]}; sort it oldest "
-                         "first")
+    if len(backwards):  # named by the times as given: in UTC, one may be before the year 1
+        row = first + int(backwards[0]) + 1
+        raise InputError(f"the history's times are not in increasing order: row {row} ({times[row]}) comes after "
+                         f"{times[row - 1]}; sort it oldest first")
     if card.step is not None:
         other = (gaps != card.step).arg_true()
         if len(other):
             index = int(other[0]) + 1
-            raise InputError(f"the history's times are {gaps[int(other[0])]} apart at {stamps[index]}; model "
+            raise InputError(f"the history's times are {gaps[int(other[0])]} apart at {times[first + index]}; model "
                              f"{card.model} forecasts steps of {card.step} (fill gaps before forecasting)")
 
 
