@@ -11,18 +11,24 @@ import os
 import numpy as np
 
 from timedistill.conf import ServeConfig
-from timedistill.serving.api import Forecasts, RegistryView, create_api, load_served
+from timedistill.serving.api import create_api
+from timedistill.serving.backend import Forecasts
+from timedistill.serving.registry_view import ModelRef, RegistryView, load_served
+from timedistill.store.forecaster import ForecastModel
 from timedistill.store.storage import Storage
 
 
 class InProcess:
-    def __init__(self, storage: Storage) -> None:
-        self.storage, self.models = storage, {}
+    """Each version loaded by reference on its first request, and kept."""
 
-    async def forecast(self, model_id: str, histories: np.ndarray, *, batched: bool) -> Forecasts:
-        if model_id not in self.models:
-            self.models[model_id] = load_served(self.storage, model_id)
-        return Forecasts.of(self.models[model_id], histories)
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.models: dict[ModelRef, ForecastModel] = {}
+
+    async def forecast(self, ref: ModelRef, histories: np.ndarray, *, batched: bool) -> Forecasts:
+        if ref not in self.models:
+            self.models[ref] = load_served(self.storage, ref)
+        return Forecasts.of(self.models[ref], histories)
 
 
 storage = Storage(os.environ.get("TIMEDISTILL_STORAGE", "./artifacts"))

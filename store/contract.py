@@ -19,6 +19,7 @@ Plain Polars and NumPy (no torch), so that the client can share it.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -99,11 +100,11 @@ def from_frame(frame: pl.DataFrame, card: Card) -> History:
     return History(values=values, times=times, ignored=tuple(name for name in extra if name not in unknown))
 
 
-def from_json_columns(history: dict[str, list[Any]] | list[dict[str, Any]]) -> pl.DataFrame:
+def from_json_columns(history: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> pl.DataFrame:
     """A history sent as JSON with names: an object of columns ({"date": [...], "OT": [...]}) or
     a list of records ([{"date": ..., "OT": ...}, ...])."""
     try:
-        if isinstance(history, dict):
+        if isinstance(history, Mapping):
             lengths = {len(values) for values in history.values()}
             if len(lengths) > 1:
                 raise InputError(f"history: its columns have different lengths ({sorted(lengths)})")
@@ -128,18 +129,18 @@ def check_times(times: list[datetime], card: Card, last: int) -> None:
     stamps = pl.Series(times[-last:], dtype=pl.Datetime("us"))
     if stamps.len() < 2:
         return
+    first = len(times) - stamps.len()  # where `stamps` begin in `times`
     gaps = stamps.diff().slice(1)
     backwards = (gaps <= timedelta(0)).arg_true()
-    if len(backwards):
-        row = len(times) - stamps.len() + int(backwards[0]) + 1
-        raise InputError(f"the history's times are not in increasing order: row {row} "
-                         f"({stamps[int(backwards[0]) + 1]}) comes after {stamps[int(backwards[0])]}; sort it oldest "
-                         "first")
+    if len(backwards):  # named by the times as given: in UTC, one may be before the year 1
+        row = first + int(backwards[0]) + 1
+        raise InputError(f"the history's times are not in increasing order: row {row} ({times[row]}) comes after "
+                         f"{times[row - 1]}; sort it oldest first")
     if card.step is not None:
         other = (gaps != card.step).arg_true()
         if len(other):
             index = int(other[0]) + 1
-            raise InputError(f"the history's times are {gaps[int(other[0])]} apart at {stamps[index]}; model "
+            raise InputError(f"the history's times are {gaps[int(other[0])]} apart at {times[first + index]}; model "
                              f"{card.model} forecasts steps of {card.step} (fill gaps before forecasting)")
 
 

@@ -5,6 +5,7 @@ this."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from timedistill.models import QuantileStudent
 from timedistill.store.errors import BrokenVersion, RegistryError, one_line
 from timedistill.store.records import RegistryEntry
-from timedistill.store.registry import read_version
+from timedistill.store.registry import check_version, read_entry, read_version
 from timedistill.store.scaler import Scaler
 from timedistill.store.storage import Storage
 from timedistill.store.weights import load_registered
@@ -74,8 +75,22 @@ def load_verified(storage: Storage, name: str, version: str) -> tuple[RegistryEn
     architecture and it answers a probe. What serving checks before it answers with a version,
     and what `models rollback` checks before LATEST moves. A version that is not registered
     raises RegistryError; one that cannot be served, BrokenVersion naming why."""
+    return load_probed(storage, name, version, lambda: read_version(storage, name, version))
+
+
+def load_listed(storage: Storage, name: str, version: str) -> tuple[RegistryEntry, ForecastModel]:
+    """`load_verified` of a version its caller has just seen complete in the registry's listing
+    (`list_model`, or the digest of its files): no second listing, only the reads of its files."""
+    folder = f"registry/{name}/{check_version(name, version)}"
+    return load_probed(storage, name, version, lambda: read_entry(storage, name, version, folder))
+
+
+def load_probed(storage: Storage, name: str, version: str,
+                read: Callable[[], RegistryEntry]) -> tuple[RegistryEntry, ForecastModel]:
+    """The entry `read` returns and its model, loaded and probed; BrokenVersion naming the step
+    that failed (RegistryError from `read` passes: the version is not registered)."""
     try:
-        entry = read_version(storage, name, version)
+        entry = read()
     except RegistryError:
         raise
     except Exception as exc:  # a truncated or unreadable file of a complete version

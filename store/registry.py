@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 from timedistill.conf import FORMAT
 from timedistill.conf.schema import PLAIN_NAME
@@ -25,13 +27,29 @@ from timedistill.store.errors import BrokenLatest, InvalidModelName, RegistryErr
 from timedistill.store.record import read_record
 from timedistill.store.records import RegisteredModel, RegistryEntry, ResultRow
 from timedistill.store.scaler import NamedScaler
-from timedistill.store.storage import SUCCESS, Storage
+from timedistill.store.storage import SUCCESS, FileStat, Storage
 
 LATEST = "LATEST"
 # the record formats a registered version may be in: a version registered by an earlier release
 # is served as it was (its files hold nothing this version's records do not read)
 REGISTRY_FORMATS = (1, FORMAT)
 VERSION = re.compile(r"^v(\d{1,9})$")  # bounded: a version number is an int everywhere
+Kind = Literal["file", "folder"]
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """registry/<model>/ as one listing shows it: enough to resolve the model's LATEST (`read_latest`)
+    and to tell whether a version's files changed, without another look."""
+
+    model: str
+    latest: Kind | None  # what LATEST is, before it is read; None when there is none
+    complete: dict[str, str]  # each complete version -> the digest of its files (`files_digest`)
+
+    @property
+    def versions(self) -> list[str]:
+        """The complete versions, oldest first."""
+        return sorted(self.complete, key=lambda v: int(v[1:]))
 
 
 def check_name(name: str) -> str:
@@ -41,11 +59,34 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_version(model: str, version: str) -> str:
+    """Versions become paths: only "v<k>" is accepted (of a plain model name), as `versions` lists them."""
+    check_name(model)
+    if not isinstance(version, str) or not VERSION.match(version):
+        raise RegistryError(f"version {version!r} of model {model!r} is not registered")
+    return version
+
+
+def list_model(storage: Storage, model: str) -> ModelFolder:
+    """A model's folder in one listing (recursive): its LATEST, its complete versions (those with
+    `_SUCCESS`) and the digest of each one's files (those directly in its folder, as
+    `version_files` sees them)."""
+    latest: Kind | None = None
+    files: dict[str, list[FileStat]] = {}
+    for entry in storage.stat_tree(f"registry/{check_name(model)}"):
+        top, _, rest = entry.path.partition("/")
+        if top == LATEST:
+            latest = "folder" if rest or entry.is_dir else "file"  # sorted: a folder's own entries come after it
+        elif VERSION.match(top) and rest and "/" not in rest and not entry.is_dir:
+            files.setdefault(top, []).append(FileStat(rest, entry.size, entry.mtime_ns))
+    complete = {version: files_digest(stats) for version, stats in files.items()
+                if any(stat.name == SUCCESS for stat in stats)}
+    return ModelFolder(model, latest, complete)
+
+
 def versions(storage: Storage, model: str) -> list[str]:
     """Complete versions of a model, oldest first."""
-    found = [name for name in storage.listdir(f"registry/{check_name(model)}") if VERSION.match(name)]
-    complete = [v for v in found if storage.exists(f"registry/{model}/{v}/{SUCCESS}")]
-    return sorted(complete, key=lambda v: int(v[1:]))
+    return list_model(storage, model).versions
 
 
 def latest(storage: Storage, model: str) -> str | None:
@@ -53,12 +94,18 @@ def latest(storage: Storage, model: str) -> str | None:
     against `versions`); None when the model has no LATEST. A LATEST that names no version raises
     BrokenLatest with the reason."""
     path = f"registry/{check_name(model)}/{LATEST}"
-    if not storage.exists(path):
+    kind: Kind | None = None if not storage.exists(path) else "folder" if storage.is_dir(path) else "file"
+    return read_latest(storage, model, kind)
+
+
+def read_latest(storage: Storage, model: str, kind: Kind | None) -> str | None:
+    """`latest`, knowing what LATEST is (`kind`, from `list_model`): at most one read."""
+    if kind is None:
         return None
-    if storage.is_dir(path):
+    if kind == "folder":
         raise BrokenLatest(f"the LATEST of model {model!r} is a folder, not a file naming a version")
     try:
-        text = storage.read_bytes(path).decode()
+        text = storage.read_bytes(f"registry/{check_name(model)}/{LATEST}").decode()
     except UnicodeDecodeError:
         raise BrokenLatest(f"the LATEST of model {model!r} is not UTF-8 text naming a version") from None
     except OSError as exc:
@@ -95,10 +142,13 @@ def version_files(storage: Storage, model: str, version: str) -> str:
     listing, on a local disk and on an object store alike), so that a verdict on a version can
     tell when its files changed. On an object store a rewrite of the same size within the same
     second goes unnoticed (its modification time has one-second resolution)."""
-    if not VERSION.match(version):
-        raise RegistryError(f"version {version!r} of model {check_name(model)!r} is not registered")
-    listed = storage.stat_files(f"registry/{check_name(model)}/{version}")
-    return hashlib.sha256(repr(listed).encode()).hexdigest()[:16]
+    check_version(model, version)
+    return files_digest(storage.stat_files(f"registry/{model}/{version}"))
+
+
+def files_digest(stats: list[FileStat]) -> str:
+    """The digest `version_files` and `list_model` give the same files."""
+    return hashlib.sha256(repr(sorted(stats)).encode()).hexdigest()[:16]
 
 
 def read_version(storage: Storage, model: str, version: str | None = None) -> RegistryEntry:

@@ -33,6 +33,15 @@ class FileStat(NamedTuple):
     mtime_ns: int  # on an object store, its LastModified (one-second resolution)
 
 
+class TreeEntry(NamedTuple):
+    """A file or folder as a recursive listing describes it (`Storage.stat_tree`)."""
+
+    path: str  # under the listed folder, "/"-separated: "v1/student.pt"
+    is_dir: bool
+    size: int
+    mtime_ns: int
+
+
 def make_filesystem(uri: str, endpoint_override: str | None = None) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it for a local path or a URI."""
     if "://" not in uri:
@@ -101,6 +110,18 @@ class Storage:
         selector = pafs.FileSelector(self.path(rel), recursive=False, allow_not_found=True)
         return sorted(FileStat(e.base_name, e.size or 0, e.mtime_ns or 0) for e in self.fs.get_file_info(selector)
                       if e.type == pafs.FileType.File)
+
+    def stat_tree(self, rel: str) -> list[TreeEntry]:
+        """Every file and folder under a directory, at any depth (none when it does not exist or
+        is a file), by path: one listing (on an object store, one paged listing of the prefix)."""
+        base = self.path(rel)
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        try:
+            found = self.fs.get_file_info(selector)
+        except NotADirectoryError:
+            return []
+        return sorted(TreeEntry(e.path.removeprefix(f"{base}/"), e.type == pafs.FileType.Directory, e.size or 0,
+                                e.mtime_ns or 0) for e in found if e.type != pafs.FileType.NotFound)
 
     def size(self, rel: str) -> int:
         """Bytes of a file, or of every file under a directory."""

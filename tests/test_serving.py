@@ -521,11 +521,15 @@ def test_the_ingress_keeps_the_models_in_use_and_loads_others_beside_the_pool(se
     import asyncio
 
     from timedistill.serving.app import ResidentModels
+    from timedistill.serving.registry_view import ModelRef
+    from timedistill.store.registry import version_files
 
     storage = served["run"].storage
-    ids = [f"smoke-24@{latest(storage, 'smoke-24')}", f"{QUANTILE_MODEL}@v1"]
+    ids = [ModelRef(name, version, version_files(storage, name, version))
+           for name, version in (("smoke-24", latest(storage, "smoke-24")), (QUANTILE_MODEL, "v1"))]
+    missing = ModelRef("no-such-model", "v1", "")
 
-    async def scenario(capacity: int, requests: list[str]) -> tuple[list[bool], list[str]]:
+    async def scenario(capacity: int, requests: list[ModelRef]) -> tuple[list[bool], list[ModelRef]]:
         resident, found = ResidentModels(storage, capacity), []
         for model_id in requests:
             found.append(resident.get(model_id) is not None)
@@ -538,18 +542,18 @@ def test_the_ingress_keeps_the_models_in_use_and_loads_others_beside_the_pool(se
         [False, True, False, True, False], [ids[0]])
     assert asyncio.run(scenario(2, [ids[0], ids[1], ids[0], ids[1]])) == ([False, False, True, True], ids)
     assert asyncio.run(scenario(0, [ids[0], ids[0]])) == ([False, False], [])
-    assert asyncio.run(scenario(2, ["no-such-model@v1", "no-such-model@v1"])) == ([False, False], [])
+    assert asyncio.run(scenario(2, [missing, missing])) == ([False, False], [])
 
-    async def tried_once() -> set[str]:
+    async def tried_once() -> set[ModelRef]:
         resident = ResidentModels(storage, 2)
-        resident.get("no-such-model@v1")
+        resident.get(missing)
         while resident.loading:
             await asyncio.sleep(0.01)
-        resident.get("no-such-model@v1")
+        resident.get(missing)
         assert not resident.loading  # not loaded again
         return resident.failed
 
-    assert asyncio.run(tried_once()) == {"no-such-model@v1"}
+    assert asyncio.run(tried_once()) == {missing}
 
 
 def test_weights_broken_after_verification_are_a_503_never_a_500_and_served_again_once_repaired(served, history):
@@ -630,7 +634,8 @@ def api_client(storage, ttl: float) -> InProcessClient:
     server's backend (the model loaded in the request handler): no Ray."""
     from bench.serve_bare import InProcess
     from timedistill.conf import ServeConfig
-    from timedistill.serving.api import RegistryView, create_api
+    from timedistill.serving.api import create_api
+    from timedistill.serving.registry_view import RegistryView
 
     return InProcessClient(create_api(ServeConfig(), RegistryView(storage, ttl=ttl), InProcess(storage)))
 
