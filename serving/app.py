@@ -226,7 +226,7 @@ def http_options(settings: ServeConfig) -> dict[str, Any]:
 def replicas_at_least(settings: ServeConfig) -> int:
     """`serve.min_replicas`, else two replicas of each deployment where the Ray cluster has the
     CPUs for them, else one. With two, losing a replica costs the requests in flight on it; with
-    one, every request waits until Ray has started its replacement (docs/operations.md, "What a fault costs")."""
+    one, every request waits until Ray has started its replacement (docs/operations.md, "Faults")."""
     if settings.min_replicas is not None:
         return settings.min_replicas
     cpus = ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
