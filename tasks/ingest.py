@@ -112,11 +112,12 @@ def reuse(storage: Storage, data: DataConfig, fingerprint: str, source: str) -> 
 def store(storage: Storage, data: DataConfig, series: Series, origin: Origin,
           lineage: Lineage | None = None) -> Dataset:
     """Split, scale and write a parsed series as the version `origin.fingerprint` (the manifest
-    last), compared with the version before it unless `lineage` says how they relate."""
+    last), compared with the version before it unless `lineage` says how they relate. Errors name
+    the source as `data.path` says it."""
     frame, stamp = as_stored(series.frame), series.layout.timestamp
-    rows = split_rows(data.split, frame.height, data.ratios, source=origin.source,
+    rows = split_rows(data.split, frame.height, data.ratios, source=data.path,
                       rolling=rolling_sizes(data, series.step))
-    check_windows(rows, data, origin.source)
+    check_windows(rows, data, data.path)
     variables = frame.columns[1:]
     lineage = lineage or compare_with_previous(storage, data, frame)
     train = frame.slice(rows["train"][0], rows["train"][1] - rows["train"][0])

@@ -160,7 +160,7 @@ def stage(batches: Any, path: Path) -> pa.Schema | None:
 def plain(table: pa.Table) -> pa.Table:
     """Extension columns (numeric arrives as an opaque text extension) as their storage."""
     for index, field in enumerate(table.schema):
-        if isinstance(field.type, pa.ExtensionType):
+        if isinstance(field.type, pa.BaseExtensionType):
             storage = pa.chunked_array([chunk.storage for chunk in table.column(index).chunks],
                                        type=field.type.storage_type)
             table = table.set_column(index, pa.field(field.name, storage.type), storage)
