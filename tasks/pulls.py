@@ -47,7 +47,7 @@ from timedistill.tasks.ingest import (
 )
 from timedistill.tasks.layout import Layout
 from timedistill.tasks.sources import Bound, describe_source, fetch, staging_dir
-from timedistill.tasks.values import parse_timestamps
+from timedistill.tasks.values import parse_timestamps, row_namer
 
 LOST = ("the source has lost or rewritten rows already pulled (a pull without data.watermark reads it whole, as a "
         "new truth)")
@@ -64,17 +64,14 @@ def pull(config: Config, storage: Storage) -> Dataset:
     """Read `config.data`'s database or lake (only what is new, with data.watermark) and store
     the result as a version of the dataset; reuse the version it amounts to when there is one."""
     data = config.data
-    source = describe_source(data)
-    reading = data.model_copy(update={"path": source})  # what parsing names in its errors
+    reading = data.model_copy(update={"path": describe_source(data)})  # what parsing names in its errors
     previous = appendable(storage, data) if data.watermark is not None else None
-    bound = None
-    if previous is not None:
+    with staging_dir() as staging:
+        if previous is None:
+            return whole(storage, data, reading, fetch(data, config.storage.endpoint_override, None, Path(staging)))
         stamps = previous.frame[previous.dataset.timestamp]
         bound = Bound(previous.dataset.timestamp, stamps[max(0, len(stamps) - data.watermark_overlap)])
-    with staging_dir() as staging:
         raw = fetch(data, config.storage.endpoint_override, bound, Path(staging))
-        if previous is None or bound is None:
-            return whole(storage, data, reading, raw)
         return increment(storage, data, reading, raw, previous, bound)
 
 
@@ -96,16 +93,16 @@ def increment(storage: Storage, data: DataConfig, reading: DataConfig, raw: pl.D
     reading = reading.model_copy(update={"format": known.format, "id_column": known.id_column,
                                          "value_column": known.value_column, "timestamp": stamp})
     if raw.height == 0:
-        raise DataError(f"{reading.path}: no rows at or after {bound.start}, where the stored series has rows up to "
-                        f"{end}: the source has lost rows already pulled")
-    times = parse_timestamps(raw[stamp], stamp, None, reading.path, lambda index: f"row {index}")
+        raise DataError(f"{reading.path}: it has no row at or after {bound.start}, where the stored series has rows "
+                        f"up to {end} (previous version {known.fingerprint}): {LOST}")
+    times = parse_timestamps(raw[stamp], stamp, None, reading.path, row_namer(0))
     newer = times > end
     overlap = old.filter(pl.col(stamp) >= bound.start)
     layout = Layout(timestamp=stamp, format=known.format, id_column=known.id_column, value_column=known.value_column,
                     found=known.found)
     series = Series(frame=old, layout=layout, step=duration(known.step), missing=known.missing,
                     source_rows=known.source_rows, cuts=known.cuts, ignored_columns=known.ignored_columns)
-    check_overlap(reading, raw.filter(~newer), overlap, old, known, series)
+    check_overlap(reading, raw.filter(~newer), times.filter(~newer), overlap, series, known)
     if newer.any():
         added = on_grid_after(reading, read_rows(raw.filter(newer), 0, reading), old.tail(1), series)
         series = series._replace(frame=pl.concat([old, as_stored(added.frame)]),
@@ -119,13 +116,12 @@ def increment(storage: Storage, data: DataConfig, reading: DataConfig, raw: pl.D
     return version(storage, data, reading.path, series, watermark, lineage)
 
 
-def check_overlap(reading: DataConfig, raw: pl.DataFrame, overlap: pl.DataFrame, old: pl.DataFrame,
-                  known: Dataset, stored: Series) -> None:
-    """The source's rows over the overlap must be the stored ones (after the same filling)."""
-    stamp = known.timestamp
+def check_overlap(reading: DataConfig, raw: pl.DataFrame, times: pl.Series, overlap: pl.DataFrame, stored: Series,
+                  known: Dataset) -> None:
+    """The source's rows over the overlap (`raw`, at `times`) must be the stored ones, after the
+    same filling."""
+    stamp, old = known.timestamp, stored.frame
     first = overlap[stamp][0]
-    times = parse_timestamps(raw[stamp], stamp, None, reading.path, lambda index: f"row {index}") if raw.height \
-        else pl.Series(stamp, [], pl.Datetime("us"))
     if known.missing.rows_inserted == 0:  # every stored row came from the source: none may be gone
         lost = overlap.filter(~pl.col(stamp).is_in(times.implode()))
         if lost.height:

@@ -259,3 +259,16 @@ def test_a_lake_on_s3_is_pulled_incrementally(s3, tmp_path):
     assert second.previous == first.fingerprint and second.appended_rows == 24 and second.rows == 6 * 24
     manifest = (tmp_path / second.directory / MANIFEST).read_text()
     assert '"after": "2024-01-05 23:00:00"' in manifest
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.path=postgresql://forecaster@db/metrics"], r"is a database: data.query names its rows"),
+    (["data.query=load"], r"data.query reads a database; data.path is not one"),
+    (["data.path=postgresql://forecaster@db/metrics", "data.query=DELETE FROM load"],
+     r"data.query must be a table name \(schema.table\) or a SELECT"),
+    (["data.path=/lake/", "data.watermark=ts", "data.timestamp=date"], r"data.watermark 'ts' must be the time column"),
+    (["data.path=/lake/", "data.watermark=ts", "data.max_rows=100"], r"data.max_rows keeps the oldest rows"),
+])
+def test_source_settings_that_do_not_go_together_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
