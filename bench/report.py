@@ -43,6 +43,7 @@ SECTIONS = (
     Section("training", "bench.bench_training"),
     Section("scale", "bench.bench_scale"),
     Section("recurring", "bench.bench_recurring"),
+    Section("sources", "bench.bench_sources"),
     Section("windows", "bench.bench_windows"),
     Section("models", "bench.bench_models"),
     Section("depthwise", "bench.bench_depthwise"),

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from timedistill.conf.schema import Config, ConfigError, DataConfig, dataset_name
+from timedistill.conf.schema import Config, ConfigError, DataConfig, dataset_name, has_password, redact
 
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent
 
@@ -75,7 +75,11 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {override!r}: expected dotted.key=value")
+        raise ConfigError(f"--set {redact(override)!r}: expected dotted.key=value")
+    if has_password(text):  # overrides are kept: Prefect's flow parameters, shell history, `ps`
+        raise ConfigError(f"--set {key}: {redact(text.strip())} holds a password, which an override would leave in "
+                          "Prefect's parameters and the shell's history; give it in PGPASSWORD or ~/.pgpass "
+                          "(or the config file, which nothing copies it from)")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:

@@ -23,6 +23,50 @@ AUTO = "auto"  # teacher.name: choose among teacher.candidates by validation MSE
 # are never taken for this one's, and an upgrade that changes what a key covers bumps it once.
 FORMAT = 2
 REDACTED = "***"  # a secret, where a config is written down
+DATABASE_SCHEMES = ("postgresql://", "postgres://")  # data.path of a database (tasks/sources.py)
+# a table name as data.query may give it: schema.table, either part plain or "quoted"
+TABLE_NAME = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_$]*|"[^"]+")(?:\.(?:[A-Za-z_][A-Za-z0-9_$]*|"[^"]+"))?$')
+PASSWORD_PARAMETER = re.compile(r"(?i)([?&]password=)[^&#]*")  # libpq also takes ?password=...
+
+
+def is_database(path: str) -> bool:
+    return path.lower().startswith(DATABASE_SCHEMES)
+
+
+def _password_span(uri: str) -> tuple[int, int] | None:
+    """Where the password of `scheme://user:password@host/...` is, if there is one."""
+    if "://" not in uri:
+        return None
+    start = uri.index("://") + 3
+    end = len(uri)
+    for stop in "/?#":  # the authority ends at the first of these
+        found = uri.find(stop, start)
+        end = found if found != -1 and found < end else end
+    at = uri.rfind("@", start, end)
+    colon = uri.find(":", start, at) if at != -1 else -1
+    return (colon + 1, at) if colon != -1 else None
+
+
+def has_password(uri: str) -> bool:
+    """A password in a URI: `user:password@` or libpq's `?password=`."""
+    return _password_span(uri) is not None or PASSWORD_PARAMETER.search(uri) is not None
+
+
+def password_of(uri: str) -> str | None:
+    """The password a URI holds, to scrub it from a library's message."""
+    span = _password_span(uri)
+    if span is not None:
+        return uri[span[0]: span[1]] or None
+    found = PASSWORD_PARAMETER.search(uri)
+    return uri[found.end(1): found.end()] or None if found else None
+
+
+def redact(uri: str) -> str:
+    """The URI as it may be shown, logged or stored: its password, if any, as '***'."""
+    span = _password_span(uri)
+    if span is not None:
+        uri = uri[: span[0]] + REDACTED + uri[span[1]:]
+    return PASSWORD_PARAMETER.sub(lambda match: match[1] + REDACTED, uri)
 
 
 def dataset_name(path: str) -> str:
@@ -45,6 +89,9 @@ class Section(BaseModel):
         return self.model_dump(mode="json")
 
 
+SOURCE_KEYS = ("path", "query", "watermark", "watermark_overlap")  # where the data comes from (DataConfig)
+
+
 class DataConfig(Section):
     """The series: where it is, how to read it, how to split it, and the window of a forecast."""
 
@@ -52,11 +99,22 @@ class DataConfig(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     # the dataset's name, in storage paths and model names (<name>-<horizon>); unset: the file's
-    # name (data/My Load.csv is my-load)
+    # name (data/My Load.csv is my-load), a database table's (data.query), a lake folder's
     name: str = "etth1"
     # the series: CSV (plain or gzip) or Parquet; a local path (relative to the config's folder,
-    # then the working directory) or a URI (s3://, gs://, file://)
+    # then the working directory) or a URI (s3://, gs://, file://). Or a lake: a folder or glob of
+    # Parquet files, hive-partitioned (date=2026-12-01/part-0.parquet), local or s3://. Or a
+    # PostgreSQL database, postgresql://user@host:port/db, read with data.query; its password
+    # comes from libpq's PGPASSWORD or ~/.pgpass, and is shown as *** wherever the path is
+    # (docs/database-and-lake.md)
     path: str = "../data/ETTh1.csv"
+    # a database's rows: a table name (schema.table) or a SELECT; only with a postgresql:// path
+    query: str | None = None
+    # a database's or a lake's time column by which each run pulls only the rows after the stored
+    # series' end, appended as a new version (the newest stored steps are read again and must be
+    # unchanged); unset: the whole source every run
+    watermark: str | None = None
+    watermark_overlap: int = Field(48, gt=0)  # data.watermark: the stored steps read again and compared
     # the time column; unset: the one column of a date type, or of text that reads as dates (a name
     # such as ds, date or timestamp settles a tie)
     timestamp: str | None = None
@@ -101,10 +159,17 @@ class DataConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _name_from_path(cls, values: Any) -> Any:
-        """An unnamed dataset takes its file's name: data/my load.csv is `my-load`."""
-        if isinstance(values, dict) and values.get("name") is None:
-            path = values.get("path") or cls.model_fields["path"].get_default()
-            return {**values, "name": dataset_name(str(path))}
+        """An unnamed dataset takes its file's name (data/my load.csv is `my-load`), or its
+        table's (data.query: sales.load is `load`); the watermark is the time column."""
+        if not isinstance(values, dict):
+            return values
+        if values.get("name") is None:
+            path = str(values.get("path") or cls.model_fields["path"].get_default())
+            query = values.get("query")
+            table = query.rsplit(".", 1)[-1].strip('"') if isinstance(query, str) and TABLE_NAME.match(query) else None
+            values = {**values, "name": dataset_name(table if is_database(path) and table else path)}
+        if values.get("timestamp") is None and values.get("watermark") is not None:
+            values = {**values, "timestamp": values["watermark"]}
         return values
 
     @field_validator("name")
@@ -131,10 +196,32 @@ class DataConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _source(self) -> DataConfig:
+        if is_database(self.path):
+            if self.query is None:
+                raise ValueError(f"{redact(self.path)} is a database: data.query names its rows (a table, or a SELECT)")
+            if not (TABLE_NAME.match(self.query) or re.match(r"(?is)^\s*(select|with)\b", self.query)):
+                raise ValueError("data.query must be a table name (schema.table) or a SELECT, got "
+                                 f"{self.query[:80]!r}")
+        elif self.query is not None:
+            raise ValueError("data.query reads a database; data.path is not one (postgresql://user@host:port/db)")
+        if self.watermark is not None:
+            if self.timestamp != self.watermark:
+                raise ValueError(f"data.watermark {self.watermark!r} must be the time column (data.timestamp is "
+                                 f"{self.timestamp!r})")
+            if self.max_rows is not None:
+                raise ValueError("data.max_rows keeps the oldest rows, data.watermark adds the newest: set one")
+        return self
+
+    @model_validator(mode="after")
     def _rolling_sizes(self) -> DataConfig:
         if self.split == "rolling" and (self.val_size is None or self.test_size is None):
             raise ValueError("split 'rolling' needs data.val_size and data.test_size (steps, or a duration: 14d)")
         return self
+
+    def key_payload(self) -> dict[str, Any]:
+        """What the series is, not where it comes from: the data's fingerprint covers what was read."""
+        return {key: value for key, value in super().key_payload().items() if key not in SOURCE_KEYS}
 
     @field_validator("horizons")
     @classmethod
@@ -394,9 +481,10 @@ class Config(Section):
         return self
 
     def public(self) -> dict[str, Any]:
-        """The config as JSON, its secrets (serve.auth_token) shown as '***': what a run folder,
-        a registered version and `--json` keep of it."""
+        """The config as JSON, its secrets (serve.auth_token, a password in data.path) shown as
+        '***': what a run folder, a registered version and `--json` keep of it."""
         dumped = self.model_dump(mode="json")
+        dumped["data"]["path"] = redact(self.data.path)
         if dumped["serve"]["auth_token"] is not None:
             dumped["serve"]["auth_token"] = REDACTED
         return dumped
@@ -410,7 +498,6 @@ class Config(Section):
         (teacher.refresh: always) makes every run a new one."""
         payload: dict[str, Any] = {name: getattr(self, name).key_payload()
                                    for name in ("data", "teacher", "student", "distill")}
-        payload["data"].pop("path")
         payload["data_fingerprint"] = data_fingerprint
         payload["format"] = FORMAT
         if salt is not None:

@@ -1,5 +1,6 @@
 """Ingestion: a raw CSV or Parquet file becomes a validated float32 series in Parquet plus a
-manifest (splits, scaler, step), keyed by a fingerprint of the content and the data settings.
+manifest (splits, scaler, step), keyed by a fingerprint of the content and the data settings. (A
+database or a lake is pulled by tasks/pulls.py, which parses and stores with the functions here.)
 
 Everything a config leaves open is read off the file (tasks/layout.py: the time column, wide or
 long) and recorded in the manifest, as is every row a setting did not keep (data.max_rows,
@@ -20,14 +21,16 @@ import polars as pl
 from timedistill.conf import FORMAT, Config, DataConfig, stable_hash
 from timedistill.conf.spans import duration
 from timedistill.store.record import read_record, write_record
-from timedistill.store.records import SERIES, Dataset, Lineage, Missing, RowCut
+from timedistill.store.records import SERIES, Dataset, Lineage, Missing, RowCut, Watermark
 from timedistill.store.scaler import Scaler
 from timedistill.store.storage import Storage
 from timedistill.tasks.errors import DataError
 from timedistill.tasks.layout import Layout, find_layout
 from timedistill.tasks.long_format import pivot_long
 from timedistill.tasks.reading import read_source, read_table
+from timedistill.tasks.sources import source_kind
 from timedistill.tasks.values import (
+    Where,
     check_order,
     fill_gaps,
     fill_values,
@@ -68,29 +71,61 @@ def fingerprint_settings(data: DataConfig) -> dict[str, Any]:
 
 
 def ingest(config: Config, storage: Storage) -> Dataset:
-    """Validate and store `config.data`; reuse an earlier identical ingestion."""
+    """Validate and store `config.data`; reuse an earlier identical ingestion. A database or a
+    lake is pulled (tasks/pulls.py); a file is read whole."""
     data = config.data
+    if source_kind(data.path, config.storage.endpoint_override) != "file":
+        from timedistill.tasks.pulls import pull  # pulls builds on this module's parsing and storing
+
+        return pull(config, storage)
     content = read_source(data.path, config.storage.endpoint_override)
     fingerprint = data_fingerprint(content, data)  # what is read off the file follows from these two
-    directory = dataset_dir(data, fingerprint)
-    if storage.exists(f"{directory}/{MANIFEST}"):  # the manifest is written last: complete
-        found = read_record(storage, f"{directory}/{MANIFEST}", Dataset, directory=directory, cached=True)
-        check_windows(found.splits, data, data.path)
-        storage.write_bytes(f"datasets/{data.name}/{LATEST}", f"{fingerprint}\n".encode())
+    found = reuse(storage, data, fingerprint, data.path)
+    if found is not None:
         return found
-
     series = parse_series(content, data)
-    frame, stamp = series.frame, series.layout.timestamp
+    return store(storage, data, series, Origin(fingerprint, data.path, hashlib.sha256(content).hexdigest()))
+
+
+class Origin(NamedTuple):
+    """What a version was made from: its key, its source as the manifest names it, and the hash
+    of what was read (the file's bytes, or the rows of a database or lake as stored)."""
+
+    fingerprint: str
+    source: str
+    source_sha256: str
+    query: str | None = None  # a database's data.query
+    watermark: Watermark | None = None  # how a pull with data.watermark read its source
+
+
+def reuse(storage: Storage, data: DataConfig, fingerprint: str, source: str) -> Dataset | None:
+    """The version of this fingerprint, if it was ingested before (now the LATEST again)."""
+    directory = dataset_dir(data, fingerprint)
+    if not storage.exists(f"{directory}/{MANIFEST}"):  # the manifest is written last: complete
+        return None
+    found = read_record(storage, f"{directory}/{MANIFEST}", Dataset, directory=directory, cached=True)
+    check_windows(found.splits, data, source)
+    storage.write_bytes(f"datasets/{data.name}/{LATEST}", f"{fingerprint}\n".encode())
+    return found
+
+
+def store(storage: Storage, data: DataConfig, series: Series, origin: Origin,
+          lineage: Lineage | None = None) -> Dataset:
+    """Split, scale and write a parsed series as the version `origin.fingerprint` (the manifest
+    last), compared with the version before it unless `lineage` says how they relate. Errors name
+    the source as `data.path` says it."""
+    frame, stamp = as_stored(series.frame), series.layout.timestamp
     rows = split_rows(data.split, frame.height, data.ratios, source=data.path,
                       rolling=rolling_sizes(data, series.step))
     check_windows(rows, data, data.path)
     variables = frame.columns[1:]
-    frame = frame.with_columns(pl.col(variables).cast(pl.Float32))  # as stored
-    lineage = compare_with_previous(storage, data, frame)
+    lineage = lineage or compare_with_previous(storage, data, frame)
     train = frame.slice(rows["train"][0], rows["train"][1] - rows["train"][0])
     scaler = Scaler.fit(train.select(variables).to_numpy().astype(np.float64))
+    directory = dataset_dir(data, origin.fingerprint)
     dataset = Dataset(
-        name=data.name, fingerprint=fingerprint, source=data.path, source_sha256=hashlib.sha256(content).hexdigest(),
+        name=data.name, fingerprint=origin.fingerprint, source=origin.source, source_sha256=origin.source_sha256,
+        query=origin.query, watermark=origin.watermark,
         rows=frame.height, source_rows=series.source_rows, cuts=series.cuts, variables=variables,
         target=data.target, **series.layout.settings(), found=series.layout.found,
         ignored_columns=series.ignored_columns, step=format_step(series.step), start=str(frame[stamp][0]),
@@ -100,8 +135,13 @@ def ingest(config: Config, storage: Storage) -> Dataset:
     with storage.publish_dir(directory) as staging:
         storage.write_parquet(f"{staging}/{SERIES}", frame.to_arrow())
         write_record(storage, f"{staging}/{MANIFEST}", dataset)
-    storage.write_bytes(f"datasets/{data.name}/{LATEST}", f"{fingerprint}\n".encode())  # only once complete
+    storage.write_bytes(f"datasets/{data.name}/{LATEST}", f"{origin.fingerprint}\n".encode())  # only once complete
     return dataset
+
+
+def as_stored(frame: pl.DataFrame) -> pl.DataFrame:
+    """The series as it is stored: the time, then float32 variables."""
+    return frame.with_columns(pl.col(frame.columns[1:]).cast(pl.Float32))
 
 
 def rolling_sizes(data: DataConfig, step: timedelta) -> RollingSizes | None:
@@ -135,32 +175,43 @@ def compare_with_previous(storage: Storage, data: DataConfig, frame: pl.DataFram
     folder = dataset_dir(data, fingerprint)
     if not storage.exists(f"{folder}/{MANIFEST}"):
         return Lineage()
-    old = pl.from_arrow(storage.read_parquet(f"{folder}/{SERIES}"))
-    stamp = frame.columns[0]
+    old = pl.DataFrame(storage.read_parquet(f"{folder}/{SERIES}"))
     end = old[old.columns[0]][-1]
-    appended = int((frame[stamp] > end).sum())
-    problem, first = None, None
+    appended = int((frame[frame.columns[0]] > end).sum())
+    difference = history_difference(old, frame)
+    if difference is not None and data.history == "append-only":
+        raise DataError(f"{data.path}: {difference.problem} (previous version {fingerprint}; data.history is "
+                        f"append-only: only rows after {end} may be added)")
+    return Lineage(previous=fingerprint, appended_rows=appended, history_changed=difference is not None,
+                   first_changed=str(difference.first) if difference is not None else None)
+
+
+class Difference(NamedTuple):
+    """Where a series first differs from an older version over the older one's rows."""
+
+    problem: str  # in words
+    first: Any  # the first timestamp that differs
+
+
+def history_difference(old: pl.DataFrame, frame: pl.DataFrame) -> Difference | None:
+    """The first of `old`'s rows that `frame` lacks or holds otherwise (None: all are there)."""
+    stamp = frame.columns[0]
     if old.columns != frame.columns:
-        problem, first = (f"its columns are {frame.columns}, the previous version's {old.columns}",
+        return Difference(f"its columns are {frame.columns}, the previous version's {old.columns}",
                           old[old.columns[0]][0])
-    else:
-        new = frame.with_columns(pl.lit(True).alias(PRESENT))
-        joined = old.join(new, on=stamp, how="left", suffix=NEW, maintain_order="left")
-        differs = pl.any_horizontal(pl.col(f"{name}{NEW}").ne_missing(pl.col(name)) for name in old.columns[1:])
-        changed = joined.select(differs).to_series().arg_true()
-        if len(changed):
-            row = joined.row(int(changed[0]), named=True)
-            first = row[stamp]
-            if row[PRESENT] is None:
-                problem = f"it has no row at {first}, which the previous version has"
-            else:
-                name = next(n for n in old.columns[1:] if row[f"{n}{NEW}"] != row[n])
-                problem = f"at {first}, column {name!r} is {row[name + NEW]} where the previous version has {row[name]}"
-    if problem is not None and data.history == "append-only":
-        raise DataError(f"{data.path}: {problem} (previous version {fingerprint}; data.history is append-only: "
-                        f"only rows after {end} may be added)")
-    return Lineage(previous=fingerprint, appended_rows=appended, history_changed=problem is not None,
-                   first_changed=str(first) if first is not None else None)
+    new = frame.with_columns(pl.lit(True).alias(PRESENT))
+    joined = old.join(new, on=stamp, how="left", suffix=NEW, maintain_order="left")
+    differs = pl.any_horizontal(pl.col(f"{name}{NEW}").ne_missing(pl.col(name)) for name in old.columns[1:])
+    changed = joined.select(differs).to_series().arg_true()
+    if not len(changed):
+        return None
+    row = joined.row(int(changed[0]), named=True)
+    first = row[stamp]
+    if row[PRESENT] is None:
+        return Difference(f"it has no row at {first}, which the previous version has", first)
+    name = next(n for n in old.columns[1:] if row[f"{n}{NEW}"] != row[n])
+    return Difference(f"at {first}, column {name!r} is {row[name + NEW]} where the previous version has {row[name]}",
+                      first)
 
 
 def ingest_summary(dataset: Dataset, lookback: int, horizons: list[int], storage: Storage) -> dict[str, Any]:
@@ -202,8 +253,24 @@ def data_fingerprint(content: bytes, data: DataConfig) -> str:
 def parse_series(content: bytes, data: DataConfig, time_hint: str | None = None) -> Series:
     """Raw bytes -> the validated series on a regular grid, with what was read off the file,
     filled, dropped and cut (`time_hint`: see find_layout)."""
+    frame, row_offset = read_table(content, data.path)
+    return on_grid(read_rows(frame, row_offset, data, time_hint), data)
+
+
+class Rows(NamedTuple):
+    """A source's rows as a time column and Float64 variables, before they are put on the grid."""
+
+    frame: pl.DataFrame  # in the source's order (a long source's: by time)
+    layout: Layout
+    source_rows: int  # time steps of the source
+    cuts: list[RowCut]  # rows not kept, by setting
+    ignored_columns: list[str]  # columns of the file that were not read
+    where: Where  # a row index -> where it is in the source
+
+
+def read_rows(frame: pl.DataFrame, row_offset: int, data: DataConfig, time_hint: str | None = None) -> Rows:
+    """A raw frame (`row_offset`: see read_table) -> its time and variables parsed."""
     source = data.path
-    frame, row_offset = read_table(content, source)
     if frame.height == 0:
         raise DataError(f"{source}: no data rows")
     layout = find_layout(frame, data, source, time_hint)
@@ -224,17 +291,23 @@ def parse_series(content: bytes, data: DataConfig, time_hint: str | None = None)
         frame = frame.with_columns(parse_timestamps(frame[layout.timestamp], layout.timestamp, data.timestamp_format,
                                                     source, where))
         frame = frame.with_columns(parse_numbers(frame, source, where))
+    return Rows(frame=frame, layout=layout, source_rows=source_rows, cuts=cuts, ignored_columns=ignored, where=where)
 
-    frame, duplicates_dropped = check_order(frame, data.duplicates, source, where)
+
+def on_grid(rows: Rows, data: DataConfig, step: timedelta | None = None) -> Series:
+    """Parsed rows -> the series on a regular grid of `step` (unset: its most common spacing),
+    with what was filled and dropped under data.missing and data.duplicates."""
+    source, where, cuts = data.path, rows.where, rows.cuts
+    frame, duplicates_dropped = check_order(rows.frame, data.duplicates, source, where)
     if duplicates_dropped:
         cuts = [*cuts, RowCut(setting="data.duplicates", rows=duplicates_dropped)]
-    step = infer_step(frame[layout.timestamp], source)
+    step = step or infer_step(frame[rows.layout.timestamp], source)
     frame, gaps, rows_inserted = fill_gaps(frame, data.missing, step, source, where)
     frame, values_filled = fill_values(frame, data.missing, source, where)
     missing = Missing(policy=data.missing, duplicates_dropped=duplicates_dropped, gaps=gaps,
                       rows_inserted=rows_inserted, values_filled=values_filled)
-    return Series(frame=frame, layout=layout, step=step, missing=missing, source_rows=source_rows, cuts=cuts,
-                  ignored_columns=ignored)
+    return Series(frame=frame, layout=rows.layout, step=step, missing=missing, source_rows=rows.source_rows,
+                  cuts=cuts, ignored_columns=rows.ignored_columns)
 
 
 def first_rows(frame: pl.DataFrame, max_rows: int | None, cuts: list[RowCut]) -> tuple[pl.DataFrame, list[RowCut]]:

@@ -70,6 +70,16 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server of the tests' own for the session (tests/postgres.py); each test
+    makes tables of its own names in it."""
+    from tests.postgres import running_postgres
+
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def session_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("artifacts")
 

@@ -1,11 +1,13 @@
 """The daily loop on a synthetic series that grows: register v1; new rows from the same process
 are no drift; rows with a changed level and season are drift, and the monitor's trigger retrains
 (warm) and registers v2, which beats v1 on the same newest windows; a worse challenger is refused
-with both scores in the reason."""
+with both scores in the reason. The series grows in a file that is rewritten, and in a database
+table that gets new rows, pulled with data.watermark (only the new rows are read)."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.postgres import Postgres
+from timedistill.conf import load_config
 from timedistill.flows.cli import app
 from timedistill.flows.retrain import retrain
 from timedistill.store.registry import latest
 from timedistill.store.storage import Storage
+from timedistill.tasks.ingest import ingest
 
 START = np.datetime64("2024-01-01T00:00")
 V1_ROWS, SAME_ROWS, CHANGED_ROWS = 600, 48, 600
@@ -31,13 +36,37 @@ def series(rows: int, first: int, level: float, amplitude: float, period: int) -
     return [f"{str(s).replace('T', ' ')},{x:.4f},{y:.4f}" for s, x, y in zip(stamps, a, ot, strict=True)]
 
 
-@pytest.fixture(scope="module")
-def loop(ray_local, prefect_harness, tmp_path_factory):
+class Rows:
+    """Where the series grows: `write(lines)` makes the source hold these rows (CSV lines of
+    date,a,OT): a file written anew, or a table that gets the rows it lacks."""
+
+    def __init__(self, folder: Path, postgres: Postgres | None) -> None:
+        self.csv, self.postgres, self.written = folder / "daily.csv", postgres, 0
+        if postgres is not None:
+            postgres.execute('DROP TABLE IF EXISTS daily', 'CREATE TABLE daily (date timestamp, a float8, "OT" float8)')
+
+    def data(self) -> dict[str, str]:
+        if self.postgres is None:
+            return {"path": str(self.csv)}
+        # the password in the config file, the one place it may be: nothing copies it from there
+        return {"path": self.postgres.uri(), "query": "daily", "watermark": "date"}
+
+    def write(self, lines: list[str]) -> None:
+        if self.postgres is None:
+            self.csv.write_text("date,a,OT\n" + "\n".join(lines) + "\n")
+            return
+        new = [line.split(",") for line in lines[self.written:]]
+        self.postgres.insert("daily", [(datetime.fromisoformat(date), float(a), float(ot)) for date, a, ot in new])
+        self.written = len(lines)
+
+
+@pytest.fixture(scope="module", params=["file", "database"])
+def loop(request, ray_local, prefect_harness, tmp_path_factory):
     folder = tmp_path_factory.mktemp("daily")
-    csv = folder / "daily.csv"
+    rows = Rows(folder, request.getfixturevalue("postgres") if request.param == "database" else None)
     config = folder / "daily.yaml"
     config.write_text(yaml.safe_dump({
-        "data": {"name": "daily", "path": str(csv), "split": "rolling", "val_size": 48, "test_size": "2d",
+        "data": {"name": "daily", **rows.data(), "split": "rolling", "val_size": 48, "test_size": "2d",
                  "train_size": "20d", "lookback": 48, "horizons": [12], "history": "append-only"},
         "teacher": {"name": "dlinear", "epochs": 3, "lr": 0.01, "batch_size": 32, "refresh": "warm",
                     "warm_epochs": 2},
@@ -47,11 +76,7 @@ def loop(ray_local, prefect_harness, tmp_path_factory):
         "monitor": {"min_windows": 5},
         "storage": {"root": str(folder / "artifacts")},
     }))
-    return {"csv": csv, "config": str(config), "storage": Storage(str(folder / "artifacts"))}
-
-
-def write(csv: Path, lines: list[str]) -> None:
-    csv.write_text("date,a,OT\n" + "\n".join(lines) + "\n")
+    return {"rows": rows, "config": str(config), "storage": Storage(str(folder / "artifacts"))}
 
 
 def monitor(config: str, *extra: str, drift: bool = False) -> list[dict]:
@@ -62,29 +87,33 @@ def monitor(config: str, *extra: str, drift: bool = False) -> list[dict]:
 
 
 def test_the_daily_loop(loop):
-    csv, config, storage = loop["csv"], loop["config"], loop["storage"]
+    rows, config, storage = loop["rows"], loop["config"], loop["storage"]
     regime_a = series(V1_ROWS + SAME_ROWS, 0, level=10, amplitude=3, period=24)
 
     # day 1: v1
-    write(csv, regime_a[:V1_ROWS])
+    rows.write(regime_a[:V1_ROWS])
     first = retrain(config=config)
     (registration,) = first.models
     assert registration.registered and registration.version == "v1" and "no champion yet" in registration.reason
     assert first.teachers[0].warm_from is None  # nothing to start from yet
 
     # day 2: more rows of the same process: no drift, nothing retrained
-    write(csv, regime_a)
+    rows.write(regime_a)
     (report,) = monitor(config)
     assert report["model"] == "daily-12" and report["version"] == "v1"
     assert report["windows"] == SAME_ROWS - 12 + 1 and report["drift"] is False, report
     assert set(report) >= {"mse_recent", "mse_at_registration", "ratio"} and report["ratio"] < 1.3
 
     # day 3: the level and the season changed: drift, and the trigger retrains
-    write(csv, regime_a + series(CHANGED_ROWS, V1_ROWS + SAME_ROWS, level=25, amplitude=9, period=12))
+    rows.write(regime_a + series(CHANGED_ROWS, V1_ROWS + SAME_ROWS, level=25, amplitude=9, period=12))
     (report,) = monitor(config, "--trigger", drift=True)
     assert report["drift"] is True and report["ratio"] > 1.3, report
     assert "daily-12: v2" in report["retrain"], report
     assert latest(storage, "daily-12") == "v2"
+    if rows.postgres is not None:  # each version appended what was new to the one before, read from the overlap on
+        dataset = ingest(load_config(config), storage)
+        assert dataset.watermark is not None and dataset.watermark.pulled_rows < dataset.rows
+        assert dataset.appended_rows == CHANGED_ROWS and "***" in dataset.source
     runs = [json.loads(path.read_text()) for path in Path(storage.path("runs/daily")).glob("*/metrics.json")]
     (summary,) = [run for run in runs if run["models"][0]["version"] == "v2"]  # what `retrain --json` printed
     decision = summary["models"][0]["decision"]

@@ -18,7 +18,7 @@ to store/weights.py and store/series.py, never to the records.
 """
 
 from timedistill.store.records.caches import Cache, HorizonCaches
-from timedistill.store.records.data import SERIES, Dataset, Lineage, Missing, RowCut
+from timedistill.store.records.data import SERIES, Dataset, Lineage, Missing, RowCut, Watermark
 from timedistill.store.records.models import Epoch, Headline, ModelScore, ModelSpec, TrainedModel, TrainingRun
 from timedistill.store.records.registry import (
     ChampionDecision,
@@ -66,5 +66,6 @@ __all__ = [
     "TeacherSet",
     "TrainedModel",
     "TrainingRun",
+    "Watermark",
     "WindowRange",
 ]

@@ -42,13 +42,28 @@ class RowCut(Record):
         return f"{self.setting} removed {self.rows:,}"
 
 
+class Watermark(Record):
+    """How a pull with data.watermark read its source: the rows after `after` were appended to
+    the version before, and the stored rows from `overlap_from` on were read again and found
+    unchanged. A first pull (or one after the source or the settings changed) read everything."""
+
+    column: str  # the time column the condition was on
+    after: str | None = None  # the previous version's end; None: the whole source was read
+    overlap_from: str | None = None  # the first stored time read again and compared
+    overlap_rows: int = 0  # the stored rows compared
+    pulled_rows: int  # rows the source returned
+
+
 class Dataset(Lineage):
     """An ingested series: its manifest (manifest.json) and where it lives in storage."""
 
     name: str = Field(alias="dataset")
     fingerprint: str
-    source: str
+    source: str  # the file, lake or database it was read from (a password shown as ***)
+    # of the file's bytes; of a database's or lake's rows as stored (the series.parquet columns)
     source_sha256: str
+    query: str | None = None  # a database's data.query
+    watermark: Watermark | None = None  # a pull with data.watermark: how it read the source
     rows: int  # stored: the rows kept, and those inserted into gaps
     source_rows: int  # time steps of the source, before any setting removed some
     cuts: list[RowCut]  # what removed the others
