@@ -73,8 +73,12 @@ def prefect_harness():
 def postgres():
     """One PostgreSQL server of the tests' own for the session (tests/postgres.py); each test
     makes tables of its own names in it."""
-    from tests.postgres import running_postgres
+    from tests.postgres import binary, running_postgres
 
+    try:
+        binary("initdb")
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
     with running_postgres() as server:
         yield server
 
