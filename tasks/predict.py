@@ -160,9 +160,9 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
     padded = np.concatenate([values, np.full((horizon, values.shape[1]), np.nan)])  # truth past the end: unknown
     batcher = WindowBatcher(padded, lookback, horizon)
     std = np.asarray(predictor.entry.scaler.std)
-    frames, step = [], batcher.inference_batch
-    for begin in range(0, len(ends), step):
-        chunk = ends[begin : begin + step]
+    frames, batch_size = [], batcher.inference_batch
+    for begin in range(0, len(ends), batch_size):
+        chunk = ends[begin : begin + batch_size]
         x, truth = batcher(chunk - lookback)
         history = x.numpy()
         if not np.isfinite(history).all():
@@ -221,4 +221,4 @@ def spread(storage: Storage, predictor: Predictor, values: np.ndarray, timestamp
                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1)
         .to_arrow_refs()
     )
-    return pl.concat([pl.from_arrow(table) for table in ray.get(tables)])
+    return pl.concat([pl.DataFrame(table) for table in ray.get(tables)])
