@@ -135,7 +135,7 @@ def compare_with_previous(storage: Storage, data: DataConfig, frame: pl.DataFram
     folder = dataset_dir(data, fingerprint)
     if not storage.exists(f"{folder}/{MANIFEST}"):
         return Lineage()
-    old = pl.from_arrow(storage.read_parquet(f"{folder}/{SERIES}"))
+    old = pl.DataFrame(storage.read_parquet(f"{folder}/{SERIES}"))
     stamp = frame.columns[0]
     end = old[old.columns[0]][-1]
     appended = int((frame[stamp] > end).sum())
