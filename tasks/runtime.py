@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import ray
 from ray._private import ray_constants
 
-if TYPE_CHECKING:  # private: the type ray.init returns for a local start (ray 2.60), for a cast below
-    from ray._private.worker import RayContext
-
 from timedistill.conf import Config
 from timedistill.tasks import lifetime
 from timedistill.tasks.errors import Interrupted, StepError
+
+if TYPE_CHECKING:  # private: the type ray.init returns for a local start (ray 2.60), for a cast below
+    from ray._private.worker import RayContext
 
 log = logging.getLogger("timedistill")
 

@@ -266,8 +266,8 @@ class StudentsJob(TrainingJob):
                               scale=settings.multiscale)
         loss: TimeDistillLoss | MultiTeacherLoss
         if len(self.teachers) == 1:
-            loss = TimeDistillLoss(self.teacher_feature_dims[0], student.feature_dim, settings.alpha,
-                                              settings.beta, **options)
+            loss = TimeDistillLoss(self.teacher_feature_dims[0], student.feature_dim, settings.alpha, settings.beta,
+                                   **options)
         else:
             loss = MultiTeacherLoss(list(self.teacher_feature_dims), student.feature_dim, settings.alpha,
                                     settings.beta, weights=list(self.weights) if self.weights else None, **options)
