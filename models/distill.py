@@ -18,6 +18,8 @@ The teacher's tensors are detached: no gradient ever reaches the teacher.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -114,12 +116,12 @@ class TimeDistillLoss(nn.Module):
         scale: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("teacher_dim", teacher_dim), ("student_dim", student_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        for name, dim in (("teacher_dim", teacher_dim), ("student_dim", student_dim)):
+            if not isinstance(dim, int) or dim < 1:
+                raise ValueError(f"{name} must be a positive integer, got {dim!r}")
+        for name, weight in (("alpha", alpha), ("beta", beta)):
+            if not weight >= 0:
+                raise ValueError(f"{name} must be >= 0, got {weight!r}")
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau!r}")
         if not isinstance(scales, int) or scales < 0:
@@ -184,6 +186,8 @@ class MultiTeacherLoss(nn.Module):
     ``parts`` adds ``teacher_weight_<k>``. With one teacher of weight 1 it is TimeDistillLoss.
     """
 
+    fixed: Tensor  # a buffer: the given weights w [K], empty when they are learned
+
     def __init__(self, teacher_dims: list[int], student_dim: int, alpha: float, beta: float,
                  weights: list[float] | None = None, tau: float = 0.5, scales: int = 3, sup: bool = True,
                  period: bool = True, scale: bool = True) -> None:
@@ -192,12 +196,11 @@ class MultiTeacherLoss(nn.Module):
             raise ValueError(f"need one weight per teacher: {len(teacher_dims)} teachers, weights {weights}")
         if weights is not None and (min(weights) < 0 or abs(sum(weights) - 1) > 1e-6):
             raise ValueError(f"teacher weights must be non-negative and sum to 1, got {weights}")
-        options = {"tau": tau, "scales": scales, "period": period, "scale": scale}
+        term_loss = partial(TimeDistillLoss, tau=tau, scales=scales, period=period, scale=scale)
         # the prediction level: sup and the terms against the combined target (no feature terms)
-        self.prediction = TimeDistillLoss(teacher_dims[0], student_dim, alpha, 0.0, sup=sup, **options)
+        self.prediction = term_loss(teacher_dims[0], student_dim, alpha, 0.0, sup=sup)
         # the feature level: one loss per teacher, feature terms only, each with its projection
-        self.features = nn.ModuleList(
-            TimeDistillLoss(dim, student_dim, 0.0, beta, sup=False, **options) for dim in teacher_dims)
+        self.features = nn.ModuleList(term_loss(dim, student_dim, 0.0, beta, sup=False) for dim in teacher_dims)
         self.logits = nn.Parameter(torch.zeros(len(teacher_dims))) if weights is None else None
         self.register_buffer("fixed", torch.tensor(weights or [], dtype=torch.float32))
 

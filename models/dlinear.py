@@ -61,6 +61,8 @@ class DLinear(Forecaster):
         super().__init__(config)
         L, S, C = config.lookback, config.horizon, config.n_vars
         self.decomposition = SeriesDecomposition(config.moving_avg)
+        self.seasonal: PerVariableLinear | nn.Linear
+        self.trend: PerVariableLinear | nn.Linear
         if config.individual:
             self.seasonal = PerVariableLinear(C, L, S)
             self.trend = PerVariableLinear(C, L, S)

@@ -55,13 +55,13 @@ class RevIN(nn.Module):
         if self.scale:
             std = torch.sqrt(x.var(dim=1, keepdim=True, correction=0) + self.eps).detach()  # [B, 1, C]
             x = x / std
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:  # affine: both or neither
             x = x * self.weight + self.bias
         return x, NormStats(mean, std)
 
     def inverse(self, y: Tensor, stats: NormStats) -> Tensor:
         """Map a normalized prediction ``y: [B, S, C]`` back with the input window's statistics."""
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:
             y = (y - self.bias) / (self.weight + self.eps * self.eps)
         if stats.std is not None:
             y = y * stats.std

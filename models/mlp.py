@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from .base import Forecast, ForecastConfig, Forecaster, check_choice, check_positive_int
-from .layers import SeriesDecomposition, instance_norm
+from .layers import RevIN, SeriesDecomposition, instance_norm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +51,10 @@ class MLP(Forecaster):
     def __init__(self, config: MLPConfig) -> None:
         super().__init__(config)
         L, S, C, D = config.lookback, config.horizon, config.n_vars, config.d_model
-        self.norm = instance_norm(config.norm, C)
+        norm = instance_norm(config.norm, C)
+        if norm is None:  # MLPConfig checks norm; "none" is not among its choices
+            raise ValueError(f"MLPConfig.norm must be 'mean' or 'revin', got {config.norm!r}")
+        self.norm: RevIN = norm
         self.decomposition = SeriesDecomposition(config.moving_avg)
         self.seasonal_in = nn.Linear(L, D)
         self.trend_in = nn.Linear(L, D)

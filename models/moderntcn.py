@@ -23,6 +23,7 @@ Feature: each variable's flattened patch representation, the head's input, ``[B,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -85,9 +86,16 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _conv_and_norm(branch: nn.Sequential) -> tuple[nn.Conv1d, nn.BatchNorm1d]:
+    """The two layers of one branch (a Sequential, so that the checkpoint keys stay ``0.*`` and ``1.*``)."""
+    return cast(nn.Conv1d, branch[0]), cast(nn.BatchNorm1d, branch[1])  # a Sequential's items are typed as Module
+
+
 def _fold_batchnorm(branch: nn.Sequential) -> tuple[Tensor, Tensor]:
     """Kernel and bias of one conv (no bias) followed by BatchNorm, folded together (eval statistics)."""
-    conv, bn = branch[0], branch[1]
+    conv, bn = _conv_and_norm(branch)
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("folding a BatchNorm needs its running statistics (track_running_stats=True)")
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [channels]
     return conv.weight * scale[:, None, None], bn.bias - bn.running_mean * scale
 
@@ -113,11 +121,13 @@ class LargeKernelConv(nn.Module):
         self.merged: nn.Conv1d | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.merged is not None:
-            (y,) = depthwise_conv1d_fft(x, self.merged.weight)
-            return y + self.merged.bias[:, None]
-        large, small = depthwise_conv1d_fft(x, self.large[0].weight, self.small[0].weight)
-        return self.large[1](large) + self.small[1](small)
+        merged = self.merged
+        if merged is not None:
+            (y,) = depthwise_conv1d_fft(x, merged.weight)
+            return y if merged.bias is None else y + merged.bias[:, None]  # one bias per channel
+        (large_conv, large_norm), (small_conv, small_norm) = _conv_and_norm(self.large), _conv_and_norm(self.small)
+        large, small = depthwise_conv1d_fft(x, large_conv.weight, small_conv.weight)
+        return large_norm(large) + small_norm(small)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -126,10 +136,12 @@ class LargeKernelConv(nn.Module):
         small_kernel, small_bias = _fold_batchnorm(self.small)
         pad = (self.large_size - self.small_size) // 2
         channels = large_kernel.shape[0]
-        merged = nn.Conv1d(channels, channels, self.large_size, padding=self.large_size // 2, groups=channels)
+        merged = nn.Conv1d(
+            channels, channels, self.large_size, padding=self.large_size // 2, groups=channels, bias=False
+        )
         merged.to(large_kernel.device, large_kernel.dtype)
         merged.weight.copy_(large_kernel + F.pad(small_kernel, (pad, pad)))
-        merged.bias.copy_(large_bias + small_bias)
+        merged.bias = nn.Parameter(large_bias + small_bias)  # the folded BatchNorms' shift
         del self.large, self.small
         self.merged = merged
 
@@ -171,6 +183,7 @@ class ModernTCNBlock(nn.Module):
 class ModernTCN(Forecaster):
     config_class = ModernTCNConfig
     presets = PRESETS
+    config: ModernTCNConfig  # the model's own config (the base class types it as ForecastConfig)
 
     def __init__(self, config: ModernTCNConfig) -> None:
         super().__init__(config)

@@ -81,6 +81,7 @@ PRESETS: dict[str, dict] = {
 class PatchTST(Forecaster):
     config_class = PatchTSTConfig
     presets = PRESETS
+    config: PatchTSTConfig  # the model's own config (the base class types it as ForecastConfig)
 
     def __init__(self, config: PatchTSTConfig) -> None:
         super().__init__(config)

@@ -48,6 +48,8 @@ def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
 class QuantileStudent(Forecaster):
     """A student with quantile outputs; ``forward`` is the student's own (the median)."""
 
+    widen: Tensor  # [Q // 2, S, C], a buffer: the conformal correction per central interval
+
     def __init__(self, student: Forecaster, levels: Sequence[float]) -> None:
         super().__init__(student.config)
         self.student = student

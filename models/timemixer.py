@@ -27,6 +27,7 @@ PatchTST and ModernTCN are the inputs of their heads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,7 @@ class PastDecomposableMixing(nn.Module):
 class TimeMixer(Forecaster):
     config_class = TimeMixerConfig
     presets = PRESETS
+    config: TimeMixerConfig  # the model's own config (the base class types it as ForecastConfig)
 
     def __init__(self, config: TimeMixerConfig) -> None:
         super().__init__(config)
@@ -173,6 +175,7 @@ class TimeMixer(Forecaster):
         y = self.projection(futures).sum(dim=0)  # [M + 1, B * C, S, 1] -> [B * C, S, 1]
         y = y.reshape(B, C, S).transpose(1, 2)  # [B * C, S, 1] -> [B, C, S] -> [B, S, C]
         if self.norms is not None:
-            y = self.norms[0].inverse(y, stats[0])  # the finest scale's statistics
+            finest = cast(RevIN, self.norms[0])  # a ModuleList's items are typed as Module; these are RevIN
+            y = finest.inverse(y, stats[0])  # the finest scale's statistics
         feature = futures.sum(dim=0).reshape(B, C, S * D)  # [B * C, S, D] -> [B, C, S * D]
         return Forecast(y, feature)

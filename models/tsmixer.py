@@ -74,6 +74,8 @@ class WindowNorm(nn.Module):
         B, L, C = x.shape
         if self.layer_norm is not None:
             return self.layer_norm(x)
+        if self.norm is None:
+            raise ValueError("WindowNorm needs norm_type 'batch' or 'layer'")
         return self.norm(x.reshape(B, L * C)).reshape(B, L, C)  # [B, L, C] -> [B, L * C] -> [B, L, C]
 
 

@@ -9,10 +9,10 @@ import io
 from typing import Any
 
 import torch
-from torch import nn
 
 from timedistill import models
 from timedistill.conf import ConfigError
+from timedistill.models import Forecaster
 from timedistill.store.records import ModelSpec, RegistryEntry, Role, StudentsRun, Teacher
 from timedistill.store.storage import Storage
 
@@ -33,7 +33,7 @@ def resolve_spec(section: str, name: str, *, lookback: int, horizon: int, n_vars
                      quantiles=quantiles or [])
 
 
-def build_forecaster(spec: ModelSpec) -> nn.Module:
+def build_forecaster(spec: ModelSpec) -> Forecaster:
     """The forecaster, untrained (the point model first, so that a seed gives it the same weights
     with or without quantiles)."""
     model = models.build_model(spec.name, lookback=spec.lookback, horizon=spec.horizon, n_vars=spec.n_vars,
@@ -51,14 +51,14 @@ def read_state(storage: Storage, path: str, device: str | torch.device = "cpu") 
     return torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
 
 
-def load_forecaster(storage: Storage, path: str, spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Module:
+def load_forecaster(storage: Storage, path: str, spec: ModelSpec, device: str | torch.device = "cpu") -> Forecaster:
     """The forecaster `spec` describes, with the weights at `path`, on `device`, in eval mode."""
     model = build_forecaster(spec)
     model.load_state_dict(read_state(storage, path, device))
     return model.to(device).eval()
 
 
-def load_teacher(storage: Storage, teacher: Teacher, device: str | torch.device = "cpu") -> nn.Module:
+def load_teacher(storage: Storage, teacher: Teacher, device: str | torch.device = "cpu") -> Forecaster:
     """A trained teacher, frozen, in eval mode."""
     model = load_forecaster(storage, teacher.weights_path, teacher.spec, device)
     for parameter in model.parameters():
@@ -66,11 +66,11 @@ def load_teacher(storage: Storage, teacher: Teacher, device: str | torch.device 
     return model
 
 
-def load_trained(storage: Storage, run: StudentsRun, role: Role, device: str | torch.device = "cpu") -> nn.Module:
+def load_trained(storage: Storage, run: StudentsRun, role: Role, device: str | torch.device = "cpu") -> Forecaster:
     """A run's distilled student or its baseline."""
     return load_forecaster(storage, run.weights_path(role), run.spec(role), device)
 
 
-def load_registered(storage: Storage, entry: RegistryEntry, device: str | torch.device = "cpu") -> nn.Module:
+def load_registered(storage: Storage, entry: RegistryEntry, device: str | torch.device = "cpu") -> Forecaster:
     """A registered version's student."""
     return load_forecaster(storage, entry.weights_path, entry.config.spec, device)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from timedistill.models import Forecaster
 from timedistill.store.forecaster import ForecastModel
 from timedistill.store.records import (
     Dataset,
     Evaluation,
     Latency,
+    ModelScore,
     ResultRow,
     StudentsRun,
     Teacher,
@@ -31,7 +34,7 @@ from timedistill.tasks.windows import WindowBatcher, window_starts
 
 
 def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teachers: list[Teacher],
-             students: list[StudentsRun], choices: list[TeacherChoice] = (),
+             students: list[StudentsRun], choices: Sequence[TeacherChoice] = (),
              sets: dict[int, TeacherSet] | None = None) -> Evaluation:
     """Compare every horizon; write report.md, forecast.png and training.png into the run folder
     (each atomically). `choices`: how teacher.name auto picked each horizon's teacher; `sets`:
@@ -50,7 +53,8 @@ def evaluate(storage: Storage, dataset: Dataset, run_dir: str, run_id: str, teac
 
 def compare(teacher: Teacher, students: StudentsRun, latency: Latency | None = None) -> ResultRow:
     """The comparison of one horizon; `latency` replaces the models' own latency fields."""
-    scores = {"teacher": teacher.score(), **{role: trained.score() for role, trained in students.models.items()}}
+    scores: dict[str, ModelScore] = {"teacher": teacher.score(),
+                                     **{role: trained.score() for role, trained in students.models.items()}}
     if latency is not None:
         scores = {role: score.model_copy(update={"latency_ms": latency.ms[role]}) for role, score in scores.items()}
     teach, student, baseline = scores["teacher"], scores["student"], scores.get("baseline")
@@ -103,8 +107,8 @@ def time_models(storage: Storage, dataset: Dataset, series: np.ndarray, teacher:
     windows, on the CPU, with a fixed number of torch threads."""
     starts = window_starts(dataset.splits["test"], teacher.lookback, teacher.horizon)[:LATENCY_BATCH]
     x, _ = WindowBatcher(series, teacher.lookback, teacher.horizon)(starts)  # [B, L, C]
-    models = {"teacher": load_teacher(storage, teacher),
-              **{role: load_trained(storage, run, role) for role in run.models}}
+    models: dict[str, Forecaster] = {"teacher": load_teacher(storage, teacher),
+                                     **{role: load_trained(storage, run, role) for role in run.models}}
     threads = torch.get_num_threads()
     torch.set_num_threads(LATENCY_THREADS)
     try:

@@ -35,6 +35,9 @@ INPUT, OUTPUT = "history", "forecast"
 class DataUnits(nn.Module):
     """The student with its scaler folded in: [N, L, C] in data units -> [N, S, C] in data units."""
 
+    mean: torch.Tensor  # buffers: the scaler's per-variable mean and std [C]
+    std: torch.Tensor
+
     def __init__(self, student: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()
         self.student = student
@@ -96,6 +99,8 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
         program = torch.onnx.export(module, (example,), input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes={"history": {0: torch.export.Dim("batch")}}, dynamo=True,
                                     verbose=False)
+    if program is None:  # typed optional for the legacy exporter; dynamo=True returns a program
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     with tempfile.TemporaryDirectory() as folder:  # ONNXProgram saves to paths only
         path = Path(folder) / "model.onnx"
         program.save(path)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 TAG_VARIABLE = "TIMEDISTILL_COMMAND"
 PROC = Path("/proc")
+STDERR_FD = 2  # standard error's file descriptor (hush points it at /dev/null)
 SESSIONS_FILE = "ray-sessions"  # in the command's folder, for the watchdog: a session folder a line
 STOP_WITHIN_S = 8.0  # first signal -> exit, leaving 2 s of the 10 s promised to end what is left
 WATCHDOG_GRACE_S = 2.0  # after the command's death: SIGTERM, then SIGKILL for what is still there
@@ -242,10 +243,11 @@ def hush() -> None:
         return
     for stream in (sys.stderr, sys.__stderr__):
         with suppress(Exception):
-            stream.flush()
-    life.terminal = os.dup(2)
+            if stream is not None:
+                stream.flush()
+    life.terminal = os.dup(STDERR_FD)
     nowhere = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(nowhere, 2)
+    os.dup2(nowhere, STDERR_FD)
     os.close(nowhere)
 
 
@@ -253,7 +255,7 @@ def say(line: str) -> None:
     """Print the stop's one line on standard error, hushed or not (once: a stop cut short by
     `stop_now` prints nothing more)."""
     life = current()
-    terminal = life.terminal if life is not None and life.terminal is not None else sys.__stderr__.fileno()
+    terminal = life.terminal if life is not None and life.terminal is not None else STDERR_FD
     os.write(terminal, f"{line}\n".encode())
     last_words(None)
 
@@ -274,7 +276,8 @@ def stop_now() -> None:
     remove_folder()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         with suppress(Exception):
-            stream.flush()
+            if stream is not None:
+                stream.flush()
     os._exit(status)
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import ray
@@ -24,9 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from timedistill.models import Forecaster
 from timedistill.tasks.windows import WindowBatcher
 
 STATE_FILE = "state.pt"
+Wrapped = TypeVar("Wrapped", bound=nn.Module)
 
 
 @dataclass
@@ -85,7 +87,7 @@ class Trainee:
 
     name: str
     module: nn.Module  # what backward runs through (DDP-wrapped when there are several workers)
-    model: nn.Module  # the forecaster itself (unwrapped), scored and saved
+    model: Forecaster  # the forecaster itself (unwrapped), scored and saved
     loss_fn: LossFn  # batch -> (loss, parts)
     optimizer: torch.optim.Optimizer
     lr: float
@@ -127,11 +129,11 @@ class EpochBatches(NamedTuple):
     same number: DDP needs that)."""
 
     steps: int
-    batches: Iterator[dict[str, torch.Tensor]]
+    batches: Iterator[Batch]
 
 
 def sharded_epochs(n: int, rank: int, world: int, seed: int, batch_size: int,
-                   make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]]) -> Callable[[int], EpochBatches]:
+                   make_batch: Callable[[np.ndarray], Batch]) -> Callable[[int], EpochBatches]:
     """Epochs over n windows held in memory: each one a fresh seeded shard (shard_epoch), cut
     into full batches that `make_batch(positions)` turns into tensors."""
 
@@ -302,12 +304,12 @@ def train(trainees: list[Trainee], *, epochs: int, epoch_batches: Callable[[int]
         for trainee in active:
             scores = evaluate(trainee.model, val_batcher, val_starts, rank, world, device)
             improved = trainee.early.update(epoch, scores.mse, trainee.model)
-            parts = {k: v / max(steps, 1) for k, v in parts_sums[trainee.name].items()}
+            mean_parts = {k: v / max(steps, 1) for k, v in parts_sums[trainee.name].items()}
             record = {"epoch": epoch + 1, "train_loss": sums[trainee.name] / max(steps, 1),
                       "val_mse": scores.mse, "val_mae": scores.mae, "seconds": seconds,
-                      "lr": trainee.optimizer.param_groups[0]["lr"], "improved": improved, "parts": parts}
+                      "lr": trainee.optimizer.param_groups[0]["lr"], "improved": improved, "parts": mean_parts}
             trainee.history.append(record)  # an Epoch record's fields (plain, for the checkpoint)
-            metrics.update({f"{trainee.name}/{k}": v for k, v in {**record, **parts}.items()
+            metrics.update({f"{trainee.name}/{k}": v for k, v in {**record, **mean_parts}.items()
                             if k not in ("epoch", "parts")})
             metrics[f"{trainee.name}/stopped"] = trainee.early.stopped
         # 4. Ray: checkpoint and report (every rank, every epoch)
@@ -322,8 +324,12 @@ def restore_best(trainee: Trainee) -> None:
         trainee.model.load_state_dict(trainee.early.best_state)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "module", module)
+def unwrap(module: nn.Module, kind: type[Wrapped]) -> Wrapped:
+    """The module that `prepare` wrapped in DDP (or `module` itself, with one worker), checked to be a `kind`."""
+    inner = getattr(module, "module", module)
+    if not isinstance(inner, kind):
+        raise TypeError(f"expected a {kind.__name__} in the prepared module, found a {type(inner).__name__}")
+    return inner
 
 
 def prepare(module: nn.Module) -> nn.Module:

@@ -178,9 +178,9 @@ def forecast_origins(predictor: Predictor, values: np.ndarray, timestamps: pl.Se
     step, time_column = predictor.step, predictor.entry.config.timestamp or timestamps.name
     stamp = (pl.col(ORIGIN) + pl.duration(microseconds=pl.col(STEP_COLUMN) * (step // timedelta(microseconds=1)))
              if step else pl.lit(None, dtype=timestamps.dtype))  # each forecast row's time
-    frames, batch = [], batcher.inference_batch
-    for begin in range(0, len(ends), batch):
-        chunk = ends[begin : begin + batch]
+    frames, batch_size = [], batcher.inference_batch
+    for begin in range(0, len(ends), batch_size):
+        chunk = ends[begin : begin + batch_size]
         x, truth = batcher(chunk - lookback)
         history = x.numpy()
         if not np.isfinite(history).all():
@@ -239,4 +239,4 @@ def spread(storage: Storage, predictor: Predictor, values: np.ndarray, timestamp
                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1)
         .to_arrow_refs()
     )
-    return pl.concat([pl.DataFrame(pl.from_arrow(table)) for table in ray.get(tables)])
+    return pl.concat([pl.DataFrame(table) for table in ray.get(tables)])

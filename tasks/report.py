@@ -5,6 +5,7 @@ last variable, data.target where one is set, in the data's own units, dated) and
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from statistics import mean
 
 import numpy as np
@@ -13,7 +14,7 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure  # no pyplot: no display and no global state needed
 
 from timedistill.models import QuantileStudent
-from timedistill.store.records import Dataset, ResultRow, StudentsRun, Teacher, TeacherChoice, TeacherSet
+from timedistill.store.records import Dataset, Epoch, ResultRow, StudentsRun, Teacher, TeacherChoice, TeacherSet
 from timedistill.store.series import series_timestamps
 from timedistill.store.storage import Storage
 from timedistill.store.weights import load_teacher, load_trained
@@ -44,8 +45,8 @@ def few_epochs(rows: list[ResultRow]) -> str | None:
             "teacher.epochs and distill.epochs for a comparison that does")
 
 
-def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: list[TeacherChoice] = (),
-                    sets: list[TeacherSet] = ()) -> str:
+def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: Sequence[TeacherChoice] = (),
+                    sets: Sequence[TeacherSet] = ()) -> str:
     """The results per horizon, the averages over horizons, how each teacher was chosen (teacher.name
     auto) or weighed (teacher.names), and the plots."""
     lines = [f"# {dataset}: teacher vs distilled student vs plain MLP", "",
@@ -68,8 +69,8 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: l
     if len(rows) > 1:
         lines += ["", "Average over horizons:", "", "| model | MSE | MAE |", "|---|---|---|"]
         for role, label in LABELS.items():
-            scores = [row.scores().get(role) for row in rows]
-            if all(scores):
+            scores = [found for row in rows if (found := row.scores().get(role)) is not None]
+            if len(scores) == len(rows):
                 lines.append(f"| {label} | {mean(s.test_mse for s in scores):.4f} | "
                              f"{mean(s.test_mae for s in scores):.4f} |")
     intervals = [(row.horizon, interval) for row in rows if row.intervals for interval in row.intervals.intervals]
@@ -87,8 +88,8 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: l
                   "| horizon | teacher | val MSE | test MSE | weight |", "|---|---|---|---|---|"]
         lines += [f"| {ensemble.horizon} | {member.name} | {member.val_mse:.4f} | {member.test_mse:.4f} | "
                   f"{f'{weight:.3f}' if weight is not None else 'learned'} |"
-                  for ensemble in sets for member, weight in zip(
-                      ensemble.members, ensemble.weights or [None] * len(ensemble.members), strict=True)]
+                  for ensemble in sets
+                  for member, weight in zip(ensemble.members, member_weights(ensemble), strict=True)]
     if choices:
         lines += ["", "Teachers chosen per horizon (teacher.name: auto) by the lowest validation MSE; the test "
                   "scores are shown, not used:", "", "| horizon | candidate | val MSE | test MSE | params | |",
@@ -100,6 +101,11 @@ def report_markdown(dataset: str, run_id: str, rows: list[ResultRow], choices: l
               "", "![forecasts](forecast.png)", "", "Training: each model's loss and validation MSE per epoch:", "",
               "![training](training.png)"]
     return "\n".join(lines) + "\n"
+
+
+def member_weights(ensemble: TeacherSet) -> list[float | None]:
+    """Each teacher's weight in the set, None where the weights are learned."""
+    return list(ensemble.weights) if ensemble.weights else [None] * len(ensemble.members)
 
 
 def latency_sentence(row: ResultRow) -> str:
@@ -123,7 +129,8 @@ def training_figure(teachers: list[Teacher], students: list[StudentsRun]) -> byt
     fig = Figure(figsize=(10, 3.2 * len(teachers)))
     axes = fig.subplots(len(teachers), 2, squeeze=False)
     for row, (teacher, run) in enumerate(zip(teachers, students, strict=True)):
-        histories = {"teacher": teacher.history, **{role: trained.history for role, trained in run.models.items()}}
+        histories: dict[str, list[Epoch]] = {"teacher": teacher.history,
+                                             **{role: trained.history for role, trained in run.models.items()}}
         for col, (key, title) in enumerate((("train_loss", "training loss"), ("val_mse", "validation MSE"))):
             ax = axes[row][col]
             for role, history in histories.items():
@@ -178,8 +185,8 @@ def forecast_figure(storage: Storage, dataset: Dataset, series: np.ndarray, teac
                     ax.fill_between(future, units(bands[col, k]), units(bands[col, -1 - k]), color=COLORS["student"],
                                     alpha=0.12 + 0.1 * k, lw=0,
                                     label=f"student {levels[-1 - k] - levels[k]:.0%} interval")
-            for role, forecast in forecasts.items():
-                ax.plot(future, units(forecast[col]), color=COLORS[role], lw=1.2, label=LABELS[role])
+            for name, forecast in forecasts.items():
+                ax.plot(future, units(forecast[col]), color=COLORS[name], lw=1.2, label=LABELS[name])
             ax.axvline(future[0], color="0.8", lw=0.8)
             ax.xaxis.set_major_locator(locator := AutoDateLocator())
             ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import ray
 from ray._private import ray_constants
@@ -20,6 +21,9 @@ from ray._private import ray_constants
 from timedistill.conf import Config
 from timedistill.tasks import lifetime
 from timedistill.tasks.errors import Interrupted, StepError
+
+if TYPE_CHECKING:  # private: the type ray.init returns for a local start (ray 2.60), for a cast below
+    from ray._private.worker import RayContext
 
 log = logging.getLogger("timedistill")
 
@@ -62,14 +66,18 @@ def start_local_ray(*, num_cpus: int | None = None, quiet: bool = True) -> str |
             context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
                                logging_level=logging.WARNING, log_to_driver=not quiet)
         _local_gcs.add(ray.get_runtime_context().gcs_address)
-        lifetime.note_ray_session(context.address_info["session_dir"])
+        # ray.init is typed as returning a BaseContext; a local start returns a RayContext
+        session_dir = cast("RayContext", context).address_info["session_dir"]
+        if session_dir is None:
+            raise RuntimeError("the local Ray reports no session folder")
+        lifetime.note_ray_session(session_dir)
         return context.dashboard_url or None
     finally:
-        for key, value in saved.items():
-            if value is None:
+        for key, previous in saved.items():
+            if previous is None:
                 os.environ.pop(key, None)
             else:
-                os.environ[key] = value
+                os.environ[key] = previous
 
 
 @contextmanager
@@ -291,8 +299,8 @@ def stop_training_runs() -> int:
 
     context = ray.get_runtime_context()
     try:
-        controllers = list_actors(address=context.gcs_address, timeout=STOP_WAIT_S, detail=True,
-                                  raise_on_missing_output=False,
+        controllers = list_actors(address=context.gcs_address, timeout=math.ceil(STOP_WAIT_S), detail=True,
+                                  raise_on_missing_output=False,  # timeout: the state API takes whole seconds
                                   filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE"),
                                            ("job_id", "=", context.get_job_id())])
     except Exception as exc:  # no state API (no dashboard): ray.shutdown() stops them, as before

@@ -42,7 +42,7 @@ class RowGroup(NamedTuple):
     """One Parquet row group of a cached split: the unit the stream reads."""
 
     path: str  # relative to the storage root
-    index: int  # within its file
+    number: int  # its index within its file (a field named `index` would hide tuple.index)
     rows: int
     first: int  # smallest window_id
     last: int  # largest window_id
@@ -88,7 +88,7 @@ class CacheLayout:
         return 8 + 2 * self.cache.n_vars * (self.cache.horizon + self.cache.feature_dim)
 
     def read_rows(self, storage: Storage, groups: list[RowGroup]) -> TeacherOutputs:
-        tables = [pq.ParquetFile(storage.path(group.path), filesystem=storage.fs).read_row_group(group.index)
+        tables = [pq.ParquetFile(storage.path(group.path), filesystem=storage.fs).read_row_group(group.number)
                   for group in groups]
         return unpack(pa.concat_tables(tables), self.cache.horizon, self.cache.n_vars, self.cache.feature_dim)
 
@@ -122,10 +122,12 @@ def gather(pieces: list[CachedRows], offsets: np.ndarray, positions: np.ndarray)
         return out
 
     window_id = take(lambda piece: piece.window_id)
-    return CachedRows(window_id, tuple(
-        TeacherOutputs(window_id, take(lambda piece, j=j: piece.teachers[j].prediction),
-                       take(lambda piece, j=j: piece.teachers[j].feature))
-        for j in range(len(pieces[0].teachers))))
+
+    def teacher(j: int) -> TeacherOutputs:  # the j-th teacher's outputs of the pieces, at positions
+        return TeacherOutputs(window_id, take(lambda piece: piece.teachers[j].prediction),
+                              take(lambda piece: piece.teachers[j].feature))
+
+    return CachedRows(window_id, tuple(teacher(j) for j in range(len(pieces[0].teachers))))
 
 
 @dataclass

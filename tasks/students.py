@@ -8,8 +8,9 @@ students.json (the StudentsRun record), and _SUCCESS last.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import ray
@@ -19,6 +20,7 @@ from torch import nn
 from timedistill.conf import Config, DistillConfig
 from timedistill.conf.spans import duration
 from timedistill.models import (
+    Forecaster,
     MultiTeacherLoss,
     QuantileStudent,
     TimeDistillLoss,
@@ -43,21 +45,32 @@ from timedistill.tasks.windows import WindowBatcher, window_starts
 STUDENTS_META = "students.json"
 
 
+class LossOptions(TypedDict):
+    """The keyword options TimeDistillLoss and MultiTeacherLoss share, from DistillConfig."""
+
+    tau: float
+    scales: int
+    sup: bool
+    period: bool
+    scale: bool
+
+
 class DistillStep(nn.Module):
     """Student plus loss (whose teacher-side projection trains with it) as one module, so that
     DDP synchronizes the projection's gradients together with the student's. A quantile student
     adds the pinball loss of its quantiles on the ground truth; the distillation terms see its
     median (its point forecast) only."""
 
-    def __init__(self, student: nn.Module, loss: TimeDistillLoss) -> None:
+    def __init__(self, student: Forecaster, loss: TimeDistillLoss | MultiTeacherLoss) -> None:
         super().__init__()
         self.student, self.loss = student, loss
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_predictions: list[torch.Tensor],
                 teacher_features: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        quantiles = None
+        pinball = None
         if isinstance(self.student, QuantileStudent):
             (prediction, feature), quantiles = self.student.quantiles(x, calibrated=False)  # [B, Q, S, C]
+            pinball = pinball_loss(quantiles.float(), y, self.student.levels)
         else:
             prediction, feature = self.student(x)  # [B, S, C], [B, C, D]
         if isinstance(self.loss, MultiTeacherLoss):
@@ -65,9 +78,9 @@ class DistillStep(nn.Module):
         else:
             total, parts = self.loss(prediction.float(), feature.float(), teacher_predictions[0],
                                      teacher_features[0], y)
-        if quantiles is not None:
-            parts["pinball"] = pinball_loss(quantiles.float(), y, self.student.levels)
-            total = total + parts["pinball"]
+        if pinball is not None:
+            parts["pinball"] = pinball
+            total = total + pinball
         return total, parts
 
 
@@ -107,7 +120,7 @@ def warm_base(config: Config, storage: Storage, dataset: Dataset, horizon: int) 
 
 
 def train_students(config: Config, storage: Storage, dataset: Dataset, teachers: list[Teacher],
-                   caches: list[Cache | None], run_dir: str, *, series: ray.ObjectRef, weights: list[float] | None,
+                   caches: Sequence[Cache | None], run_dir: str, *, series: ray.ObjectRef, weights: list[float] | None,
                    base: StudentsRun | None = None, listener: Listener | None = None,
                    callbacks: Sequence[loops.Callback] = ()) -> StudentsRun:
     """Distill the student (and train the baseline) for the teachers' horizon, and store them
@@ -115,19 +128,21 @@ def train_students(config: Config, storage: Storage, dataset: Dataset, teachers:
     weights of `base`. One teacher, or several (teacher.names) combined with `weights` (None:
     learned); the first teacher is the one the record names."""
     distill, horizon, teacher = config.distill, teachers[0].horizon, teachers[0]
-    if distill.use_cache and None in caches:
+    present = [cache for cache in caches if cache is not None]
+    if distill.use_cache and len(present) < len(caches):
         raise StepError("distill.use_cache is set but a teacher cache is missing")
     spec = student_spec(config, dataset, horizon)
     epochs = distill.warm_epochs if base else distill.epochs
-    init = {role: read_state(storage, base.weights_path(role)) for role in base.models} if base else {}
+    init: dict[str, dict[str, torch.Tensor]] = (
+        {role: read_state(storage, base.weights_path(role)) for role in base.models} if base else {})
     # the caches' layout, checked against the student's shapes and the memory budget before any
     # worker starts; each worker then streams its rows (tasks/stream.py)
-    for cache in caches if distill.use_cache else []:
+    for cache in present if distill.use_cache else []:
         window, expected = (cache.lookback, cache.horizon, cache.n_vars), (spec.lookback, spec.horizon, spec.n_vars)
         if window != expected:
             raise StepError(f"teacher cache {storage.uri(cache.directory)} holds (lookback, horizon, variables) "
                             f"{window}, but the student needs {expected}")
-    stream = CacheStream.plan(storage, caches, "train", budget_mb=distill.memory_budget_mb,
+    stream = CacheStream.plan(storage, present, "train", budget_mb=distill.memory_budget_mb,
                               batch_size=distill.batch_size, seed=distill.seed) if distill.use_cache else None
     with relay(listener, stage="distill", horizon=horizon, epochs=epochs) as progress:
         job = StudentsJob(model=spec, settings=distill, epochs=epochs, series=series, splits=dataset.splits,
@@ -168,6 +183,8 @@ def calibrated(spec: ModelSpec, weights: dict[str, torch.Tensor], series: np.nda
     """Calibrate a quantile student's intervals on the validation split (tasks/intervals.py), in
     place in `weights`, and score them on the test split."""
     model = build_forecaster(spec)
+    if not isinstance(model, QuantileStudent):
+        raise ValueError(f"only a student with quantiles has intervals to calibrate; {spec.name} has none")
     model.load_state_dict(weights)
     batcher = WindowBatcher(series, spec.lookback, spec.horizon)
     starts = {split: window_starts(dataset.splits[split], spec.lookback, spec.horizon) for split in ("val", "test")}
@@ -201,6 +218,7 @@ class StudentsJob(TrainingJob):
 
         # 1. this worker's batches, with the teachers' outputs from the caches or from the teachers
         teacher_models, forward_batches = [], 0
+        epoch_batches: Callable[[int], loops.EpochBatches]
 
         def with_windows(window_ids: np.ndarray) -> loops.Batch:
             x, y = worker.batcher(train_starts[window_ids])
@@ -216,9 +234,11 @@ class StudentsJob(TrainingJob):
                     batch.teacher_features.append(torch.from_numpy(outputs.feature).to(device).float())
                 return batch
 
-            def epoch_batches(epoch: int) -> loops.EpochBatches:
+            def cached_epoch(epoch: int) -> loops.EpochBatches:
                 return loops.EpochBatches(stream.steps(epoch, worker.world),
                                           map(cached_batch, stream.epoch(epoch, worker.rank, worker.world)))
+
+            epoch_batches = cached_epoch
         else:
             teacher_models = [load_teacher(self.storage, teacher, device) for teacher in self.teachers]
 
@@ -237,16 +257,17 @@ class StudentsJob(TrainingJob):
                                                  settings.batch_size, online_batch)
 
         # 2. the trainees: the distilled student, and the baseline from the same initial weights
-        def build(spec: ModelSpec) -> nn.Module:
+        def build(spec: ModelSpec) -> Forecaster:
             torch.manual_seed(settings.seed)
             return build_forecaster(spec)
 
         student = build(self.model)
-        options = {"tau": settings.tau, "scales": settings.scales, "sup": settings.sup, "period": settings.period,
-                   "scale": settings.multiscale}
+        options = LossOptions(tau=settings.tau, scales=settings.scales, sup=settings.sup, period=settings.period,
+                              scale=settings.multiscale)
+        loss: TimeDistillLoss | MultiTeacherLoss
         if len(self.teachers) == 1:
-            loss: nn.Module = TimeDistillLoss(self.teacher_feature_dims[0], student.feature_dim, settings.alpha,
-                                              settings.beta, **options)
+            loss = TimeDistillLoss(self.teacher_feature_dims[0], student.feature_dim, settings.alpha, settings.beta,
+                                   **options)
         else:
             loss = MultiTeacherLoss(list(self.teacher_feature_dims), student.feature_dim, settings.alpha,
                                     settings.beta, weights=list(self.weights) if self.weights else None, **options)
@@ -255,7 +276,7 @@ class StudentsJob(TrainingJob):
         def distill_loss(batch: loops.Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             return step_module(batch.x, batch.y, batch.teacher_predictions, batch.teacher_features)
 
-        trainees = [self.trainee("student", step_module, loops.unwrap(step_module).student, distill_loss)]
+        trainees = [self.trainee("student", step_module, loops.unwrap(step_module, DistillStep).student, distill_loss)]
         if settings.baseline:
             baseline_module = loops.prepare(build(self.spec_of("baseline")))
 
@@ -263,7 +284,8 @@ class StudentsJob(TrainingJob):
                 prediction = baseline_module(batch.x).prediction.float()
                 return torch.nn.functional.mse_loss(prediction, batch.y), {}
 
-            trainees.append(self.trainee("baseline", baseline_module, loops.unwrap(baseline_module), plain_loss))
+            trainees.append(self.trainee("baseline", baseline_module, loops.unwrap(baseline_module, Forecaster),
+                                         plain_loss))
         # 3. early stopping (in the loop) watches the validation MSE against the ground truth only
         return Plan(trainees=trainees, epoch_batches=epoch_batches, forward_batches=lambda: forward_batches)
 
@@ -271,7 +293,7 @@ class StudentsJob(TrainingJob):
         """The baseline forecasts the point alone, whatever the student's quantiles."""
         return self.model.point() if trainee == "baseline" else self.model
 
-    def trainee(self, name: str, module: nn.Module, model: nn.Module, loss_fn: loops.LossFn) -> loops.Trainee:
+    def trainee(self, name: str, module: nn.Module, model: Forecaster, loss_fn: loops.LossFn) -> loops.Trainee:
         # the optimizer covers the whole module: for the student, that includes the projection
         settings = self.settings
         return loops.Trainee(

@@ -21,6 +21,7 @@ import ray
 import torch
 
 from timedistill.conf import AUTO, FORMAT, Config, ConfigError, TeacherConfig, stable_hash
+from timedistill.models import Forecaster
 from timedistill.store.record import StaleRecord, read_record, write_record
 from timedistill.store.records import (
     TEACHER_WEIGHTS,
@@ -198,7 +199,7 @@ class TeacherJob(TrainingJob):
             return loops.Batch(x.to(worker.device, non_blocking=True), y.to(worker.device, non_blocking=True))
 
         trainee = loops.Trainee(
-            name="teacher", module=module, model=loops.unwrap(module), loss_fn=loss_fn,
+            name="teacher", module=module, model=loops.unwrap(module, Forecaster), loss_fn=loss_fn,
             optimizer=torch.optim.Adam(module.parameters(), lr=settings.lr), lr=settings.lr,
             decay=settings.lr_decay, hold_epochs=1, early=loops.EarlyStopping(settings.patience))
         return Plan(trainees=[trainee], epoch_batches=loops.sharded_epochs(

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import ray
@@ -29,6 +30,11 @@ from timedistill.tasks import lifetime, loops
 from timedistill.tasks.errors import Interrupted
 from timedistill.tasks.runtime import Workers, run_concurrently
 from timedistill.tasks.windows import Span, WindowBatcher, window_starts
+
+if TYPE_CHECKING:
+    # Ray's type hints name Train V1's classes: ray.train swaps in V2's at import time, past what a type
+    # checker follows. V2, the default of the Ray versions pyproject.toml allows, is what runs.
+    from ray.train.v2.api.result import Result as TrainResult
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ def score_best(trainee: loops.Trainee, spec: ModelSpec, worker: Worker) -> Train
         test_mae=scores.mae, history=trainee.history)
 
 
-def fit_interruptibly(trainer: TorchTrainer, storage: Storage, checkpoints: str) -> ray.train.Result:
+def fit_interruptibly(trainer: TorchTrainer, storage: Storage, checkpoints: str) -> TrainResult:
     """`trainer.fit()` in a thread of its own, so that Ctrl-C and SIGTERM reach this thread.
 
     Called in the main thread, fit() installs Ray Train's SIGINT handler, which aborts the run
@@ -169,7 +175,7 @@ def fit_interruptibly(trainer: TorchTrainer, storage: Storage, checkpoints: str)
             lifetime.last_words(interrupt.describe())
             raise interrupt from None
         raise
-    return result
+    return cast("TrainResult", result)  # fit returns V2's Result (see TrainResult)
 
 
 def run_training(job: TrainingJob, config: Config, storage: Storage, name: str) -> TrainingResult:
@@ -178,7 +184,7 @@ def run_training(job: TrainingJob, config: Config, storage: Storage, name: str) 
     workers = Workers.of(config)
     job = dataclasses.replace(job, threads=workers.threads)
     trainer = TorchTrainer(
-        train_worker,
+        cast("Callable[[dict[str, Any]], None]", train_worker),  # V1's hint; V2 hands rank 0's return value back
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=workers.count, use_gpu=workers.gpus > 0,
                                      resources_per_worker=workers.resources),
@@ -192,6 +198,9 @@ def run_training(job: TrainingJob, config: Config, storage: Storage, name: str) 
     )
     started = timestamp()
     result = fit_interruptibly(trainer, storage, f"ray/{name}")
+    report = result.return_value  # rank 0's
+    if result.checkpoint is None or not isinstance(report, WorkerReport):  # every epoch reports a checkpoint
+        raise RuntimeError(f"training run {name} ended without a checkpoint or without its workers' report")
     with result.checkpoint.as_directory() as folder:
         weights = loops.best_weights(folder)
-    return TrainingResult(result.return_value, weights, result.path, started)
+    return TrainingResult(report, weights, result.path, started)

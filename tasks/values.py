@@ -52,7 +52,7 @@ def parse_timestamps(column: pl.Series, name: str, timestamp_format: str | None,
         raise DataError(f"{source}: column {name!r} holds {column.dtype} values, not timestamps")
     if parsed.null_count():
         raise DataError(f"{source}: {where(int(parsed.is_null().arg_true()[0]))}: no timestamp in column {name!r}")
-    if parsed.dtype.time_zone is not None:  # type: ignore[union-attr]
+    if isinstance(parsed.dtype, pl.Datetime) and parsed.dtype.time_zone is not None:
         parsed = parsed.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
     return parsed.dt.cast_time_unit("us").alias(name)
 
@@ -69,9 +69,9 @@ def parse_numbers(frame: pl.DataFrame, source: str, where: Where) -> list[pl.Ser
         elif column.dtype != pl.String:
             raise DataError(f"{source}: column {name!r} holds {column.dtype} values, not numbers")
         else:
-            text = column.str.strip_chars()
-            text = pl.when(text.str.to_lowercase().is_in(MISSING_TOKENS)).then(None).otherwise(text)
-            text = pl.select(text.alias(name)).to_series()
+            stripped = column.str.strip_chars()
+            missing_as_null = pl.when(stripped.str.to_lowercase().is_in(MISSING_TOKENS)).then(None).otherwise(stripped)
+            text = pl.select(missing_as_null.alias(name)).to_series()
             values = text.cast(pl.Float64, strict=False)
             bad = values.is_null() & text.is_not_null()
             if bad.any():

@@ -9,6 +9,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 import timedistill
@@ -16,7 +17,9 @@ from tests.conftest import smoke_overrides
 from timedistill.flows.cli import app
 from timedistill.store.errors import InputError
 from timedistill.store.forecaster import ForecastModel
-from timedistill.tasks.windows import window_starts
+from timedistill.store.predictor import Predictor
+from timedistill.tasks.predict import forecast_origins
+from timedistill.tasks.windows import WindowBatcher, window_starts
 
 runner = CliRunner()
 
@@ -91,6 +94,19 @@ def test_a_backtest_over_the_test_windows_reproduces_the_registered_test_mse(smo
     assert forecasts[0].height == len(starts) * 24 and forecasts[0].equals(forecasts[1])
     scores = pl.read_parquet(local["scores_output"])
     assert scores.height == len(starts) and scores["mse"].mean() == pytest.approx(registered, rel=1e-4)
+
+
+def test_origins_beyond_one_forward_batch_are_forecast_batch_by_batch(smoke, monkeypatch):
+    """An actor's share of origins can exceed one forward batch (many variables shrink it): the
+    forecasts come batch by batch and are those of a single batch."""
+    predictor = Predictor.load(smoke["run"].storage, "smoke-24", "v1")
+    values, timestamps = smoke["frame"].select(predictor.variables).to_numpy(), smoke["frame"]["date"]
+    ends = np.arange(96, 96 + 12)  # 12 origins, each with its truth
+    whole = forecast_origins(predictor, values, timestamps, ends)
+    monkeypatch.setattr(WindowBatcher, "inference_batch", property(lambda batcher: 5))
+    batched = forecast_origins(predictor, values, timestamps, ends)
+    assert batched.height == 12 * 24 and batched["origin"].n_unique() == 12
+    assert_frame_equal(batched, whole)
 
 
 def test_bad_predict_input_is_one_line(smoke, tmp_path):
