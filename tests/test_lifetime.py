@@ -90,12 +90,14 @@ def test_a_stop_that_hangs_is_cut_short_with_its_one_line(tmp_path):
         lifetime.STOP_WITHIN_S = 1.0
         lifetime.on_stop(130, "interrupted; nothing half written")
         lifetime.stop_on_signals()
+        print("armed", flush=True)
         try:
             time.sleep(600)
         except KeyboardInterrupt:
             time.sleep(600)
     """)
     try:
+        assert command.stdout.readline().strip() == "armed"  # a signal before this would find no handler
         command.send_signal(signal.SIGTERM)
         assert command.wait(10) == 130
         assert command.stderr.read().splitlines() == ["interrupted; nothing half written"]
