@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from timedistill.conf.schema import Config, ConfigError, DataConfig, dataset_name, has_password, redact
+from timedistill.conf.schema import Config, ConfigError, DataConfig
+from timedistill.conf.uris import dataset_name, has_password, redact
 
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent
 

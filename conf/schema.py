@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from timedistill.conf.spans import steps_or_duration
+from timedistill.conf.uris import REDACTED, TABLE_NAME, dataset_name, is_database, redact
 
 PLAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 AUTO = "auto"  # teacher.name: choose among teacher.candidates by validation MSE
@@ -22,61 +23,6 @@ AUTO = "auto"  # teacher.name: choose among teacher.candidates by validation MSE
 # cache and run keys) and every record file says it (store/record.py): artifacts of another format
 # are never taken for this one's, and an upgrade that changes what a key covers bumps it once.
 FORMAT = 2
-REDACTED = "***"  # a secret, where a config is written down
-DATABASE_SCHEMES = ("postgresql://", "postgres://")  # data.path of a database (tasks/sources.py)
-# a table name as data.query may give it: schema.table, either part plain or "quoted"
-TABLE_NAME = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_$]*|"[^"]+")(?:\.(?:[A-Za-z_][A-Za-z0-9_$]*|"[^"]+"))?$')
-PASSWORD_PARAMETER = re.compile(r"(?i)([?&]password=)[^&#]*")  # libpq also takes ?password=...
-
-
-def is_database(path: str) -> bool:
-    return path.lower().startswith(DATABASE_SCHEMES)
-
-
-def _password_span(uri: str) -> tuple[int, int] | None:
-    """Where the password of `scheme://user:password@host/...` is, if there is one."""
-    if "://" not in uri:
-        return None
-    start = uri.index("://") + 3
-    end = len(uri)
-    for stop in "/?#":  # the authority ends at the first of these
-        found = uri.find(stop, start)
-        end = found if found != -1 and found < end else end
-    at = uri.rfind("@", start, end)
-    colon = uri.find(":", start, at) if at != -1 else -1
-    return (colon + 1, at) if colon != -1 else None
-
-
-def has_password(uri: str) -> bool:
-    """A password in a URI: `user:password@` or libpq's `?password=`."""
-    return _password_span(uri) is not None or PASSWORD_PARAMETER.search(uri) is not None
-
-
-def password_of(uri: str) -> str | None:
-    """The password a URI holds, to scrub it from a library's message."""
-    span = _password_span(uri)
-    if span is not None:
-        return uri[span[0]: span[1]] or None
-    found = PASSWORD_PARAMETER.search(uri)
-    return uri[found.end(1): found.end()] or None if found else None
-
-
-def redact(uri: str) -> str:
-    """The URI as it may be shown, logged or stored: its password, if any, as '***'."""
-    span = _password_span(uri)
-    if span is not None:
-        uri = uri[: span[0]] + REDACTED + uri[span[1]:]
-    return PASSWORD_PARAMETER.sub(lambda match: match[1] + REDACTED, uri)
-
-
-def dataset_name(path: str) -> str:
-    """A plain dataset name from a file's name: `data/My Load.csv.gz` -> `my-load`."""
-    stem = path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
-    name = re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-_")[:64]
-    return name or "data"
-
-
-
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and the key."""
 

@@ -24,8 +24,8 @@ from typing import NamedTuple
 import polars as pl
 
 from timedistill.conf import FORMAT, Config, DataConfig, stable_hash
-from timedistill.conf.schema import redact
 from timedistill.conf.spans import duration
+from timedistill.conf.uris import redact
 from timedistill.store.record import read_record
 from timedistill.store.records import Dataset, Lineage, Missing, RowCut, Watermark
 from timedistill.store.storage import Storage

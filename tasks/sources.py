@@ -9,7 +9,7 @@ A database is read with Polars over ADBC (adbc-driver-postgresql, on libpq: PG* 
 holds one batch beside the frame it builds. A lake's partitions are listed, those whose date key
 says they hold only older rows are left unopened, and the rest are scanned lazily.
 
-Every error is one line that names the source with its password redacted (conf.schema.redact).
+Every error is one line that names the source with its password redacted (conf.uris.redact).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from timedistill.conf.schema import REDACTED, TABLE_NAME, DataConfig, is_database, password_of, redact
+from timedistill.conf.schema import DataConfig
+from timedistill.conf.uris import REDACTED, TABLE_NAME, is_database, password_of, redact
 from timedistill.store.storage import make_filesystem
 from timedistill.tasks.errors import DataError
 from timedistill.tasks.layout import absent

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from timedistill.conf import load_config
 from timedistill.conf.loading import data_file_overrides
-from timedistill.conf.schema import dataset_name
+from timedistill.conf.uris import dataset_name
 from timedistill.flows.cli import app
 from timedistill.store.storage import Storage
 from timedistill.tasks.errors import DataError
