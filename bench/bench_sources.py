@@ -16,8 +16,10 @@ that process alone, through os.wait4):
 - incremental: `ingest` with data.watermark onto a copy of that first version (rows per second: the
   rows pulled, the overlap and the new ones; its time also covers reading, hashing and writing the
   stored series, which a grown series costs on every run);
-- psql + file: `psql -c "\\copy (SELECT ...) TO file CSV HEADER"`, then `ingest` of the CSV file
-  (wall times added, the larger peak of the two).
+- psql + file: `psql -c "\\copy (SELECT ... ORDER BY ts) TO file CSV HEADER"`, then `ingest` of the
+  CSV file (wall times added, the larger peak of the two). The export is sorted: a file's rows are
+  read in their order, and a table's come in whatever order a scan finds them (PostgreSQL's
+  synchronized scans start one where another is), which the pulls sort themselves.
 
 Each wall time includes the new process's start and imports (a few seconds, alike for every way).
 Medians over --repeats. Artifacts go to bench/.artifacts/sources and are rebuilt on every run.
@@ -45,8 +47,9 @@ from bench.report import BENCHMARKS_MD, markdown_table, write_section
 # BENCHMARKS.md: what the table says, at most three lines under it (bench/report.py)
 READING = {
     "sources": """\
-Measured rows per second and peak memory of a full pull, an incremental pull and psql's CSV export plus a file
-ingest from the same table; the table above holds the numbers of the run named in its command line.""",
+A full pull beats psql's export plus a file ingest on time and on memory: Arrow batches staged as Parquet, against
+a CSV the file ingest holds whole. An incremental pull moves only the new rows and the overlap; its wall time also
+covers the new process's start and reading, checking and writing the stored series, which grows with the series.""",
 }
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -158,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
                 shutil.rmtree(root)
 
                 csv = ROOT / f"export-{repeat}.csv"
-                copy_s, copy_peak, _ = run_measured(["psql", uri, "-v", "ON_ERROR_STOP=1", "-q", "-c",
-                                                     f"\\copy (SELECT * FROM {TABLE}) TO '{csv}' CSV HEADER"], env)
+                export = f"\\copy (SELECT * FROM {TABLE} ORDER BY ts) TO '{csv}' CSV HEADER"
+                copy_s, copy_peak, _ = run_measured(["psql", uri, "-v", "ON_ERROR_STOP=1", "-q", "-c", export], env)
                 root = ROOT / f"psql-{repeat}"
                 seconds, peak, _ = ingest(settings(str(csv), root), env)
                 results["psql"].append(Measured(copy_s + seconds, max(copy_peak, peak), args.rows))
