@@ -39,6 +39,7 @@ MODELS = {  # name -> (config, overrides) of its retrain
                            "distill.baseline=false"]),
 }
 ORIGINS = (1_000, 10_000, 100_000)
+STORAGE = ["--set", f"storage.root={ROOT}"]  # the bench's models, for a command that takes a config
 VARIABLES = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 START = datetime(2020, 1, 1)
 
@@ -48,11 +49,6 @@ No light command starts Ray or a Prefect server: each costs its own imports and 
 backtest beats a Ray Data pool at every size measured on this machine, whose start alone takes longer than the
 arithmetic; `predict` moves to Ray Data only beyond that, or when a cluster is named.""",
 }
-
-
-def sets(config: str) -> list[str]:
-    """The storage root of the bench's models, for a command that takes a config."""
-    return ["--set", f"storage.root={ROOT}"]
 
 
 def run(args: list[str]) -> float:
@@ -74,7 +70,7 @@ def train_models() -> None:
         if (ROOT / "registry" / model / "LATEST").exists():
             continue
         print(f"training {model} ...", flush=True)
-        run([*CLI, "retrain", config, *sets(config), *[arg for item in overrides for arg in ("--set", item)]])
+        run([*CLI, "retrain", config, *STORAGE, *[arg for item in overrides for arg in ("--set", item)]])
 
 
 def synthetic_series(rows: int) -> Path:
@@ -101,12 +97,12 @@ def light_commands(rounds: int) -> list[list[object]]:
         "`models list`": lambda model, config: [*CLI, "models", "list", "--storage", str(ROOT)],
         "`models show`": lambda model, config: [*CLI, "models", "show", model, "--storage", str(ROOT)],
         "`predict` (the last window)": lambda model, config: [
-            *CLI, "predict", config, *sets(config), "--model", model, "--data", str(SHIPPED), "--output",
+            *CLI, "predict", config, *STORAGE, "--model", model, "--data", str(SHIPPED), "--output",
             str(out / "last.parquet")],
         "`predict --origins all` (every origin of ETTh1)": lambda model, config: [
-            *CLI, "predict", config, *sets(config), "--model", model, "--data", str(SHIPPED), "--origins", "all",
+            *CLI, "predict", config, *STORAGE, "--model", model, "--data", str(SHIPPED), "--origins", "all",
             "--output", str(out / "all.parquet")],
-        "`monitor`": lambda model, config: [*CLI, "monitor", config, *sets(config), *(
+        "`monitor`": lambda model, config: [*CLI, "monitor", config, *STORAGE, *(
             ["--set", "data.horizons=[96]"] if config == "etth1" else [])],
         "`export --format onnx`": lambda model, config: [*CLI, "export", model, "--format", "onnx", "--output",
                                                           str(out), "--storage", str(ROOT)],
@@ -128,7 +124,7 @@ def backtests(rounds: int) -> list[list[object]]:
         for model, (config, _) in MODELS.items():
             lookback = 96 if model == "smoke-24" else 720
             for engine in ("process", "ray"):
-                args = [*CLI, "predict", config, *sets(config), "--model", model, "--data", str(source), "--origins",
+                args = [*CLI, "predict", config, *STORAGE, "--model", model, "--data", str(source), "--origins",
                         origins_range(lookback, origins), "--engine", engine, "--output",
                         str(ROOT / "out" / "backtest.parquet")]
                 row.append(f"{median_of(args, rounds):.1f}")
