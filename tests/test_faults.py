@@ -120,32 +120,6 @@ def started_serve(tmp_path: Path, *settings: str) -> tuple[subprocess.Popen, int
     return started(command, tag, log), port, tag, log
 
 
-@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
-def test_a_local_serve_listens_on_loopback_only_and_stops_on_sigterm(tmp_path, ingress):
-    server, port, tag, log = started_serve(tmp_path, f"serve.ingress={ingress}")
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", server)
-        answer = forecast_answers(port)
-        assert answer.status_code == 200, answer.text
-        wait_for(log, "Ctrl-C stops", server)
-        listeners, folders = tag.listeners(), haproxy_folders(tag)
-        sockets = [folder / "admin.sock" for folder in folders]
-        modes = [stat.S_IMODE(path.stat().st_mode) for path in sockets]
-    finally:
-        status = stopped(server, signal.SIGTERM)
-    assert any(listener.port == port for listener in listeners), [str(item) for item in listeners]
-    assert len({listener.pid for listener in listeners}) >= 5  # Ray's GCS, raylet, agents, replicas: all found
-    if ingress == "haproxy":  # its stats page and Prometheus endpoint too (serving/ingress.py, loopback_haproxy)
-        assert set(announced_ports(log)) <= {listener.port for listener in listeners if listener.command == "haproxy"}
-        # its admin socket reconfigures the ingress: for its owner only, in a folder removed at the stop
-        assert len(sockets) == 1 and modes == [0o600], (sockets, [oct(mode) for mode in modes])
-        assert not any(folder.exists() for folder in folders)
-    exposed = [str(item) for item in listeners if not item.loopback]
-    assert not exposed, exposed
-    assert status == 0, log.read_text()[-3000:]
-    assert_nothing_left(tag, log)
-
-
 def test_two_servers_share_a_host_and_each_stops_alone(tmp_path):
     """Two `timedistill serve` in HAProxy mode on one machine (each on its own serve.port) both
     answer, each with HAProxy ports of its own. The first stops within 10 s of SIGTERM to its whole
@@ -231,24 +205,14 @@ def test_an_interrupted_retrain_stops_with_one_line_and_resumes_from_its_checkpo
     text = wait_for(log, "/200: val MSE", retrain)
     first_epoch = int(re.search(r"epoch (\d+)/200: val MSE", text).group(1))
     assert first_epoch > 1, text[-2000:]  # resumed from the first run's checkpoint, not from scratch
+    # SIGTERM to the whole process group, as systemd or a supervisor stops it: the signal reaches
+    # Ray's GCS, raylet and Prefect's server too, and the command stops all the same
     mark = len(log.read_text())
-    assert stopped(retrain, signal.SIGTERM, within=10) == 130, log.read_text()[-3000:]
-    said = said_after(log, mark)
-    assert len(said) == 1 and said[0].startswith("interrupted; nothing half written"), said
-    assert_nothing_left(again, log)
-
-
-def test_sigterm_to_the_process_group_stops_retrain_within_10_s(tmp_path):
-    """As systemd or a supervisor stops it: the signal reaches Ray's GCS, raylet and Prefect's
-    server too, and the command stops all the same, with one line, leaving nothing."""
-    tag, log = Tagged(), tmp_path / "retrain.log"
-    retrain = started(retrain_command(tmp_path / "artifacts"), tag, log)
-    mark = len(wait_for(log, "epoch 2/200", retrain))
     assert stopped(retrain, signal.SIGTERM, group=True, within=10) == 130, log.read_text()[-3000:]
     said = said_after(log, mark)
     assert len(said) == 1 and said[0].startswith("interrupted; nothing half written"), said
     assert "Traceback" not in log.read_text()
-    assert_nothing_left(tag, log, grace=5)
+    assert_nothing_left(again, log, grace=5)
 
 
 def test_nothing_outlives_a_killed_retrain_by_10_s(tmp_path):
@@ -311,25 +275,37 @@ async def load_and_kill(url: str, history: list, clients: int, kill: int, second
     return killed_at, outcomes
 
 
-@pytest.mark.parametrize("deployment", ["ForecastAPI", "ModelPool"])
-def test_losing_a_replica_under_load_costs_only_the_requests_in_flight_on_it(tmp_path, deployment):
+def two_replicas(tag: Tagged, deployment: str) -> list[int]:
+    """The pids of the deployment's two replicas (the default where the machine has the CPUs: 2
+    here, as on CI), once both are running (Serve replaces a killed one within seconds)."""
+    deadline = time.monotonic() + 60
+    while len(replicas := replica_pids(tag, deployment)) != 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(replicas) == 2, replicas
+    return replicas
+
+
+def test_losing_a_replica_under_load_costs_only_the_requests_in_flight_on_it(tmp_path):
+    """One server, two losses one after the other: an ingress replica (ForecastAPI), then a pool
+    replica (ModelPool), each killed under load from 8 clients."""
     server, port, tag, _ = started_serve(tmp_path, "serve.access_log=false")
     clients = 8
+    lost = {}
     try:
         wait_healthy(f"http://127.0.0.1:{port}", server)
-        replicas = replica_pids(tag, deployment)
-        assert len(replicas) == 2, replicas  # the default where the machine has the CPUs (2 here, as on CI)
         history = np.random.default_rng(0).normal(size=(720, 7)).tolist()
-        killed_at, outcomes = asyncio.run(load_and_kill(f"http://127.0.0.1:{port}", history, clients,
-                                                        replicas[0], seconds=12))
+        for deployment in ("ForecastAPI", "ModelPool"):
+            lost[deployment] = asyncio.run(load_and_kill(f"http://127.0.0.1:{port}", history, clients,
+                                                         two_replicas(tag, deployment)[0], seconds=12))
     finally:
         stopped(server, signal.SIGTERM)
-    failed = [outcome for outcome in outcomes if outcome[2] != 200]
-    assert len(failed) <= clients, failed  # at most one request per client: those in flight
-    assert all(start < killed_at + 0.5 for start, _, _ in failed), (killed_at, failed)
-    answered = sorted(end for start, end, status in outcomes if status == 200 and end > killed_at)
-    assert answered and answered[0] - killed_at < 5, (killed_at, answered[:3])  # one replica: ~10 s
-    assert len(answered) > 10 * clients  # and it kept answering
+    for deployment, (killed_at, outcomes) in lost.items():
+        failed = [outcome for outcome in outcomes if outcome[2] != 200]
+        assert len(failed) <= clients, (deployment, failed)  # at most one request per client: those in flight
+        assert all(start < killed_at + 0.5 for start, _, _ in failed), (deployment, killed_at, failed)
+        answered = sorted(end for start, end, status in outcomes if status == 200 and end > killed_at)
+        assert answered and answered[0] - killed_at < 5, (deployment, killed_at, answered[:3])  # one replica: ~10 s
+        assert len(answered) > 10 * clients, deployment  # and it kept answering
 
 
 class Recorded(httpx.AsyncHTTPTransport):
@@ -348,11 +324,14 @@ class Recorded(httpx.AsyncHTTPTransport):
 SLOW = "slow-96"  # a TimeMixer teacher: about 0.5 s of CPU for a batch of 32 histories
 
 
-async def pool_load_and_kill(url: str, kill: int, seconds: float) -> tuple[list[tuple[int, str | None]], list[str]]:
+async def pool_load_and_kill(url: str, replicas: list[int],
+                             seconds: float) -> tuple[list[tuple[int, str | None]], list[str]]:
     """`timedistill.AsyncClient`s send batches of 32 histories for the SLOW model (each keeps a
     pool replica computing for a while, so that requests are in flight when it dies) for
-    `seconds`; after 4 s, `kill` is killed while it computes. Returns every answer the clients
-    got (status, Retry-After), retries included, and the errors they raised."""
+    `seconds`; after 4 s, the first of `replicas` seen computing is killed (Serve routes a model's
+    requests to the replica that holds it, which need not be either one in particular). Returns
+    every answer the clients got (status, Retry-After), retries included, and the errors they
+    raised."""
     from timedistill import AsyncClient
 
     began = time.monotonic()
@@ -370,48 +349,68 @@ async def pool_load_and_kill(url: str, kill: int, seconds: float) -> tuple[list[
 
     load = [asyncio.create_task(client()) for _ in range(8)]
     await asyncio.sleep(4)
-    await busy(kill)
-    os.kill(kill, signal.SIGKILL)
+    os.kill(await computing(replicas), signal.SIGKILL)
     await asyncio.gather(*load)
     return answers, errors
 
 
-async def busy(pid: int, timeout: float = 8) -> None:
-    """Return once process `pid` is computing (it used most of a CPU over the last 50 ms: a
-    forecast in flight), or after `timeout`."""
+async def computing(pids: list[int], timeout: float = 8) -> int:
+    """The first of `pids` seen computing (it used most of a CPU over the last 50 ms: a forecast in
+    flight); after `timeout`, the one that used the most CPU meanwhile."""
 
-    def cpu_ticks() -> int:
+    def cpu_ticks(pid: int) -> int:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks (1/100 s)
 
     deadline = time.monotonic() + timeout
-    before = cpu_ticks()
+    first = before = {pid: cpu_ticks(pid) for pid in pids}
     while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        now = cpu_ticks()
-        if now - before >= 3:
-            return
+        now = {pid: cpu_ticks(pid) for pid in pids}
+        if busy := [pid for pid in pids if now[pid] - before[pid] >= 3]:
+            return busy[0]
         before = now
+    return max(pids, key=lambda pid: before[pid] - first[pid])
 
 
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
-def test_a_request_in_flight_on_a_lost_pool_replica_is_a_503_that_the_client_retries(tmp_path, ingress):
-    """With serve.ingress_models=0 every forecast is computed in the model pool: a pool replica
-    killed under load costs the requests in flight on it a 503 with Retry-After, never a 500,
-    and the Python client sends them again."""
-    server, port, tag, _ = started_serve(tmp_path, "serve.access_log=false", "serve.ingress_models=0",
-                                         f"serve.ingress={ingress}")
+def test_a_local_serve_listens_on_loopback_only_survives_a_lost_pool_replica_and_stops_on_sigterm(tmp_path, ingress):
+    """Every port of a local serve is on loopback (HAProxy's stats and metrics too, its admin socket
+    for its owner only). With serve.ingress_models=0 every forecast is computed in the model pool:
+    a pool replica killed under load costs the requests in flight on it a 503 with Retry-After,
+    never a 500, and the Python client sends them again. SIGTERM then stops it, leaving nothing
+    (HAProxy's folder included)."""
+    server, port, tag, log = started_serve(tmp_path, "serve.access_log=false", "serve.ingress_models=0",
+                                           f"serve.ingress={ingress}")
     try:
         register_random(Storage(str(tmp_path / "artifacts")), SLOW, resolve_spec(
             "teacher", "timemixer", lookback=720, horizon=96, n_vars=7, preset="etth1", params={}))
         wait_healthy(f"http://127.0.0.1:{port}", server)
-        replicas = replica_pids(tag, "ModelPool")
-        assert len(replicas) == 2, replicas
-        answers, errors = asyncio.run(pool_load_and_kill(f"http://127.0.0.1:{port}", replicas[0], seconds=12))
+        answer = forecast_answers(port)
+        assert answer.status_code == 200, answer.text
+        wait_for(log, "Ctrl-C stops", server)
+        listeners, folders = tag.listeners(), haproxy_folders(tag)
+        sockets = [folder / "admin.sock" for folder in folders]
+        modes = [stat.S_IMODE(path.stat().st_mode) for path in sockets]
+        answers, errors = asyncio.run(pool_load_and_kill(f"http://127.0.0.1:{port}", two_replicas(tag, "ModelPool"),
+                                                         seconds=12))
     finally:
-        stopped(server, signal.SIGTERM)
+        status = stopped(server, signal.SIGTERM)
+    assert any(listener.port == port for listener in listeners), [str(item) for item in listeners]
+    assert len({listener.pid for listener in listeners}) >= 5  # Ray's GCS, raylet, agents, replicas: all found
+    if ingress == "haproxy":  # its stats page and Prometheus endpoint too (serving/ingress.py, loopback_haproxy)
+        assert set(announced_ports(log)) <= {listener.port for listener in listeners if listener.command == "haproxy"}
+        # its admin socket reconfigures the ingress: for its owner only, in a folder removed at the stop
+        assert len(sockets) == 1 and modes == [0o600], (sockets, [oct(mode) for mode in modes])
+        assert not any(folder.exists() for folder in folders)
+    exposed = [str(item) for item in listeners if not item.loopback]
+    assert not exposed, exposed
+
     statuses = [status for status, _ in answers]
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 8, statuses
     assert 503 in statuses, "no request was in flight on the killed replica"
     assert all(retry_after for status, retry_after in answers if status == 503), answers
     assert not errors, errors  # each 503 was sent again, and answered
+
+    assert status == 0, log.read_text()[-3000:]
+    assert_nothing_left(tag, log)
