@@ -1,5 +1,7 @@
 """Commands as a user runs them on one machine, and the faults of docs/operations.md:
-a local `timedistill serve` listens on loopback only, and two of them share a machine; Ctrl-C or
+a local `timedistill serve`, in either ingress mode (Ray Serve's proxy, or HAProxy, whose mode is
+fixed when Ray starts), forecasts what the model does in process and listens on loopback only,
+and two of them share a machine; Ctrl-C or
 SIGTERM, to a command or to its whole process group, stops `retrain` (mid-teacher) and `serve`
 within 10 s with one line, leaving no process of theirs running (Ray's, HAProxy, Prefect's
 temporary server) and no port open; after SIGKILL nothing of theirs outlives them by more than
@@ -27,6 +29,7 @@ import pytest
 from bench.bench_serving import MODEL, free_port, make_registry, register_random, wait_healthy
 from tests.conftest import ROOT
 from tests.processes import Tagged
+from timedistill.store.forecaster import ForecastModel
 from timedistill.store.storage import Storage
 from timedistill.store.weights import resolve_spec
 
@@ -375,20 +378,33 @@ async def computing(pids: list[int], timeout: float = 8) -> int:
 
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
 def test_a_local_serve_listens_on_loopback_only_survives_a_lost_pool_replica_and_stops_on_sigterm(tmp_path, ingress):
-    """Every port of a local serve is on loopback (HAProxy's stats and metrics too, its admin socket
-    for its owner only). With serve.ingress_models=0 every forecast is computed in the model pool:
-    a pool replica killed under load costs the requests in flight on it a 503 with Retry-After,
-    never a 500, and the Python client sends them again. SIGTERM then stops it, leaving nothing
-    (HAProxy's folder included)."""
+    """Every port of a local serve is on loopback (HAProxy's stats and metrics too, the stats on the
+    port asked for, its admin socket for its owner only). It forecasts what the model does in
+    process and refuses a bad model name. With serve.ingress_models=0 every forecast is computed in
+    the model pool: a pool replica killed under load costs the requests in flight on it a 503 with
+    Retry-After, never a 500, and the Python client sends them again. SIGTERM then stops it,
+    leaving nothing (HAProxy's folder included)."""
+    stats = free_port()
     server, port, tag, log = started_serve(tmp_path, "serve.access_log=false", "serve.ingress_models=0",
-                                           f"serve.ingress={ingress}")
+                                           f"serve.ingress={ingress}", *(
+                                               [f"serve.haproxy_stats_port={stats}"] if ingress == "haproxy" else []))
+    root = tmp_path / "artifacts"
     try:
-        register_random(Storage(str(tmp_path / "artifacts")), SLOW, resolve_spec(
+        register_random(Storage(str(root)), SLOW, resolve_spec(
             "teacher", "timemixer", lookback=720, horizon=96, n_vars=7, preset="etth1", params={}))
         wait_healthy(f"http://127.0.0.1:{port}", server)
-        answer = forecast_answers(port)
+        history = np.random.default_rng(1).normal(5, 2, (720, 7))
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            answer = client.post("/v1/forecast", json={"model": MODEL, "history": history.tolist()})
+            bad = client.post("/v1/forecast", json={"model": "../etc", "history": history.tolist()})
         assert answer.status_code == 200, answer.text
+        expected = ForecastModel.from_registry(Storage(str(root)), MODEL).forecast(history[None])[0]
+        np.testing.assert_allclose(np.asarray(answer.json()["forecast"]), expected, rtol=1e-5, atol=1e-5)
+        assert bad.status_code == 400, bad.text
         wait_for(log, "Ctrl-C stops", server)
+        if ingress == "haproxy":
+            assert announced_ports(log)[0] == stats  # the port asked for (serve.haproxy_stats_port)
+            assert "HAProxy" in httpx.get(f"http://127.0.0.1:{stats}/stats", timeout=5).text
         listeners, folders = tag.listeners(), haproxy_folders(tag)
         sockets = [folder / "admin.sock" for folder in folders]
         modes = [stat.S_IMODE(path.stat().st_mode) for path in sockets]
