@@ -47,8 +47,8 @@ START = datetime(2020, 1, 1)
 READING = {
     "commands": """\
 No light command starts Ray or a Prefect server: each pays its imports and its work, and a smoke backtest of every
-origin ends within 3 s of `predict`'s imports, the goal. In process a backtest beat a Ray Data pool at every size here
-(the pool's start outlasts the arithmetic); `predict` moves to Ray Data past the largest size measured, or on a cluster.""",
+origin ends within 3 s of `predict`'s imports, the goal. In process a backtest beat a Ray Data pool at every size
+here (the pool's start outlasts the arithmetic); `predict` moves to Ray Data past the largest size, or on a cluster.""",
 }
 
 
