@@ -1,13 +1,12 @@
 """Commands as a user runs them on one machine, and the faults of docs/operations.md:
 a local `timedistill serve`, in either ingress mode (Ray Serve's proxy, or HAProxy, whose mode is
 fixed when Ray starts), forecasts what the model does in process and listens on loopback only,
-and two of them share a machine; Ctrl-C or
-SIGTERM, to a command or to its whole process group, stops `retrain` (mid-teacher) and `serve`
-within 10 s with one line, leaving no process of theirs running (Ray's, HAProxy, Prefect's
-temporary server) and no port open; after SIGKILL nothing of theirs outlives them by more than
-10 s; a serve whose ingress cannot start says so in one line; a replica killed under load costs
-the requests in flight on it. Run apart from the other tests (`pytest -m cluster`): each command
-starts a Ray of its own."""
+and two of them share a machine; Ctrl-C or SIGTERM, to a command or to its whole process group,
+stops `retrain` (mid-teacher) and `serve` within 10 s with one line, leaving no process of theirs
+running (Ray's, HAProxy, Prefect's temporary server) and no port open; after SIGKILL nothing of
+theirs outlives them by more than 10 s; a serve whose ingress cannot start says so in one line; a
+replica killed under load costs the requests in flight on it. Run apart from the other tests
+(`pytest -m cluster`): each command starts a Ray of its own."""
 
 from __future__ import annotations
 
